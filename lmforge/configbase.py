@@ -1,0 +1,127 @@
+"""Typed, strict configuration models: YAML in, dotted overrides, helpful errors out."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lmforge.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def load_config(cls: type[M], path: str | Path, overrides: Sequence[str] = ()) -> M:
+    """Read a YAML file, apply `a.b=c` overrides, and validate it into `cls`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(cls, raw, source=str(path))
+
+
+def validate_config(cls: type[M], raw: dict[str, Any], source: str = "config") -> M:
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(cls, err, source)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `--set a.b.c=value` override; the value is parsed as YAML (so 3 is an int)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r}: expected KEY.PATH=VALUE")
+    parts = key.split(".")
+    node: Any = raw
+    for index, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(part, parts[: index + 1], len(node))]
+            continue
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"--set {override!r}: {'.'.join(parts[: index + 1])} is not a section")
+    parsed = yaml.safe_load(value) if value else ""
+    if isinstance(node, list):
+        node[_list_index(parts[-1], parts, len(node))] = parsed
+    else:
+        node[parts[-1]] = parsed
+
+
+def _list_index(part: str, parts: list[str], length: int) -> int:
+    if not part.isdigit() or int(part) >= length:
+        raise ConfigError(f"--set: {'.'.join(parts)}: expected a list index below {length}")
+    return int(part)
+
+
+def format_validation_error(cls: type[BaseModel], err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for error in err.errors():
+        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        dotted = ".".join(str(part) for part in loc) or "<root>"
+        if error["type"] == "extra_forbidden":
+            valid = _valid_keys(cls, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"  unknown key {dotted!r}{hint} (valid keys here: {', '.join(valid)})")
+        elif error["type"] == "missing":
+            lines.append(f"  missing required key {dotted!r}")
+        else:
+            got = error.get("input")
+            shown = repr(got) if not isinstance(got, dict) else "a mapping"
+            lines.append(f"  {dotted}: {error['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # Pydantic inserts the discriminator value or class name into union locations.
+    return isinstance(part, str) and (part.startswith("function-") or part[:1].isupper())
+
+
+def _valid_keys(cls: type[BaseModel], loc: list[Any]) -> list[str]:
+    """Field names of the model at `loc` below `cls` (best effort through lists and unions)."""
+    model: Any = cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                return sorted(model.model_fields)
+            return []
+        model = _model_in(model.model_fields[part].annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_in(get_args(annotation)[0])
+    if origin in (list, tuple, Union, types.UnionType, typing.Sequence):
+        for arg in get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
