@@ -1,0 +1,112 @@
+"""Typed config of the corpus (clean) stage: where documents come from and what survives."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from corpus.filters import FILTERS, DocumentFilter, MinLength
+from infra.data_paths import is_hf_uri
+from lmforge.configbase import StrictModel
+
+Format = Literal["auto", "text", "jsonl", "parquet", "csv", "tsv", "wikiextractor", "hf"]
+EXTENSION_FORMATS = {
+    ".txt": "text",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+}
+
+
+def infer_format(path: str) -> str | None:
+    """The reader format implied by `path` (hf:// prefix or file extension), or None."""
+    if is_hf_uri(path):
+        return "hf"
+    return EXTENSION_FORMATS.get(PurePosixPath(path).suffix.lower())
+
+
+class SourceConfig(StrictModel):
+    """One input: a file, a glob, a local dataset directory (format hf) or `hf://owner/name`."""
+
+    path: str = Field(min_length=1)
+    format: Format = "auto"
+    text_field: str = "text"
+    text_mode: Literal["file", "line", "paragraph"] = "paragraph"
+    hf_name: str | None = None
+    hf_split: str = "train"
+    max_documents: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_format(cls, raw: Any) -> Any:
+        # Resolved here so the saved config says which reader ran.
+        if not isinstance(raw, dict) or raw.get("format", "auto") != "auto" or "path" not in raw:
+            return raw
+        inferred = infer_format(str(raw["path"]))
+        if inferred is None:
+            raise ValueError(
+                f"cannot infer the format of {raw['path']!r} from its extension "
+                f"(known: {', '.join(EXTENSION_FORMATS)}, hf://); set format "
+                "(WikiExtractor output needs format: wikiextractor)"
+            )
+        return {**raw, "format": inferred}
+
+    @model_validator(mode="after")
+    def _hf_uri_needs_hf_format(self) -> SourceConfig:
+        if is_hf_uri(self.path) and self.format != "hf":
+            raise ValueError(f"path {self.path!r} is a Hugging Face dataset; format must be hf, not {self.format}")
+        return self
+
+
+def _filter_tag(value: Any) -> str | None:
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    return FILTERS.get(name).__name__ if name in FILTERS else None
+
+
+# Tags are class names: lmforge.configbase drops capitalised union tags from error locations, so an
+# error reads `filters.0.min_words`, not `filters.0.min_length.min_words`.
+FilterConfig = Annotated[
+    Union[tuple(Annotated[cls, Tag(cls.__name__)] for _, cls in FILTERS.items())],  # noqa: UP007
+    Discriminator(_filter_tag),
+]
+
+
+class CorpusConfig(StrictModel):
+    sources: list[SourceConfig] = Field(min_length=1)
+    normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFKC"
+    filters: list[FilterConfig] = Field(default_factory=lambda: [MinLength(min_words=20)])
+    dedup: bool = True
+    max_documents: int | None = Field(None, ge=1)
+    rows_per_file: int = Field(20000, ge=1)
+
+    @field_validator("filters", mode="before")
+    @classmethod
+    def _check_filter_names_and_keys(cls, raw: Any) -> Any:
+        # Checked here so the message names the filter's own keys (a generic union error cannot).
+        if not isinstance(raw, list):
+            return raw
+        for index, item in enumerate(raw):
+            if not isinstance(item, dict):
+                continue
+            if "name" not in item:
+                raise ValueError(f"filters.{index}: missing key 'name' (one of: {', '.join(FILTERS.names())})")
+            if item["name"] not in FILTERS:
+                raise ValueError(f"filters.{index}.name: {FILTERS.unknown_message(str(item['name']))}")
+            _check_filter_keys(index, item, FILTERS.get(item["name"]))
+        return raw
+
+
+def _check_filter_keys(index: int, item: dict[str, Any], filter_cls: type[DocumentFilter]) -> None:
+    valid = sorted(filter_cls.model_fields)
+    for key in item:
+        if key not in filter_cls.model_fields:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"filters.{index}: unknown key {key!r} for filter {item['name']!r}{hint} (valid keys: {', '.join(valid)})"
+            )

@@ -1,0 +1,24 @@
+"""Reader for Hugging Face datasets: `hf://owner/name` on the Hub, or a local dataset directory/file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from corpus.config import SourceConfig
+from corpus.readers import READERS, RawRecord, field_record
+from infra.data_paths import HF_PREFIX
+
+
+def hf_dataset_name(target: str) -> str:
+    """The first argument of `datasets.load_dataset`: a Hub id (`owner/name`) or a local path."""
+    return target[len(HF_PREFIX) :] if target.startswith(HF_PREFIX) else target
+
+
+@READERS.register("hf")
+def read_hf(target: str, source: SourceConfig) -> Iterator[RawRecord]:
+    """Streams `source.hf_split` of the dataset, so nothing is downloaded up front."""
+    import datasets
+
+    dataset = datasets.load_dataset(hf_dataset_name(target), source.hf_name, split=source.hf_split, streaming=True)
+    for row_number, row in enumerate(dataset):
+        yield field_record(str(row_number), row, source.text_field)

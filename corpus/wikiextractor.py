@@ -1,0 +1,56 @@
+"""Reader for WikiExtractor output: `<doc id=".." url=".." title="..">` blocks, title line first."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+
+from corpus.config import SourceConfig
+from corpus.readers import READERS, RawRecord, text_record
+
+_DOC_START = re.compile(rb"^<doc(\s[^>]*)?>\s*$")
+_DOC_END = b"</doc>"
+_ATTRIBUTE = re.compile(rb'(\w+)="([^"]*)"')
+
+
+@READERS.register("wikiextractor")
+def read_wikiextractor(target: str, source: SourceConfig) -> Iterator[RawRecord]:
+    """One record per `<doc>`; its text is the body (title line included), keyed by the `id` attribute.
+
+    A `<doc>` left open (a new `<doc>` or end of file before `</doc>`) is `malformed_doc`; text outside
+    any `<doc>` is ignored, as WikiExtractor writes none.
+    """
+    seen: dict[str, int] = {}
+    key: str | None = None
+    body: list[bytes] = []
+    ordinal = 0
+    with open(target, "rb") as handle:
+        for line in handle:
+            start = _DOC_START.match(line)
+            if start:
+                if key is not None:
+                    yield RawRecord(key, None, "malformed_doc")
+                key = _unique_key(_doc_id(start.group(1) or b"", ordinal), seen)
+                ordinal += 1
+                body = []
+            elif line.rstrip() == _DOC_END and key is not None:
+                yield text_record(key, b"".join(body))
+                key = None
+            elif key is not None:
+                body.append(line)
+    if key is not None:
+        yield RawRecord(key, None, "malformed_doc")
+
+
+def _doc_id(attributes: bytes, ordinal: int) -> str:
+    values = {name: value for name, value in _ATTRIBUTE.findall(attributes)}
+    raw = values.get(b"id", b"").decode("utf-8", errors="replace").strip()
+    return html.unescape(raw) if raw else f"#{ordinal}"
+
+
+def _unique_key(key: str, seen: dict[str, int]) -> str:
+    # doc_id must be unique even if a dump repeats a page id within one file.
+    count = seen.get(key, 0)
+    seen[key] = count + 1
+    return key if count == 0 else f"{key}~{count}"

@@ -1,0 +1,172 @@
+"""Pipeline steps: each binds a library stage to the artifact store. Plain functions, no Prefect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import corpus
+import tasks
+import tokenization
+import training
+from infra.data_paths import is_hf_uri, resolve_file
+from infra.ray_runtime import run_remote
+from infra.stage_runner import StageOutcome, StageRunner
+from infra.store import ArtifactStore, ExternalFile
+from lmforge.config import PipelineConfig
+from lmforge.errors import ConfigError
+
+# Stages in pipeline order; `--force NAME` recomputes NAME and everything after it.
+FORCEABLE_STAGES = ("clean", "tokenizer", "shard", "pretrain", "finetune", "eval")
+FINETUNE_INITS = ("pretrained", "random")
+
+
+@dataclass
+class RunContext:
+    config: PipelineConfig
+    store: ArtifactStore
+    runner: StageRunner
+    data_dir: Path | None
+    run_id: str
+
+
+def forced_stages(force: str | None) -> set[str]:
+    if force is None:
+        return set()
+    if force not in FORCEABLE_STAGES:
+        raise ConfigError(f"--force {force!r}: expected one of {', '.join(FORCEABLE_STAGES)}")
+    return set(FORCEABLE_STAGES[FORCEABLE_STAGES.index(force) :])
+
+
+def make_context(config: PipelineConfig, store_root: str | Path, run_id: str, force: str | None) -> RunContext:
+    store = ArtifactStore(store_root)
+    runner = StageRunner(store, run_id, forced_stages(force))
+    return RunContext(config, store, runner, config.resolved_data_dir(), run_id)
+
+
+def dump(section: Any) -> dict[str, Any]:
+    return section.model_dump(mode="json")
+
+
+def clean_step(ctx: RunContext) -> StageOutcome:
+    cfg = ctx.config.corpus
+    inputs = [ExternalFile(ref.uri, ref.path) for ref in corpus.list_inputs(cfg, ctx.data_dir)]
+    return ctx.runner.run(
+        "clean",
+        "corpus",
+        config=dump(cfg),
+        parents=[],
+        packages=("corpus",),
+        external_files=inputs,
+        compute=lambda out: corpus.clean_corpus(cfg, ctx.data_dir, out),
+    )
+
+
+def tokenizer_step(ctx: RunContext, cleaned: StageOutcome) -> StageOutcome:
+    cfg = ctx.config.tokenizer
+    return ctx.runner.run(
+        "tokenizer",
+        "tokenizer",
+        config=dump(cfg),
+        parents=[cleaned.artifact_id],
+        packages=("tokenization",),
+        compute=lambda out: tokenization.train_tokenizer(cfg, Path(cleaned.path), out),
+    )
+
+
+def shard_step(ctx: RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
+    cfg = ctx.config.shard
+    packing = training.get_objective(ctx.config.pretrain.objective).packing
+    return ctx.runner.run(
+        "shard",
+        "shards",
+        config={**dump(cfg), "packing": packing},
+        parents=[cleaned.artifact_id, tokenizer.artifact_id],
+        packages=("tokenization",),
+        seed=ctx.config.seed,
+        compute=lambda out: tokenization.build_shards(
+            cfg, packing, Path(cleaned.path), Path(tokenizer.path), out, ctx.config.seed
+        ),
+    )
+
+
+def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
+    cfg = ctx.config.pretrain
+    return ctx.runner.run(
+        "pretrain",
+        "model",
+        config=dump(cfg),
+        parents=[shards.artifact_id, tokenizer.artifact_id],
+        packages=("training", "tokenization"),
+        seed=ctx.config.seed,
+        compute=lambda out: training.pretrain(cfg, Path(shards.path), Path(tokenizer.path), out, ctx.config.seed),
+    )
+
+
+def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutcome) -> StageOutcome:
+    entry = tasks.FINETUNE_TASKS.get(task_config.name)
+    model_dir = Path(model.path) / "hf"
+    return ctx.runner.run(
+        f"finetune/{task_config.name}/{init}",
+        "finetune",
+        config={**dump(task_config), "init": init},
+        parents=[model.artifact_id],
+        packages=("tasks",),
+        seed=ctx.config.seed,
+        external_files=task_inputs(task_config, ctx.data_dir),
+        forced_name="finetune",
+        compute=lambda out: run_remote(
+            entry.run, task_config, model_dir, init, ctx.data_dir, out, ctx.config.seed, num_cpus=1
+        ),
+    )
+
+
+def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: StageOutcome) -> StageOutcome:
+    entry = tasks.EVAL_TASKS.get(task_config.name)
+    model_dir = Path(model.path) / "hf"
+    return ctx.runner.run(
+        f"eval/{task_config.name}",
+        "evaluation",
+        config=dump(task_config),
+        parents=[model.artifact_id, shards.artifact_id],
+        packages=("tasks",),
+        seed=ctx.config.seed,
+        external_files=task_inputs(task_config, ctx.data_dir),
+        forced_name="eval",
+        compute=lambda out: run_remote(
+            entry.run, task_config, model_dir, Path(shards.path), ctx.data_dir, out, ctx.config.seed, num_cpus=1
+        ),
+    )
+
+
+def applicable_eval_tasks(config: PipelineConfig) -> list[Any]:
+    objective = config.pretrain.objective
+    return [task for task in config.evaluation.tasks if objective in tasks.EVAL_TASKS.get(task.name).applies_to]
+
+
+def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
+    """Raw data files a downstream task reads (fields named `path` or `*_path`), for lineage."""
+    files = []
+    for name, value in task_config.model_dump().items():
+        if (name == "path" or name.endswith("_path")) and isinstance(value, str):
+            if is_hf_uri(value):
+                files.append(ExternalFile(value, None))
+            else:
+                files.append(ExternalFile(value, resolve_file(value, data_dir, f"{task_config.name}.{name}")))
+    return files
+
+
+def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
+    from lmforge.report import write_report
+
+    parents = sorted({stage["artifact_id"] for stage in record["stages"].values() if stage.get("artifact_id")})
+
+    def compute(out: Path) -> dict[str, Any]:
+        paths = write_report(record, out)
+        return {name: Path(path).name for name, path in paths.items()}
+
+    # The run id is part of the recipe: a report describes one run and is never reused.
+    return ctx.runner.run(
+        "report", "report", config={"run_id": ctx.run_id}, parents=parents, packages=("flows",), compute=compute
+    )

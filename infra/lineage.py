@@ -1,0 +1,99 @@
+"""What a re-run needs to know: code version, environment, and a fingerprint of the stage's code."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_json(value: Any) -> str:
+    """Hash of a JSON-able value in canonical form (sorted keys, no whitespace)."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@functools.cache
+def code_version() -> dict[str, Any]:
+    """Git commit of the lmforge checkout and whether its tree had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(
+                ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return result.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    from lmforge import __version__
+
+    return {
+        "lmforge_version": __version__,
+        "git_commit": commit,
+        "git_dirty": bool(status) if status is not None else None,
+    }
+
+
+@functools.cache
+def code_fingerprint(packages: tuple[str, ...]) -> str:
+    """sha256 over the source of the named top-level packages: a stage re-runs when its code changes."""
+    digest = hashlib.sha256()
+    for package in sorted(packages):
+        package_dir = REPO_ROOT / package
+        for source in sorted(package_dir.rglob("*.py")):
+            digest.update(str(source.relative_to(REPO_ROOT)).encode() + b"\0")
+            digest.update(source.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.cache
+def environment() -> dict[str, Any]:
+    """Interpreter, platform, accelerator and every installed package version."""
+    packages = {
+        dist.metadata["Name"].lower(): dist.version
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"]
+    }
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "packages": dict(sorted(packages.items())),
+    }
+    try:
+        import torch
+
+        info["torch_cuda"] = torch.version.cuda
+        info["cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return info
+
+
+def recipe_key(stage: str, stage_config: Any, parents: list[str], code: str, seed: int | None) -> str:
+    """Everything that determines a stage's output; equal keys mean the stored artifact can be reused."""
+    return sha256_json({"stage": stage, "config": stage_config, "parents": sorted(parents), "code": code, "seed": seed})

@@ -1,0 +1,68 @@
+"""The root pipeline config: one typed object per run, composed of each package's section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from corpus import CorpusConfig
+from infra.data_paths import default_data_dir
+from lmforge.configbase import StrictModel
+from lmforge.errors import ConfigError
+from tasks.config import EvaluationConfig, FinetuneConfig
+from tokenization import ShardConfig, TokenizerConfig
+from training import PretrainConfig, get_objective
+
+
+class RayConfig(StrictModel):
+    """Where heavy work runs. No address: an in-process local runtime (or $LMFORGE_RAY_ADDRESS)."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+
+
+class PipelineConfig(StrictModel):
+    """Everything one pipeline run needs; saved (resolved) inside every artifact it produces."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    seed: int = 0
+    data_dir: str | None = None
+    store: str | None = None
+    ray: RayConfig = RayConfig()
+    corpus: CorpusConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    shard: ShardConfig = ShardConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="after")
+    def _tokenizer_fits_objective(self) -> PipelineConfig:
+        objective = get_objective(self.pretrain.objective)
+        required = getattr(objective, "required_special_tokens", ())
+        if "mask" in required and self.tokenizer.algorithm == "bpe":
+            raise ValueError(
+                f"pretrain.objective {self.pretrain.objective!r} needs a [MASK] token; "
+                "use tokenizer.algorithm 'wordpiece' or 'unigram'"
+            )
+        return self
+
+    def resolved_data_dir(self) -> Path | None:
+        """data_dir from the config (relative to the working directory), else $LMFORGE_DATA_DIR."""
+        if self.data_dir:
+            path = Path(self.data_dir).expanduser().resolve()
+            if not path.is_dir():
+                raise ConfigError(f"data_dir: {self.data_dir!r} is not a directory")
+            return path
+        return default_data_dir()
+
+
+def check_inputs(config: PipelineConfig) -> None:
+    """Fail before any work starts when a configured data path does not exist."""
+    import corpus
+    import tasks
+
+    data_dir = config.resolved_data_dir()
+    corpus.check_inputs(config.corpus, data_dir)
+    tasks.check_inputs(config.finetune, config.evaluation, data_dir)

@@ -1,0 +1,195 @@
+"""Typed configs for downstream tasks; the task lists accept exactly the names in the registries.
+
+Adding a task: a config class here with `name: Literal["..."]`, one `TaskSpec` registry entry, and
+the runner module. The `FinetuneConfig` / `EvaluationConfig` list types are built from the registries.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from lmforge.configbase import StrictModel
+from tasks.specs import EVAL_TASKS, FINETUNE_TASKS, TaskRegistry, TaskSpec
+
+
+class Sst2FinetuneConfig(StrictModel):
+    """SST-2 sequence classification; the same budget for the pretrained and the random-init model."""
+
+    name: Literal["sst2"] = "sst2"
+    # Local paths resolve against the data dir; `hf://nyu-mll/glue` loads GLUE sst2 from the hub.
+    train_path: str = "sst2/train.tsv"
+    dev_path: str = "sst2/dev.tsv"
+    train_size: int | None = Field(default=2000, ge=1)  # seeded random subset; None = all rows
+    max_length: int = Field(default=64, ge=2)
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
+    log_every: int = Field(default=1, ge=1)  # loss-curve resolution in optimizer steps
+
+
+class Sst2IclConfig(StrictModel):
+    """SST-2 in-context learning: k demonstrations, label scored by continuation log-likelihood."""
+
+    name: Literal["sst2_icl"] = "sst2_icl"
+    train_path: str = "sst2/train.tsv"
+    dev_path: str = "sst2/dev.tsv"
+    shots: list[int] = Field(default_factory=lambda: [0, 1, 5], min_length=1)
+    num_orderings: int = 3
+    max_examples: int | None = Field(default=None, ge=1)  # None: the full dev set
+    template: str = "Review: {text}\nSentiment: {label}"
+    label_words: dict[int, str] = Field(default_factory=lambda: {0: "negative", 1: "positive"})
+    batch_size: int = Field(default=16, ge=1)
+    max_length: int | None = Field(default=None, ge=8)  # None: the model's n_positions
+
+    @field_validator("shots")
+    @classmethod
+    def _shots_valid(cls, shots: list[int]) -> list[int]:
+        if any(k < 0 for k in shots) or len(set(shots)) != len(shots):
+            raise ValueError(f"shots must be distinct non-negative integers, got {shots}")
+        return shots
+
+    @field_validator("num_orderings")
+    @classmethod
+    def _enough_orderings(cls, value: int) -> int:
+        if value < 3:
+            raise ValueError(
+                "num_orderings must be at least 3 so each k reports a spread over demonstration orderings"
+            )
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_has_slots(cls, template: str) -> str:
+        for slot in ("{text}", "{label}"):
+            if template.count(slot) != 1:
+                raise ValueError(f"template must contain {slot} exactly once, got {template!r}")
+        if template.index("{label}") < template.index("{text}"):
+            raise ValueError(f"template must put {{label}} after {{text}}, got {template!r}")
+        if not template.split("{label}")[0].replace("{text}", "").strip():
+            raise ValueError("template needs some prompt text before {label}")
+        return template
+
+    @field_validator("label_words")
+    @classmethod
+    def _binary_labels(cls, words: dict[int, str]) -> dict[int, str]:
+        if sorted(words) != [0, 1] or not all(word.strip() for word in words.values()):
+            raise ValueError(f"label_words must map 0 and 1 to non-empty words, got {words}")
+        if len(set(words.values())) != 2:
+            raise ValueError(f"label_words must be two different words, got {words}")
+        return words
+
+
+class WikitextPerplexityConfig(StrictModel):
+    """Token-level perplexity and bits per byte on WikiText-2 (raw) validation."""
+
+    name: Literal["wikitext_perplexity"] = "wikitext_perplexity"
+    path: str = "wikitext2_raw/valid.txt"  # or hf://Salesforce/wikitext
+    max_length: int | None = Field(default=None, ge=2)  # window length; None: the model's n_positions
+    # New tokens scored per window; None: max_length - 1, i.e. windows that share only the one token
+    # the next window's first prediction needs as context (every token is predicted exactly once).
+    stride: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> WikitextPerplexityConfig:
+        if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
+            raise ValueError(
+                f"stride ({self.stride}) must be below max_length ({self.max_length}): each window "
+                "needs at least one token of context before its first scored token"
+            )
+        return self
+
+
+class MlmAccuracyConfig(StrictModel):
+    """Masked-token accuracy and loss on the validation shards, with a fixed masking seed."""
+
+    name: Literal["mlm_accuracy"] = "mlm_accuracy"
+    max_sequences: int | None = Field(default=2000, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    mask_probability: float = Field(default=0.15, gt=0, lt=1)
+    # Fixed, independent of the run seed, so the metric compares across runs.
+    mask_seed: int = 0
+
+
+FINETUNE_TASKS.add(
+    TaskSpec("sst2", Sst2FinetuneConfig, frozenset({"clm", "mlm"}), "tasks.finetune:run_sst2_finetune")
+)
+EVAL_TASKS.add(TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm"}), "tasks.icl:run_sst2_icl"))
+EVAL_TASKS.add(
+    TaskSpec(
+        "wikitext_perplexity",
+        WikitextPerplexityConfig,
+        frozenset({"clm"}),
+        "tasks.perplexity:run_wikitext_perplexity",
+    )
+)
+EVAL_TASKS.add(
+    TaskSpec("mlm_accuracy", MlmAccuracyConfig, frozenset({"mlm"}), "tasks.mlm_accuracy:run_mlm_accuracy")
+)
+
+
+def _task_union(registry: TaskRegistry) -> Any:
+    """`Annotated[Union[...], Discriminator]` over the registry's config classes, keyed by `name`.
+
+    The union tags are class names so that validation errors read `tasks.0.shots`, not
+    `tasks.0.sst2_icl.shots` (configbase drops capitalised location parts).
+    """
+    classes = registry.config_classes()
+    if len(classes) == 1:
+        return classes[0]
+    tag_of_name = {spec.name: spec.config_cls.__name__ for _, spec in registry.items()}
+
+    def discriminate(value: Any) -> str | None:
+        name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+        return tag_of_name.get(name) if isinstance(name, str) else None
+
+    members = tuple(Annotated[cls, Tag(cls.__name__)] for cls in classes)
+    return Annotated[
+        Union[members],  # noqa: UP007 - a runtime-built union needs the subscript form
+        Discriminator(
+            discriminate,
+            custom_error_type="unknown_task",
+            custom_error_message=f"`name` must be one of the {registry.kind}s: {', '.join(registry.names())}",
+        ),
+    ]
+
+
+FinetuneTaskConfig = _task_union(FINETUNE_TASKS)
+EvalTaskConfig = _task_union(EVAL_TASKS)
+
+
+def _unique_names(tasks: list[Any]) -> list[Any]:
+    names = [task.name for task in tasks]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        # Outputs are keyed by task name (finetune/<name>/..., eval/<name>), so names must be unique.
+        raise ValueError(f"each task may appear once; repeated: {', '.join(duplicates)}")
+    return tasks
+
+
+class FinetuneConfig(StrictModel):
+    """Fine-tune tasks, each run twice: from the pretrained weights and from a random init."""
+
+    tasks: list[FinetuneTaskConfig] = Field(default_factory=lambda: [Sst2FinetuneConfig()])
+
+    _unique = field_validator("tasks")(_unique_names)
+
+    def tasks_for(self, objective: str) -> list[Any]:
+        return [task for task in self.tasks if objective in FINETUNE_TASKS[task.name].applies_to]
+
+
+class EvaluationConfig(StrictModel):
+    """Eval tasks; a run executes only those whose `applies_to` holds the pretraining objective."""
+
+    tasks: list[EvalTaskConfig] = Field(
+        default_factory=lambda: [Sst2IclConfig(), WikitextPerplexityConfig(), MlmAccuracyConfig()]
+    )
+
+    _unique = field_validator("tasks")(_unique_names)
+
+    def tasks_for(self, objective: str) -> list[Any]:
+        return [task for task in self.tasks if objective in EVAL_TASKS[task.name].applies_to]

@@ -1,0 +1,156 @@
+"""Task data: SST-2 and WikiText from local files or the Hugging Face hub, and validation shards.
+
+Hub datasets are named `hf://<dataset>[?config=<name>&split=<split>]` (for example
+`hf://nyu-mll/glue?config=sst2&split=validation`); the task supplies the default config and split.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from infra.data_paths import HF_PREFIX, is_hf_uri, resolve_file
+from lmforge.errors import ArtifactError, ConfigError, DataError
+from lmforge.logs import get_logger
+
+log = get_logger(__name__)
+
+SST2_HF_CONFIG = "sst2"
+WIKITEXT_HF_CONFIG = "wikitext-2-raw-v1"
+
+
+@dataclass(frozen=True)
+class LabelledText:
+    text: str
+    label: int
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    dataset: str
+    config: str | None
+    split: str
+
+
+def parse_hf_uri(uri: str, key: str, default_config: str | None, default_split: str) -> HubDataset:
+    """Split `hf://dataset?config=..&split=..` into its parts; unknown query keys are a ConfigError."""
+    body, _, query = uri[len(HF_PREFIX) :].partition("?")
+    params = {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
+    unknown = sorted(set(params) - {"config", "split"})
+    if not body or unknown:
+        raise ConfigError(
+            f"{key}: {uri!r} is not hf://<dataset>[?config=<name>&split=<split>]"
+            + (f" (unknown parameters: {', '.join(unknown)})" if unknown else "")
+        )
+    return HubDataset(body, params.get("config") or default_config, params.get("split") or default_split)
+
+
+def load_hub_split(hub: HubDataset) -> Any:
+    """`datasets.load_dataset` for one split (hub id, or a local dataset folder for offline use)."""
+    import datasets
+
+    log.info("loading %s (config %s, split %s) with datasets", hub.dataset, hub.config, hub.split)
+    return datasets.load_dataset(hub.dataset, hub.config, split=hub.split)
+
+
+def load_sst2(path: str, data_dir: Path | None, key: str, split: str) -> list[LabelledText]:
+    """SST-2 rows from a GLUE `sentence<TAB>label` TSV, or from the hub (`split`: train|validation)."""
+    if is_hf_uri(path):
+        rows = load_hub_split(parse_hf_uri(path, key, SST2_HF_CONFIG, split))
+        missing = {"sentence", "label"} - set(rows.column_names)
+        if missing:
+            raise DataError(f"{key}: {path!r} has no column(s) {sorted(missing)} (has {rows.column_names})")
+        return [LabelledText(str(text).strip(), int(label)) for text, label in zip(rows["sentence"], rows["label"], strict=True)]
+    return read_sst2_tsv(resolve_file(path, data_dir, key))
+
+
+def read_sst2_tsv(file: Path) -> list[LabelledText]:
+    lines = file.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].strip().split("\t") != ["sentence", "label"]:
+        raise DataError(f"{file}: expected a 'sentence<TAB>label' header line")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        text, sep, label = line.rpartition("\t")
+        if not sep or label.strip() not in ("0", "1"):
+            raise DataError(f"{file}:{number}: expected 'sentence<TAB>0|1', got {line[:80]!r}")
+        rows.append(LabelledText(text.strip(), int(label)))
+    if not rows:
+        raise DataError(f"{file}: no rows")
+    return rows
+
+
+def seeded_subset(rows: list[LabelledText], size: int | None, seed: int) -> list[LabelledText]:
+    """A seeded random subset of `size` rows (all rows, shuffled, when size is None or too big)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[i] for i in order[: size if size is not None else len(rows)]]
+
+
+def load_text(path: str, data_dir: Path | None, key: str) -> str:
+    """A raw text corpus as one string with `\\n` newlines (WikiText-2 raw file or hub split)."""
+    if is_hf_uri(path):
+        rows = load_hub_split(parse_hf_uri(path, key, WIKITEXT_HF_CONFIG, "validation"))
+        if "text" not in rows.column_names:
+            raise DataError(f"{key}: {path!r} has no 'text' column (has {rows.column_names})")
+        # Hub rows are the file's lines with their newline kept, so joining restores the file.
+        text = "".join(rows["text"])
+    else:
+        text = resolve_file(path, data_dir, key).read_text(encoding="utf-8")
+    text = text.replace("\r\n", "\n")
+    if not text.strip():
+        raise DataError(f"{key}: {path!r} holds no text")
+    return text
+
+
+def read_validation_sequences(shards_dir: Path, max_sequences: int | None) -> np.ndarray:
+    """Validation `input_ids` (num_sequences, seq_len) from `validation-NNNNN.parquet` shards."""
+    import pyarrow.parquet as pq
+
+    files = _validation_files(shards_dir)
+    blocks: list[np.ndarray] = []
+    remaining = max_sequences if max_sequences is not None else float("inf")
+    for file in files:
+        if remaining <= 0:
+            break
+        column = pq.read_table(file, columns=["input_ids"]).column("input_ids").combine_chunks()
+        lengths = np.diff(column.offsets.to_numpy())
+        if len(lengths) == 0:
+            continue
+        if (lengths != lengths[0]).any():
+            raise ArtifactError(f"{file}: input_ids rows differ in length; expected fixed-length packing")
+        block = column.flatten().to_numpy().astype(np.int64).reshape(len(lengths), int(lengths[0]))
+        blocks.append(block[: int(min(remaining, len(block)))])
+        remaining -= len(blocks[-1])
+    if not blocks:
+        raise ArtifactError(f"{shards_dir}: the validation shards hold no sequences")
+    if len({block.shape[1] for block in blocks}) != 1:
+        raise ArtifactError(f"{shards_dir}: validation shards have different sequence lengths")
+    return np.concatenate(blocks)
+
+
+def _validation_files(shards_dir: Path) -> list[Path]:
+    manifest_path = shards_dir / "dataset_manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        listed = [
+            shards_dir / entry["path"]
+            for entry in manifest.get("shards", [])
+            if isinstance(entry, dict) and entry.get("split") == "validation"
+        ]
+        if listed:
+            missing = [str(path) for path in listed if not path.is_file()]
+            if missing:
+                raise ArtifactError(f"{manifest_path} lists missing shard files: {', '.join(missing)}")
+            return listed
+    files = sorted(shards_dir.glob("validation-*.parquet"))
+    if not files:
+        raise ArtifactError(f"{shards_dir}: no validation-*.parquet shards")
+    return files

@@ -1,0 +1,56 @@
+"""Task registries: one entry per task name used in YAML (`finetune.tasks[].name`, `evaluation.tasks[].name`)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lmforge.configbase import StrictModel
+from lmforge.errors import ConfigError
+from lmforge.registry import Registry
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: its typed config, the pretraining objectives it applies to, and its runner.
+
+    The runner is named as "module:function" and imported on first call, so that loading a config
+    (CLI, flow planning) does not import torch and transformers. Specs are picklable for Ray tasks.
+    """
+
+    name: str
+    config_cls: type[StrictModel]
+    applies_to: frozenset[str]
+    runner: str
+
+    def run(self, config: StrictModel, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(config, self.config_cls):
+            raise ConfigError(
+                f"task {self.name!r} expects a {self.config_cls.__name__}, got {type(config).__name__}"
+            )
+        return self.runner_function()(config, *args, **kwargs)
+
+    def runner_function(self) -> Callable[..., dict[str, Any]]:
+        module_name, _, function_name = self.runner.partition(":")
+        return getattr(importlib.import_module(module_name), function_name)
+
+
+class TaskRegistry(Registry[TaskSpec]):
+    """A Registry that also supports `registry[name]` and registers a spec under its own name."""
+
+    def __getitem__(self, name: str) -> TaskSpec:
+        return self.get(name)
+
+    def add(self, spec: TaskSpec) -> TaskSpec:
+        return self.register(spec.name)(spec)
+
+    def config_classes(self) -> list[type[StrictModel]]:
+        return [spec.config_cls for _, spec in self.items()]
+
+
+# Fine-tune runners: run(config, model_dir, init, data_dir, output_dir, seed) -> dict
+FINETUNE_TASKS = TaskRegistry("finetune task")
+# Eval runners: run(config, model_dir, shards_dir, data_dir, output_dir, seed) -> dict
+EVAL_TASKS = TaskRegistry("eval task")

@@ -1,0 +1,151 @@
+"""Artifact store: hashing, atomic publish, reuse by recipe, verify, lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from infra.stage_runner import StageRunner
+from infra.store import ArtifactStore, ExternalFile, format_lineage, hash_external
+from lmforge.cli import main
+from lmforge.errors import ArtifactError
+
+pytestmark = pytest.mark.unit
+
+
+def publish_simple(store: ArtifactStore, content: bytes, parents=(), kind="thing", recipe="r1", external=None):
+    with store.staging() as out:
+        (out / "sub").mkdir()
+        (out / "sub" / "a.bin").write_bytes(content)
+        (out / "b.txt").write_text("hello")
+        return store.publish(
+            out, kind=kind, stage=kind, parents=list(parents), config={"x": 1}, recipe_key=recipe,
+            external_files=hash_external(external or []),
+        )
+
+
+def test_publish_records_hashes_and_lineage_fields(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    manifest = publish_simple(store, b"\x00\x01payload")
+    files = {record["path"]: record for record in manifest["files"]}
+    assert files["sub/a.bin"]["sha256"] == hashlib.sha256(b"\x00\x01payload").hexdigest()
+    assert files["sub/a.bin"]["size"] == 9
+    assert set(files) == {"sub/a.bin", "b.txt"}
+    for key in ("parents", "config", "code", "environment", "recipe_key", "content_id", "created_at"):
+        assert key in manifest
+    assert "torch" in manifest["environment"]["packages"]
+    assert store.get(manifest["id"]) == manifest
+    assert (store.data_path(manifest["id"]) / "sub" / "a.bin").read_bytes() == b"\x00\x01payload"
+    assert store.find_by_recipe("r1")["id"] == manifest["id"]
+    assert not list((store.root / "tmp").iterdir()), "staging directory must be gone after publish"
+
+
+def test_identical_content_and_recipe_give_same_id_different_content_different_id(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    first = publish_simple(store, b"same")
+    second = publish_simple(store, b"same")
+    third = publish_simple(store, b"other", recipe="r2")
+    assert first["id"] == second["id"]
+    assert third["id"] != first["id"]
+
+
+def test_crash_before_publish_leaves_nothing_visible(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(RuntimeError):
+        with store.staging() as out:
+            (out / "partial.bin").write_bytes(b"half")
+            raise RuntimeError("killed mid-stage")
+    assert store.list() == []
+    assert not list((store.root / "tmp").iterdir())
+    assert not list((store.root / "artifacts").iterdir())
+
+
+def test_directory_without_manifest_is_not_an_artifact(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    (store.root / "artifacts" / "thing-deadbeef" / "data").mkdir(parents=True)
+    assert store.list() == []
+    with pytest.raises(ArtifactError, match="thing-deadbeef"):
+        store.get("thing-deadbeef")
+
+
+def test_verify_catches_flipped_byte_missing_and_unexpected_files(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    manifest = publish_simple(store, b"abcdef")
+    artifact_id = manifest["id"]
+    assert store.verify(artifact_id) == []
+    target = store.data_path(artifact_id) / "sub" / "a.bin"
+    data = bytearray(target.read_bytes())
+    data[2] ^= 0x01
+    target.write_bytes(bytes(data))
+    problems = store.verify(artifact_id)
+    assert len(problems) == 1 and "changed file" in problems[0] and "a.bin" in problems[0]
+    (store.data_path(artifact_id) / "b.txt").unlink()
+    (store.data_path(artifact_id) / "extra").write_text("x")
+    problems = store.verify(artifact_id)
+    assert any("missing file" in p and "b.txt" in p for p in problems)
+    assert any("unexpected file" in p and "extra" in p for p in problems)
+
+
+def test_verify_cli_exit_codes_name_the_file(tmp_path, capsys):
+    store = ArtifactStore(tmp_path / "store")
+    artifact_id = publish_simple(store, b"abcdef")["id"]
+    assert main(["verify", artifact_id, "--store", str(store.root)]) == 0
+    target = store.data_path(artifact_id) / "b.txt"
+    target.write_text("hellO")
+    assert main(["verify", artifact_id, "--store", str(store.root)]) == 1
+    assert "b.txt" in capsys.readouterr().err
+    assert main(["verify", "nope-123", "--store", str(store.root)]) == 1
+
+
+def test_lineage_walks_to_raw_inputs(tmp_path, capsys):
+    raw = tmp_path / "raw.txt"
+    raw.write_text("raw corpus")
+    store = ArtifactStore(tmp_path / "store")
+    root = publish_simple(store, b"a", kind="corpus", recipe="c", external=[ExternalFile("raw.txt", raw)])
+    child = publish_simple(store, b"b", parents=[root["id"]], kind="tokenizer", recipe="t")
+    grandchild = publish_simple(store, b"c", parents=[child["id"], root["id"]], kind="shards", recipe="s")
+    tree = store.lineage(grandchild["id"])
+    assert [p["id"] for p in tree["parents"]] == [child["id"], root["id"]]
+    assert tree["parents"][0]["parents"][0]["inputs"][0]["sha256"] == hashlib.sha256(b"raw corpus").hexdigest()
+    text = "\n".join(format_lineage(tree))
+    assert "raw.txt" in text and child["id"] in text
+    assert main(["lineage", grandchild["id"], "--json", "--store", str(store.root)]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == grandchild["id"]
+    raw.write_text("raw corpus, edited")
+    assert any("changed input file" in p for p in store.verify(root["id"]))
+
+
+def test_publish_refuses_unknown_parent(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    with store.staging() as out:
+        (out / "f").write_text("x")
+        with pytest.raises(ArtifactError, match="missing-parent"):
+            store.publish(out, kind="k", stage="k", parents=["missing-parent"], config={}, recipe_key="r")
+
+
+def test_stage_runner_reuses_then_recomputes_on_change_or_force(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    calls = []
+
+    def compute(out: Path):
+        calls.append(1)
+        (out / "result.txt").write_text("42")
+        return {"value": 42}
+
+    def run(runner, config):
+        return runner.run("stage", "thing", config=config, parents=[], packages=("infra",), compute=compute)
+
+    first = run(StageRunner(store, "run-1"), {"a": 1})
+    second = run(StageRunner(store, "run-2"), {"a": 1})
+    assert (first.status, second.status) == ("completed", "reused")
+    assert second.artifact_id == first.artifact_id and second.metrics == {"value": 42}
+    assert run(StageRunner(store, "run-3"), {"a": 2}).status == "completed"
+    assert run(StageRunner(store, "run-4", forced={"stage"}), {"a": 1}).status == "completed"
+    # A damaged stored artifact is recomputed rather than reused.
+    os.remove(Path(first.path) / "result.txt")
+    assert run(StageRunner(store, "run-5"), {"a": 1}).status == "completed"
+    assert len(calls) == 4

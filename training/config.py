@@ -1,0 +1,134 @@
+"""Typed pre-training configuration: model size presets, MLM masking, optimisation and scaling."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lmforge.configbase import StrictModel
+from lmforge.errors import ConfigError
+
+ModelSize = Literal["debug", "tiny", "small", "custom"]
+
+# hidden size, layers, heads; the feed-forward width defaults to 4x hidden (GPT-2 / BERT convention).
+MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
+    "debug": (64, 2, 2),
+    "tiny": (128, 2, 2),
+    "small": (256, 4, 4),
+}
+
+
+class ResolvedModelShape(StrictModel):
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    dropout: float
+
+
+class ModelConfig(StrictModel):
+    """A named size preset; any explicit field overrides the preset (`custom` needs all three)."""
+
+    size: ModelSize = "debug"
+    hidden_size: int | None = Field(default=None, gt=0)
+    num_layers: int | None = Field(default=None, gt=0)
+    num_heads: int | None = Field(default=None, gt=0)
+    intermediate_size: int | None = Field(default=None, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelConfig:
+        if self.size == "custom" and None in (self.hidden_size, self.num_layers, self.num_heads):
+            raise ConfigError("model.size 'custom' needs model.hidden_size, model.num_layers and model.num_heads")
+        shape = self.resolve()
+        if shape.hidden_size % shape.num_heads:
+            raise ConfigError(
+                f"model.hidden_size {shape.hidden_size} is not divisible by model.num_heads {shape.num_heads}"
+            )
+        return self
+
+    def resolve(self) -> ResolvedModelShape:
+        hidden, layers, heads = MODEL_PRESETS.get(self.size, (0, 0, 0))
+        hidden = self.hidden_size or hidden
+        return ResolvedModelShape(
+            hidden_size=hidden,
+            num_layers=self.num_layers or layers,
+            num_heads=self.num_heads or heads,
+            intermediate_size=self.intermediate_size or 4 * hidden,
+            dropout=self.dropout,
+        )
+
+
+class MaskingConfig(StrictModel):
+    """BERT-style corruption: select `mask_probability` of non-special tokens, then 80/10/10."""
+
+    mask_probability: float = Field(default=0.15, gt=0.0, lt=1.0)
+    replace_with_mask: float = Field(default=0.8, ge=0.0, le=1.0)
+    replace_with_random: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check_split(self) -> MaskingConfig:
+        if self.replace_with_mask + self.replace_with_random > 1.0 + 1e-9:
+            raise ConfigError(
+                f"masking.replace_with_mask ({self.replace_with_mask}) + masking.replace_with_random "
+                f"({self.replace_with_random}) must not exceed 1 (the rest stays unchanged)"
+            )
+        return self
+
+
+class PretrainConfig(StrictModel):
+    objective: str = "clm"
+    model: ModelConfig = ModelConfig()
+    masking: MaskingConfig = MaskingConfig()
+    num_workers: int = Field(default=2, ge=1)
+    # "auto": use CUDA when the Ray cluster reports GPUs.
+    use_gpu: Literal["auto"] | bool = "auto"
+    cpus_per_worker: int = Field(default=1, ge=1)
+    zero_stage: int = Field(default=1, ge=0, le=3)
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    micro_batch_size: int = Field(default=16, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = Field(default=20, ge=0)
+    max_steps: int = Field(default=200, ge=1)
+    lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    gradient_clipping: float = Field(default=1.0, ge=0.0)
+    log_every: int = Field(default=10, ge=1)
+    eval_every: int = Field(default=50, ge=1)
+    # None evaluates the whole validation split; otherwise at most this many micro-batches per worker.
+    eval_batches: int | None = Field(default=None, ge=1)
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    max_failures: int = Field(default=0, ge=-1)
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, name: str) -> str:
+        # Imported here: objectives import transformers lazily but need this module's classes.
+        from training.objectives import OBJECTIVES
+
+        if name not in OBJECTIVES:
+            raise ConfigError("objective: " + OBJECTIVES.unknown_message(name))
+        return name
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ConfigError(f"adam_betas: each beta must be in [0, 1), got {betas}")
+        return betas
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> PretrainConfig:
+        if self.warmup_steps > self.max_steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        if self.precision == "fp16" and self.use_gpu is False:
+            raise ConfigError("precision 'fp16' needs GPUs (use bf16 or fp32 on CPU); set use_gpu or precision")
+        return self
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.num_workers

@@ -1,0 +1,52 @@
+"""Hugging Face model builders sized by ModelConfig (random init, so `save_pretrained` output reloads)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from training.config import ModelConfig
+
+
+def build_gpt2(model_config: ModelConfig, vocab_size: int, seq_len: int, special_ids: Mapping[str, int]):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    shape = model_config.resolve()
+    eos = special_ids.get("eos")
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=seq_len,
+        n_embd=shape.hidden_size,
+        n_layer=shape.num_layers,
+        n_head=shape.num_heads,
+        n_inner=shape.intermediate_size,
+        resid_pdrop=shape.dropout,
+        embd_pdrop=shape.dropout,
+        attn_pdrop=shape.dropout,
+        bos_token_id=special_ids.get("bos", eos),
+        eos_token_id=eos,
+        pad_token_id=special_ids.get("pad", eos),
+    )
+    return GPT2LMHeadModel(config)
+
+
+def build_bert(model_config: ModelConfig, vocab_size: int, seq_len: int, special_ids: Mapping[str, int]):
+    from transformers import BertConfig, BertForMaskedLM
+
+    shape = model_config.resolve()
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        intermediate_size=shape.intermediate_size,
+        hidden_dropout_prob=shape.dropout,
+        attention_probs_dropout_prob=shape.dropout,
+        max_position_embeddings=seq_len,
+        pad_token_id=special_ids.get("pad", 0),
+    )
+    return BertForMaskedLM(config)
+
+
+def count_parameters(model) -> int:
+    """Unique parameters (tied input/output embeddings counted once)."""
+    return sum(param.numel() for param in model.parameters())
