@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 from pathlib import PurePosixPath
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from corpus.filters import FILTERS, DocumentFilter, MinLength
+from corpus.normalize import NormalizationForm
 from infra.data_paths import is_hf_uri
 from lmforge.configbase import StrictModel
 
@@ -39,7 +40,7 @@ class SourceConfig(StrictModel):
     text_mode: Literal["file", "line", "paragraph"] = "paragraph"
     hf_name: str | None = None
     hf_split: str = "train"
-    max_documents: int | None = Field(None, ge=1)
+    max_documents: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -59,30 +60,40 @@ class SourceConfig(StrictModel):
     @model_validator(mode="after")
     def _hf_uri_needs_hf_format(self) -> SourceConfig:
         if is_hf_uri(self.path) and self.format != "hf":
-            raise ValueError(f"path {self.path!r} is a Hugging Face dataset; format must be hf, not {self.format}")
+            raise ValueError(
+                f"path {self.path!r} is a Hugging Face dataset; format must be hf, not {self.format}"
+            )
         return self
 
 
 def _filter_tag(value: Any) -> str | None:
     name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
-    return FILTERS.get(name).__name__ if name in FILTERS else None
+    return FILTERS.get(str(name)).__name__ if name in FILTERS else None
 
 
 # Tags are class names: lmforge.configbase drops capitalised union tags from error locations, so an
-# error reads `filters.0.min_words`, not `filters.0.min_length.min_words`.
-FilterConfig = Annotated[
-    Union[tuple(Annotated[cls, Tag(cls.__name__)] for _, cls in FILTERS.items())],  # noqa: UP007
-    Discriminator(_filter_tag),
-]
+# error reads `filters.0.min_words`, not `filters.0.min_length.min_words`. The union is built from the
+# registry at import time, which type checkers cannot follow.
+if TYPE_CHECKING:
+    FilterConfig = DocumentFilter
+else:
+    FilterConfig = Annotated[
+        Union[tuple(Annotated[cls, Tag(cls.__name__)] for _, cls in FILTERS.items())],  # noqa: UP007
+        Discriminator(_filter_tag),
+    ]
+
+
+def _default_filters() -> list[FilterConfig]:
+    return [MinLength(min_words=20)]
 
 
 class CorpusConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
-    normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFKC"
-    filters: list[FilterConfig] = Field(default_factory=lambda: [MinLength(min_words=20)])
+    normalization: NormalizationForm = "NFKC"
+    filters: list[FilterConfig] = Field(default_factory=_default_filters)
     dedup: bool = True
-    max_documents: int | None = Field(None, ge=1)
-    rows_per_file: int = Field(20000, ge=1)
+    max_documents: int | None = Field(default=None, ge=1)
+    rows_per_file: int = Field(default=20000, ge=1)
 
     @field_validator("filters", mode="before")
     @classmethod
@@ -94,7 +105,9 @@ class CorpusConfig(StrictModel):
             if not isinstance(item, dict):
                 continue
             if "name" not in item:
-                raise ValueError(f"filters.{index}: missing key 'name' (one of: {', '.join(FILTERS.names())})")
+                raise ValueError(
+                    f"filters.{index}: missing key 'name' (one of: {', '.join(FILTERS.names())})"
+                )
             if item["name"] not in FILTERS:
                 raise ValueError(f"filters.{index}.name: {FILTERS.unknown_message(str(item['name']))}")
             _check_filter_keys(index, item, FILTERS.get(item["name"]))

@@ -32,8 +32,8 @@ class MinLength(DocumentFilter):
     """Drops stubs, e.g. title-only Wikipedia pages."""
 
     name: Literal["min_length"] = "min_length"
-    min_words: int = Field(20, ge=0)
-    min_chars: int = Field(0, ge=0)
+    min_words: int = Field(default=20, ge=0)
+    min_chars: int = Field(default=0, ge=0)
 
     def check(self, text: str) -> str | None:
         if len(text.split()) < self.min_words:
@@ -46,8 +46,8 @@ class MinLength(DocumentFilter):
 @FILTERS.register("max_length")
 class MaxLength(DocumentFilter):
     name: Literal["max_length"] = "max_length"
-    max_words: int | None = Field(None, ge=1)
-    max_chars: int | None = Field(None, ge=1)
+    max_words: int | None = Field(default=None, ge=1)
+    max_chars: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _needs_a_limit(self) -> MaxLength:
@@ -68,7 +68,7 @@ class AlphaRatio(DocumentFilter):
     """Drops tables, code dumps and symbol soup: too few letters among the non-space characters."""
 
     name: Literal["alpha_ratio"] = "alpha_ratio"
-    min_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    min_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
 
     def check(self, text: str) -> str | None:
         visible = [char for char in text if not char.isspace()]
@@ -83,7 +83,7 @@ class RepeatedLines(DocumentFilter):
     """Drops boilerplate-heavy pages (Gopher's duplicate-line fraction; 0.3 is Gopher's threshold)."""
 
     name: Literal["repeated_lines"] = "repeated_lines"
-    max_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_fraction: float = Field(default=0.3, ge=0.0, le=1.0)
 
     def check(self, text: str) -> str | None:
         lines = [line for line in text.split("\n") if line]

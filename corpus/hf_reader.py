@@ -19,6 +19,8 @@ def read_hf(target: str, source: SourceConfig) -> Iterator[RawRecord]:
     """Streams `source.hf_split` of the dataset, so nothing is downloaded up front."""
     import datasets
 
-    dataset = datasets.load_dataset(hf_dataset_name(target), source.hf_name, split=source.hf_split, streaming=True)
+    dataset = datasets.load_dataset(
+        hf_dataset_name(target), source.hf_name, split=source.hf_split, streaming=True
+    )
     for row_number, row in enumerate(dataset):
         yield field_record(str(row_number), row, source.text_field)

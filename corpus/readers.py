@@ -48,7 +48,17 @@ def field_record(key: str, row: object, field: str) -> RawRecord:
         return RawRecord(key, None, "missing_text_field")
     if not isinstance(value, str):
         return RawRecord(key, None, "invalid_text_field")
+    if not is_valid_unicode(value):  # lone surrogates: JSON "\\ud800" escapes, or bad bytes in CSV
+        return RawRecord(key, None, "invalid_utf8")
     return RawRecord(key, value)
+
+
+def is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @READERS.register("text")
@@ -115,18 +125,7 @@ def _read_delimited(target: str, source: SourceConfig, dialect: dict) -> Iterato
             if len(row) != len(header):
                 yield RawRecord(key, None, "malformed_row")
                 continue
-            record = field_record(key, dict(zip(header, row, strict=True)), source.text_field)
-            if record.text is not None and not _is_valid_utf8(record.text):
-                record = RawRecord(key, None, "invalid_utf8")
-            yield record
-
-
-def _is_valid_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+            yield field_record(key, dict(zip(header, row, strict=True)), source.text_field)
 
 
 @READERS.register("csv")

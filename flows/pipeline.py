@@ -46,7 +46,9 @@ def finetune_task(ctx: steps.RunContext, task_config: Any, init: str, model: Sta
 
 
 @task(name="evaluate", task_run_name="eval-{task_config.name}", **STAGE_TASK)
-def eval_task(ctx: steps.RunContext, task_config: Any, model: StageOutcome, shards: StageOutcome) -> StageOutcome:
+def eval_task(
+    ctx: steps.RunContext, task_config: Any, model: StageOutcome, shards: StageOutcome
+) -> StageOutcome:
     return steps.eval_step(ctx, task_config, model, shards)
 
 
@@ -56,7 +58,9 @@ def report_task(ctx: steps.RunContext, record: dict[str, Any]) -> StageOutcome:
 
 
 @flow(name="lmforge-pipeline", flow_run_name="{run_id}")
-def pipeline_flow(config: dict[str, Any], run_id: str, store: str, force: str | None = None) -> dict[str, Any]:
+def pipeline_flow(
+    config: dict[str, Any], run_id: str, store: str, force: str | None = None
+) -> dict[str, Any]:
     """Clean -> tokenizer -> shards -> pre-train -> (fine-tune x inits, evals) -> report."""
     logger = get_run_logger()
     pipeline_config = PipelineConfig.model_validate(config)
@@ -75,7 +79,12 @@ def pipeline_flow(config: dict[str, Any], run_id: str, store: str, force: str | 
         record.finish("failed", f"{type(err).__name__}: {err}")
         raise
     record.finish("completed")
-    logger.info("run %s completed in %.0f s; report: %s", run_id, record.data["wall_seconds"], record.data["report"]["markdown"])
+    logger.info(
+        "run %s completed in %.0f s; report: %s",
+        run_id,
+        record.data["wall_seconds"],
+        record.data["report"]["markdown"],
+    )
     return record.data
 
 
@@ -94,7 +103,10 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:
         for task_config in ctx.config.finetune.tasks
         for init in steps.FINETUNE_INITS
     ]
-    futures += [eval_task.submit(ctx, task_config, model, shards) for task_config in steps.applicable_eval_tasks(ctx.config)]
+    futures += [
+        eval_task.submit(ctx, task_config, model, shards)
+        for task_config in steps.applicable_eval_tasks(ctx.config)
+    ]
     errors = []
     for future in futures:
         try:

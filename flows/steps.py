@@ -39,7 +39,9 @@ def forced_stages(force: str | None) -> set[str]:
     return set(FORCEABLE_STAGES[FORCEABLE_STAGES.index(force) :])
 
 
-def make_context(config: PipelineConfig, store_root: str | Path, run_id: str, force: str | None) -> RunContext:
+def make_context(
+    config: PipelineConfig, store_root: str | Path, run_id: str, force: str | None
+) -> RunContext:
     store = ArtifactStore(store_root)
     runner = StageRunner(store, run_id, forced_stages(force))
     return RunContext(config, store, runner, config.resolved_data_dir(), run_id)
@@ -100,7 +102,9 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
         parents=[shards.artifact_id, tokenizer.artifact_id],
         packages=("training", "tokenization"),
         seed=ctx.config.seed,
-        compute=lambda out: training.pretrain(cfg, Path(shards.path), Path(tokenizer.path), out, ctx.config.seed),
+        compute=lambda out: training.pretrain(
+            cfg, Path(shards.path), Path(tokenizer.path), out, ctx.config.seed
+        ),
     )
 
 
@@ -135,14 +139,23 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="eval",
         compute=lambda out: run_remote(
-            entry.run, task_config, model_dir, Path(shards.path), ctx.data_dir, out, ctx.config.seed, num_cpus=1
+            entry.run,
+            task_config,
+            model_dir,
+            Path(shards.path),
+            ctx.data_dir,
+            out,
+            ctx.config.seed,
+            num_cpus=1,
         ),
     )
 
 
 def applicable_eval_tasks(config: PipelineConfig) -> list[Any]:
     objective = config.pretrain.objective
-    return [task for task in config.evaluation.tasks if objective in tasks.EVAL_TASKS.get(task.name).applies_to]
+    return [
+        task for task in config.evaluation.tasks if objective in tasks.EVAL_TASKS.get(task.name).applies_to
+    ]
 
 
 def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
@@ -160,7 +173,9 @@ def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
 def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
     from lmforge.report import write_report
 
-    parents = sorted({stage["artifact_id"] for stage in record["stages"].values() if stage.get("artifact_id")})
+    parents = sorted(
+        {stage["artifact_id"] for stage in record["stages"].values() if stage.get("artifact_id")}
+    )
 
     def compute(out: Path) -> dict[str, Any]:
         paths = write_report(record, out)
@@ -168,5 +183,10 @@ def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
 
     # The run id is part of the recipe: a report describes one run and is never reused.
     return ctx.runner.run(
-        "report", "report", config={"run_id": ctx.run_id}, parents=parents, packages=("flows",), compute=compute
+        "report",
+        "report",
+        config={"run_id": ctx.run_id},
+        parents=parents,
+        packages=("flows",),
+        compute=compute,
     )

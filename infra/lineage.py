@@ -96,4 +96,6 @@ def environment() -> dict[str, Any]:
 
 def recipe_key(stage: str, stage_config: Any, parents: list[str], code: str, seed: int | None) -> str:
     """Everything that determines a stage's output; equal keys mean the stored artifact can be reused."""
-    return sha256_json({"stage": stage, "config": stage_config, "parents": sorted(parents), "code": code, "seed": seed})
+    return sha256_json(
+        {"stage": stage, "config": stage_config, "parents": sorted(parents), "code": code, "seed": seed}
+    )

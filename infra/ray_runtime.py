@@ -46,7 +46,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ctx.enable_progress_bars = False
 
 
-def run_remote(fn: Callable[..., R], *args: Any, num_cpus: float = 1, num_gpus: float = 0, **kwargs: Any) -> R:
+def run_remote(
+    fn: Callable[..., R], *args: Any, num_cpus: float = 1, num_gpus: float = 0, **kwargs: Any
+) -> R:
     """Run `fn(*args, **kwargs)` as a Ray task and wait for it (call from a thread to run several at once)."""
     import ray
 

@@ -67,7 +67,13 @@ class StageRunner:
             existing = self.store.find_by_recipe(key)
             if existing is not None and self._intact(existing):
                 log.info("%s: reusing %s (inputs, config and code unchanged)", stage, existing["id"])
-                return StageOutcome(stage, "reused", existing["id"], str(self.store.data_path(existing["id"])), existing["metrics"])
+                return StageOutcome(
+                    stage,
+                    "reused",
+                    existing["id"],
+                    str(self.store.data_path(existing["id"])),
+                    existing["metrics"],
+                )
         log.info("%s: computing", stage)
         started, start_time = utc_now(), time.perf_counter()
         with self.store.staging() as output_dir:
@@ -88,7 +94,14 @@ class StageRunner:
                 external_files=external,
             )
         log.info("%s: published %s in %.1f s", stage, manifest["id"], seconds)
-        return StageOutcome(stage, "completed", manifest["id"], str(self.store.data_path(manifest["id"])), metrics, round(seconds, 3))
+        return StageOutcome(
+            stage,
+            "completed",
+            manifest["id"],
+            str(self.store.data_path(manifest["id"])),
+            metrics,
+            round(seconds, 3),
+        )
 
     def _intact(self, manifest: dict[str, Any]) -> bool:
         """Cheap check before reuse: every recorded file is there with its size (`verify` re-hashes)."""

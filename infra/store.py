@@ -51,7 +51,12 @@ def hash_external(files: list[ExternalFile]) -> list[dict[str, Any]]:
             records.append({"uri": item.uri, "path": None, "sha256": None, "size": None})
         else:
             records.append(
-                {"uri": item.uri, "path": str(item.path), "sha256": sha256_file(item.path), "size": item.path.stat().st_size}
+                {
+                    "uri": item.uri,
+                    "path": str(item.path),
+                    "sha256": sha256_file(item.path),
+                    "size": item.path.stat().st_size,
+                }
             )
     return records
 
@@ -68,7 +73,13 @@ def hash_tree(root: Path) -> list[dict[str, Any]]:
     """sha256 and size of every file below `root`, sorted by relative path."""
     records = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        records.append({"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "size": path.stat().st_size})
+        records.append(
+            {
+                "path": path.relative_to(root).as_posix(),
+                "sha256": sha256_file(path),
+                "size": path.stat().st_size,
+            }
+        )
     return records
 
 
@@ -251,19 +262,27 @@ class ArtifactStore:
         return path
 
 
-def format_lineage(node: dict[str, Any], prefix: str = "", is_last: bool = True, is_root: bool = True) -> list[str]:
+def format_lineage(
+    node: dict[str, Any], prefix: str = "", is_last: bool = True, is_root: bool = True
+) -> list[str]:
     """Render a lineage tree as indented text lines."""
     connector = "" if is_root else ("`-- " if is_last else "|-- ")
     commit = node["code"].get("git_commit") or "unknown"
     dirty = "+dirty" if node["code"].get("git_dirty") else ""
-    lines = [f"{prefix}{connector}{node['id']}  [{node['stage']}]  {node['created_at']}  code {commit[:12]}{dirty}"]
+    lines = [
+        f"{prefix}{connector}{node['id']}  [{node['stage']}]  {node['created_at']}  code {commit[:12]}{dirty}"
+    ]
     child_prefix = prefix if is_root else prefix + ("    " if is_last else "|   ")
     children: list[tuple[str, Any]] = [("input", item) for item in node["inputs"]]
     children += [("artifact", parent) for parent in node["parents"]]
     for index, (kind, child) in enumerate(children):
         last = index == len(children) - 1
         if kind == "input":
-            digest = f"sha256 {child['sha256'][:16]}  {child['size']} bytes" if child["sha256"] else "(remote dataset)"
+            digest = (
+                f"sha256 {child['sha256'][:16]}  {child['size']} bytes"
+                if child["sha256"]
+                else "(remote dataset)"
+            )
             lines.append(f"{child_prefix}{'`-- ' if last else '|-- '}{child['uri']}  {digest}")
         else:
             lines.extend(format_lineage(child, child_prefix, last, is_root=False))

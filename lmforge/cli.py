@@ -29,13 +29,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmforge", description="Corpus to released, evaluated language model.")
+    parser = argparse.ArgumentParser(
+        prog="lmforge", description="Corpus to released, evaluated language model."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline flow for a config")
     run.add_argument("config", type=Path, help="pipeline YAML, e.g. configs/demo.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    run.add_argument("--store", help="artifact store root (default: config 'store', $LMFORGE_STORE, ./lmforge-store)")
+    run.add_argument(
+        "--store", help="artifact store root (default: config 'store', $LMFORGE_STORE, ./lmforge-store)"
+    )
     run.add_argument("--force", metavar="STAGE", help="recompute STAGE and every stage after it")
     run.add_argument("--run-id", help="use this run id instead of a generated one")
     run.set_defaults(handler=cmd_run)
@@ -85,7 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_runtime_environment()
     from flows.pipeline import pipeline_flow
 
-    record = pipeline_flow(config=config.model_dump(mode="json"), run_id=run_id, store=store, force=args.force)
+    record = pipeline_flow(
+        config=config.model_dump(mode="json"), run_id=run_id, store=store, force=args.force
+    )
     run_json = Path(record["store"]) / "runs" / run_id / "run.json"
     print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
     print(f"run record: {run_json}")

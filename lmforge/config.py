@@ -39,12 +39,16 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _tokenizer_fits_objective(self) -> PipelineConfig:
+        from tokenization import TOKENIZER_ALGORITHMS
+
         objective = get_objective(self.pretrain.objective)
-        required = getattr(objective, "required_special_tokens", ())
-        if "mask" in required and self.tokenizer.algorithm == "bpe":
+        defined = TOKENIZER_ALGORITHMS.get(self.tokenizer.algorithm).special_tokens
+        missing = [name for name in objective.required_special if name not in defined]
+        if missing:
             raise ValueError(
-                f"pretrain.objective {self.pretrain.objective!r} needs a [MASK] token; "
-                "use tokenizer.algorithm 'wordpiece' or 'unigram'"
+                f"pretrain.objective {self.pretrain.objective!r} needs special tokens {missing} "
+                f"(e.g. [MASK]), which tokenizer.algorithm {self.tokenizer.algorithm!r} does not define; "
+                f"use one that does (wordpiece, unigram)"
             )
         return self
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import difflib
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -33,7 +31,9 @@ def load_config(cls: type[M], path: str | Path, overrides: Sequence[str] = ()) -
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"config file {path}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     for override in overrides:
         apply_override(raw, override)
     return validate_config(cls, raw, source=str(path))
@@ -79,7 +79,7 @@ def format_validation_error(cls: type[BaseModel], err: ValidationError, source: 
         loc = [part for part in error["loc"] if not _is_union_tag(part)]
         dotted = ".".join(str(part) for part in loc) or "<root>"
         if error["type"] == "extra_forbidden":
-            valid = _valid_keys(cls, loc[:-1])
+            valid = _valid_keys(cls, list(error["loc"][:-1]))
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             lines.append(f"  unknown key {dotted!r}{hint} (valid keys here: {', '.join(valid)})")
@@ -98,30 +98,26 @@ def _is_union_tag(part: Any) -> bool:
 
 
 def _valid_keys(cls: type[BaseModel], loc: list[Any]) -> list[str]:
-    """Field names of the model at `loc` below `cls` (best effort through lists and unions)."""
-    model: Any = cls
+    """Field names of the model at `loc` below `cls`, following lists and tagged unions."""
+    candidates: list[type[BaseModel]] = [cls]
     for part in loc:
         if isinstance(part, int):
             continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-            if isinstance(model, type) and issubclass(model, BaseModel):
-                return sorted(model.model_fields)
-            return []
-        model = _model_in(model.model_fields[part].annotation)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return sorted(model.model_fields)
-    return []
+        tagged = [model for model in candidates if model.__name__ == part]
+        if tagged:  # a union tag (class name) in the location picks the member
+            candidates = tagged
+            continue
+        owner = next((model for model in candidates if part in model.model_fields), None)
+        if owner is None:
+            break
+        candidates = _models_in(owner.model_fields[part].annotation) or candidates
+    return sorted(candidates[0].model_fields) if candidates else []
 
 
-def _model_in(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = get_origin(annotation)
-    if origin is typing.Annotated:
-        return _model_in(get_args(annotation)[0])
-    if origin in (list, tuple, Union, types.UnionType, typing.Sequence):
-        for arg in get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in get_args(annotation):
+        found.extend(_models_in(arg))
+    return found

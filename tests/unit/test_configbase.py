@@ -51,7 +51,9 @@ def test_wrong_type_and_missing_key(tmp_path):
 
 
 def test_overrides_parse_yaml_values(tmp_path):
-    config = load_config(Outer, write(tmp_path, "name: x\n"), ["inner.steps=7", "inner.learning_rate=0.5", "name=y"])
+    config = load_config(
+        Outer, write(tmp_path, "name: x\n"), ["inner.steps=7", "inner.learning_rate=0.5", "name=y"]
+    )
     assert (config.inner.steps, config.inner.learning_rate, config.name) == (7, 0.5, "y")
     raw = {"items": [{"steps": 1}]}
     apply_override(raw, "items.0.steps=3")
@@ -78,3 +80,18 @@ def test_registry_unknown_name_suggests():
         registry.get("clmm")
     with pytest.raises(ValueError):
         registry.register("clm")(3)
+
+
+def test_unknown_key_inside_tagged_union_lists_that_members_keys():
+    from lmforge.config import PipelineConfig
+    from lmforge.configbase import validate_config
+
+    raw = {
+        "name": "x",
+        "corpus": {"sources": [{"path": "a.txt"}]},
+        "evaluation": {"tasks": [{"name": "wikitext_perplexity", "strid": 3}]},
+    }
+    with pytest.raises(ConfigError) as info:
+        validate_config(PipelineConfig, raw)
+    message = str(info.value)
+    assert "evaluation.tasks.0.strid" in message and "did you mean 'stride'" in message

@@ -17,13 +17,20 @@ from lmforge.errors import ArtifactError
 pytestmark = pytest.mark.unit
 
 
-def publish_simple(store: ArtifactStore, content: bytes, parents=(), kind="thing", recipe="r1", external=None):
+def publish_simple(
+    store: ArtifactStore, content: bytes, parents=(), kind="thing", recipe="r1", external=None
+):
     with store.staging() as out:
         (out / "sub").mkdir()
         (out / "sub" / "a.bin").write_bytes(content)
         (out / "b.txt").write_text("hello")
         return store.publish(
-            out, kind=kind, stage=kind, parents=list(parents), config={"x": 1}, recipe_key=recipe,
+            out,
+            kind=kind,
+            stage=kind,
+            parents=list(parents),
+            config={"x": 1},
+            recipe_key=recipe,
             external_files=hash_external(external or []),
         )
 
@@ -110,7 +117,9 @@ def test_lineage_walks_to_raw_inputs(tmp_path, capsys):
     grandchild = publish_simple(store, b"c", parents=[child["id"], root["id"]], kind="shards", recipe="s")
     tree = store.lineage(grandchild["id"])
     assert [p["id"] for p in tree["parents"]] == [child["id"], root["id"]]
-    assert tree["parents"][0]["parents"][0]["inputs"][0]["sha256"] == hashlib.sha256(b"raw corpus").hexdigest()
+    assert (
+        tree["parents"][0]["parents"][0]["inputs"][0]["sha256"] == hashlib.sha256(b"raw corpus").hexdigest()
+    )
     text = "\n".join(format_lineage(tree))
     assert "raw.txt" in text and child["id"] in text
     assert main(["lineage", grandchild["id"], "--json", "--store", str(store.root)]) == 0

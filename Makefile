@@ -1,0 +1,45 @@
+# lmforge: `make demo` runs the whole pipeline, `make test` runs the test suite (both set up .venv first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements.txt pyproject.toml | sha256sum | cut -c1-12)
+
+# Real data sets: ../shared/data when it exists, unless LMFORGE_DATA_DIR is already set.
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin LMFORGE_DATA_DIR), undefined)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export LMFORGE_DATA_DIR := $(SHARED_DATA)
+endif
+endif
+# DeepSpeed JIT-builds a CPU comm op on first use; keep the build between runs.
+export TORCH_EXTENSIONS_DIR ?= $(abspath .torch_extensions)
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: venv demo test test-all check clean-store
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(BIN)/lmforge run configs/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m ""
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean-store:
+	rm -rf lmforge-store

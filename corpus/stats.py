@@ -1,0 +1,101 @@
+"""Exact keep/drop accounting for the clean stage, overall and per source."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmforge.errors import DataError, EmptyCorpusError
+
+PROGRESS_SECONDS = 10.0
+
+
+@dataclass
+class SourceCounts:
+    path: str
+    num_read: int = 0
+    num_kept: int = 0
+    num_malformed: int = 0  # drops a reader reported (unreadable records), as opposed to filter verdicts
+    dropped: Counter = field(default_factory=Counter)
+
+
+class CleanStats:
+    def __init__(self, source_paths: list[str]) -> None:
+        self.per_source = [SourceCounts(path) for path in source_paths]
+        self.num_chars_kept = 0
+        self.num_output_files = 0
+        self._last_log = time.monotonic()
+
+    def count(self, source_index: int, reason: str | None, num_chars: int, malformed: bool = False) -> None:
+        counts = self.per_source[source_index]
+        counts.num_read += 1
+        if reason is None:
+            counts.num_kept += 1
+            self.num_chars_kept += num_chars
+        else:
+            counts.dropped[reason] += 1
+            counts.num_malformed += malformed
+
+    @property
+    def num_read(self) -> int:
+        return sum(counts.num_read for counts in self.per_source)
+
+    @property
+    def num_kept(self) -> int:
+        return sum(counts.num_kept for counts in self.per_source)
+
+    def dropped(self) -> Counter:
+        return sum((counts.dropped for counts in self.per_source), Counter())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "num_read": self.num_read,
+            "num_kept": self.num_kept,
+            "num_dropped": self.num_read - self.num_kept,
+            "dropped": _sorted_reasons(self.dropped()),
+            "num_chars_kept": self.num_chars_kept,
+            "num_output_files": self.num_output_files,
+            "sources": [
+                {
+                    "path": counts.path,
+                    "num_read": counts.num_read,
+                    "num_kept": counts.num_kept,
+                    "num_dropped": counts.num_read - counts.num_kept,
+                    "dropped": _sorted_reasons(counts.dropped),
+                }
+                for counts in self.per_source
+            ],
+        }
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{reason}={count}" for reason, count in self.dropped().most_common(5))
+        return f"read {self.num_read}, kept {self.num_kept}" + (f" (dropped: {reasons})" if reasons else "")
+
+    def log_progress(self, log: logging.Logger) -> None:
+        if time.monotonic() - self._last_log >= PROGRESS_SECONDS:
+            self._last_log = time.monotonic()
+            log.info("documents read %d, kept %d", self.num_read, self.num_kept)
+
+    def raise_if_unusable(self) -> None:
+        """DataError when nothing could be read at all; EmptyCorpusError when filters removed everything."""
+        num_read = self.num_read
+        if num_read == 0:
+            raise DataError(f"no documents were read from {', '.join(c.path for c in self.per_source)}")
+        num_malformed = sum(counts.num_malformed for counts in self.per_source)
+        if num_malformed == num_read:
+            raise DataError(f"all {num_read} input records were malformed ({self._top_reasons()})")
+        if self.num_kept == 0:
+            raise EmptyCorpusError(
+                f"all {num_read} documents were dropped during cleaning (top reasons: {self._top_reasons()}); "
+                "loosen corpus.filters or check corpus.sources"
+            )
+
+    def _top_reasons(self) -> str:
+        return ", ".join(f"{reason}={count}" for reason, count in self.dropped().most_common(3))
+
+
+def _sorted_reasons(counter: Counter) -> dict[str, int]:
+    return dict(sorted(counter.items()))

@@ -1,0 +1,114 @@
+"""The tiny preset end to end under Prefect's test harness with a local Ray runtime."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from infra.store import ArtifactStore
+from lmforge.config import PipelineConfig
+from lmforge.configbase import load_config
+
+pytestmark = pytest.mark.integration
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CLM_STAGES = {
+    "clean",
+    "tokenizer",
+    "shard",
+    "pretrain",
+    "finetune/sst2/pretrained",
+    "finetune/sst2/random",
+    "eval/sst2_icl",
+    "eval/wikitext_perplexity",
+    "report",
+}
+
+
+def run_flow(config: PipelineConfig, store: Path, run_id: str, force: str | None = None) -> dict:
+    from flows.pipeline import pipeline_flow
+
+    return pipeline_flow(config=config.model_dump(mode="json"), run_id=run_id, store=str(store), force=force)
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, shared_data_dir, ray_runtime, prefect_harness):
+    import os
+
+    os.environ["LMFORGE_DATA_DIR"] = str(shared_data_dir)
+    store = tmp_path_factory.mktemp("tiny") / "store"
+    config = load_config(PipelineConfig, CONFIGS / "tiny.yaml")
+    first = run_flow(config, store, "tiny-first")
+    second = run_flow(config, store, "tiny-second")
+    return store, first, second
+
+
+def test_run_json_complete(tiny_runs):
+    store, first, _ = tiny_runs
+    record = json.loads((store / "runs" / "tiny-first" / "run.json").read_text())
+    assert record == json.loads(json.dumps(first))
+    assert record["status"] == "completed"
+    assert set(record["stages"]) == CLM_STAGES
+    artifacts = ArtifactStore(store)
+    for name, stage in record["stages"].items():
+        assert stage["status"] == "completed", name
+        assert Path(stage["path"]).is_dir(), name
+        assert artifacts.verify(stage["artifact_id"]) == [], name
+    for path in record["report"].values():
+        assert Path(path).is_file()
+
+
+def test_stage_metrics_are_real(tiny_runs):
+    _, record, _ = tiny_runs
+    stages = record["stages"]
+    clean = stages["clean"]["metrics"]
+    assert clean["num_kept"] > 0 and clean["dropped"].get("too_few_words", 0) > 0
+    assert clean["num_read"] == clean["num_kept"] + clean["num_dropped"]
+    assert stages["tokenizer"]["metrics"]["vocab_size"] <= 2048
+    pretrain = stages["pretrain"]["metrics"]
+    assert pretrain["final_train_loss"] < pretrain["initial_train_loss"]
+    assert pretrain["val_perplexity"] == pytest.approx(math.exp(pretrain["final_val_loss"]), rel=1e-6)
+    assert 0 < pretrain["mfu"] < 1 and pretrain["tokens_per_second"] > 0
+    for init in ("pretrained", "random"):
+        assert 0.0 <= stages[f"finetune/sst2/{init}"]["metrics"]["dev_accuracy"] <= 1.0
+    perplexity = stages["eval/wikitext_perplexity"]["metrics"]
+    assert math.isfinite(perplexity["perplexity"]) and perplexity["perplexity"] > 1
+
+
+def test_checkpoint_reloads_with_transformers(tiny_runs):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, record, _ = tiny_runs
+    hf_dir = Path(record["stages"]["pretrain"]["path"]) / "hf"
+    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    ids = tokenizer("The history of the city", return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**ids).logits
+    assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
+
+
+def test_second_run_reuses_every_stage(tiny_runs):
+    _, first, second = tiny_runs
+    for name, stage in second["stages"].items():
+        if name == "report":
+            continue
+        assert stage["status"] == "reused", name
+        assert stage["artifact_id"] == first["stages"][name]["artifact_id"], name
+
+
+def test_lineage_reaches_raw_inputs(tiny_runs):
+    store, record, _ = tiny_runs
+    tree = ArtifactStore(store).lineage(record["stages"]["report"]["artifact_id"])
+
+    def inputs(node):
+        yield from (item["uri"] for item in node["inputs"])
+        for parent in node["parents"]:
+            yield from inputs(parent)
+
+    uris = set(inputs(tree))
+    assert any("wiki_00" in uri for uri in uris)
+    assert any("sst2" in uri for uri in uris)

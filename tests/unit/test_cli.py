@@ -1,0 +1,62 @@
+"""CLI: bad configs fail before any work with exit code 2 and a message naming the key or path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import main
+
+pytestmark = pytest.mark.unit
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.fixture
+def empty_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LMFORGE_STORE", str(tmp_path / "store"))
+    return tmp_path
+
+
+def run_cli(capsys, *args):
+    code = main(["run", str(CONFIGS / "tiny.yaml"), *args])
+    return code, capsys.readouterr().err
+
+
+def test_unknown_key_exits_2_naming_key(empty_data_dir, capsys):
+    code, err = run_cli(capsys, "--set", "pretrain.lerning_rate=0.1")
+    assert code == 2
+    assert "pretrain.lerning_rate" in err and "learning_rate" in err
+    assert not (empty_data_dir / "store").exists(), "nothing may be written before validation passes"
+
+
+def test_wrong_type_exits_2(empty_data_dir, capsys):
+    code, err = run_cli(capsys, "--set", "pretrain.max_steps=lots")
+    assert code == 2 and "pretrain.max_steps" in err
+
+
+def test_missing_data_path_exits_2_naming_key(empty_data_dir, capsys):
+    code, err = run_cli(capsys)
+    assert code == 2
+    assert "corpus.sources[0].path" in err and "enwiki_extract/wiki_00.txt" in err
+
+
+def test_bad_force_stage_exits_2(empty_data_dir, shared_data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
+    code, err = run_cli(capsys, "--force", "pretrian")
+    assert code == 2 and "pretrian" in err
+
+
+def test_objective_tokenizer_mismatch_exits_2(empty_data_dir, capsys):
+    code, err = run_cli(capsys, "--set", "pretrain.objective=mlm")
+    assert code == 2 and "MASK" in err
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_preset_validates(preset):
+    from lmforge.config import PipelineConfig
+    from lmforge.configbase import load_config
+
+    config = load_config(PipelineConfig, CONFIGS / preset)
+    assert config.name
