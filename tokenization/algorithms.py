@@ -1,8 +1,8 @@
 """Tokenizer algorithms keyed by their YAML name: how to build, train and canonicalise each one.
 
 Every algorithm returns a `tokenizers.Tokenizer` whose serialisation depends only on the corpus and
-config: where the upstream trainer is not deterministic (WordPiece ids, Unigram score noise) the
-trained model is rebuilt in a canonical form.
+config: where an upstream trainer is not deterministic (WordPiece, Unigram scores) the algorithm
+trains differently or rebuilds the model in a canonical form (`tokenization.canonical`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,11 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lmforge.registry import Registry
+from tokenization.canonical import (
+    canonical_unigram_pieces,
+    canonical_wordpiece_vocab,
+    wordpiece_tokens_from_marked_bpe,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -36,10 +41,14 @@ class TokenizerAlgorithm:
         """An untrained tokenizer with normaliser, pre-tokeniser and decoder set."""
         raise NotImplementedError
 
+    def training_tokenizer(self, lowercase: bool) -> Tokenizer:
+        """The tokenizer the trainer runs on; the final one unless finalize converts it."""
+        return self.new_tokenizer(lowercase)
+
     def trainer(self, config: TokenizerConfig) -> Trainer:
         raise NotImplementedError
 
-    def finalize(self, trained: Tokenizer, lowercase: bool) -> Tokenizer:
+    def finalize(self, trained: Tokenizer, config: TokenizerConfig) -> Tokenizer:
         """The trained tokenizer in canonical form, with its post-processor."""
         return trained
 
@@ -58,7 +67,12 @@ class ByteLevelBPE(TokenizerAlgorithm):
     """GPT-2 style byte-level BPE: no unknown tokens, one end-of-text token for bos/eos/unk."""
 
     name = "bpe"
-    special_tokens = {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>", "pad": "<|pad|>"}
+    special_tokens = {
+        "bos": "<|endoftext|>",
+        "eos": "<|endoftext|>",
+        "unk": "<|endoftext|>",
+        "pad": "<|pad|>",
+    }
     # The 256 byte symbols are the initial alphabet; fewer leaves nothing to merge.
     min_vocab_size = 256
 
@@ -86,12 +100,20 @@ class ByteLevelBPE(TokenizerAlgorithm):
 
 @TOKENIZER_ALGORITHMS.register("wordpiece")
 class BertWordPiece(TokenizerAlgorithm):
-    """BERT style WordPiece with [CLS] ... [SEP] added by the post-processor."""
+    """BERT style WordPiece with [CLS] ... [SEP] added by the post-processor.
+
+    Not trained with tokenizers' WordPieceTrainer: that is BPE over `##`-prefixed continuation
+    symbols whose ids come from hash-map order, so tied merges, and hence the vocabulary itself,
+    differ between runs. The same merges are learned by plain (deterministic) BPE over words marked
+    with a leading word-start symbol, then mapped to WordPiece form: a token with the marker begins
+    a word, one without continues it (`##`).
+    """
 
     name = "wordpiece"
     special_tokens = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
     default_lowercase = True
     continuing_subword_prefix = "##"
+    word_start_marker = "\u2581"
 
     def new_tokenizer(self, lowercase: bool) -> Tokenizer:
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -102,27 +124,41 @@ class BertWordPiece(TokenizerAlgorithm):
         tokenizer.decoder = decoders.WordPiece(prefix=self.continuing_subword_prefix)
         return tokenizer
 
+    def training_tokenizer(self, lowercase: bool) -> Tokenizer:
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        # BERT's words, each with the marker in front: "Hello, world" -> [marker]Hello [marker], [marker]world.
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.BertPreTokenizer(),
+                pre_tokenizers.Metaspace(replacement=self.word_start_marker, prepend_scheme="always"),
+            ]
+        )
+        return tokenizer
+
     def trainer(self, config: TokenizerConfig) -> Trainer:
         from tokenizers import trainers
 
-        return trainers.WordPieceTrainer(
-            vocab_size=config.vocab_size,
-            min_frequency=config.min_frequency,
-            special_tokens=self.special_token_list(),
-            continuing_subword_prefix=self.continuing_subword_prefix,
-            show_progress=False,
+        # vocab_size merges are always enough: the conversion adds the word-start alphabet and is
+        # then cut back to vocab_size (see wordpiece_tokens_from_marked_bpe).
+        return trainers.BpeTrainer(
+            vocab_size=config.vocab_size, min_frequency=config.min_frequency, show_progress=False
         )
 
-    def finalize(self, trained: Tokenizer, lowercase: bool) -> Tokenizer:
+    def finalize(self, trained: Tokenizer, config: TokenizerConfig) -> Tokenizer:
         from tokenizers import models, processors
 
-        # The trainer yields the same token set every run but shuffles ~8% of the ids (tokenizers
-        # issue #1794). Longest-match encoding ignores ids, so reassigning them canonically keeps the
-        # encodings and makes tokenizer.json byte-identical: specials first, then by token string.
         specials = self.special_token_list()
-        rest = sorted(token for token in trained.get_vocab() if token not in specials)
-        vocab = {token: index for index, token in enumerate([*specials, *rest])}
-        tokenizer = self.new_tokenizer(lowercase)
+        tokens = wordpiece_tokens_from_marked_bpe(
+            trained.get_vocab(),
+            max_tokens=config.vocab_size - len(specials),
+            marker=self.word_start_marker,
+            prefix=self.continuing_subword_prefix,
+        )
+        vocab = canonical_wordpiece_vocab(tokens, specials)
+        tokenizer = self.new_tokenizer(config.resolved_lowercase())
         tokenizer.model = models.WordPiece(
             vocab=vocab, unk_token="[UNK]", continuing_subword_prefix=self.continuing_subword_prefix
         )
@@ -149,8 +185,6 @@ class MetaspaceUnigram(TokenizerAlgorithm):
         "cls": "<s>",
         "sep": "</s>",
     }
-    # Scores differ by ~1e-14 between runs; rounding well above that noise makes them reproducible.
-    score_decimals = 6
 
     def new_tokenizer(self, lowercase: bool) -> Tokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -171,17 +205,13 @@ class MetaspaceUnigram(TokenizerAlgorithm):
             show_progress=False,
         )
 
-    def finalize(self, trained: Tokenizer, lowercase: bool) -> Tokenizer:
+    def finalize(self, trained: Tokenizer, config: TokenizerConfig) -> Tokenizer:
         from tokenizers import models
 
         # The Python binding does not expose Unigram pieces; its JSON form does.
-        pieces = json.loads(trained.to_str())["model"]["vocab"]
         specials = self.special_token_list()
-        scores = {piece: round(score, self.score_decimals) for piece, score in pieces if piece not in specials}
-        # Ids do not affect Viterbi segmentation; a total order keeps near-equal scores from swapping.
-        ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-        vocab = [(token, 0.0) for token in specials] + ordered
-        tokenizer = self.new_tokenizer(lowercase)
+        vocab = canonical_unigram_pieces(json.loads(trained.to_str())["model"]["vocab"], specials)
+        tokenizer = self.new_tokenizer(config.resolved_lowercase())
         tokenizer.model = models.Unigram(vocab, unk_id=specials.index("<unk>"), byte_fallback=False)
         tokenizer.add_special_tokens(specials)
         return tokenizer

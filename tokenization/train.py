@@ -34,11 +34,11 @@ def train_tokenizer(config: TokenizerConfig, corpus_dir: Path, output_dir: Path)
     files = list_corpus_files(Path(corpus_dir))
 
     counter = _DocumentCounter(iter_text_batches(files, config.max_training_documents))
-    tokenizer = algorithm.new_tokenizer(lowercase)
+    tokenizer = algorithm.training_tokenizer(lowercase)
     tokenizer.train_from_iterator(counter, trainer=algorithm.trainer(config))
     if counter.num_documents == 0:
         raise DataError(f"corpus {corpus_dir} has no documents to train a tokenizer on")
-    tokenizer = algorithm.finalize(tokenizer, lowercase)
+    tokenizer = algorithm.finalize(tokenizer, config)
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,9 @@ def _build_meta(
     for role, token in algorithm.special_tokens.items():
         token_id = saved.token_to_id(token)
         if token_id is None:
-            raise ArtifactError(f"special token {token!r} ({role}) is missing from {output_dir / TOKENIZER_FILE}")
+            raise ArtifactError(
+                f"special token {token!r} ({role}) is missing from {output_dir / TOKENIZER_FILE}"
+            )
         special_ids[role] = token_id
     return {
         "algorithm": config.algorithm,

@@ -1,0 +1,157 @@
+"""Shard stage: tokenize the corpus (Ray Data), split by document, pack, and write Parquet shards."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.errors import ArtifactError, ConfigError, DataError
+from lmforge.logs import get_logger
+from tokenization.config import ShardConfig
+from tokenization.corpus_files import list_corpus_files
+from tokenization.packing import PACKINGS, missing_specials
+from tokenization.shard_writer import SplitWriter, read_sequences
+from tokenization.split import SPLITS, TRAIN, VALIDATION, split_of
+from tokenization.train import TOKENIZER_FILE, file_sha256, load_tokenizer_meta
+
+log = get_logger(__name__)
+
+MANIFEST_FILE = "dataset_manifest.json"
+MANIFEST_VERSION = 1
+
+
+def build_shards(
+    config: ShardConfig,
+    packing: str,
+    corpus_dir: Path,
+    tokenizer_dir: Path,
+    output_dir: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Write train-/validation-NNNNN.parquet and dataset_manifest.json into `output_dir`.
+
+    Returns the manifest's split totals plus `num_shards` and `seconds`.
+    """
+    start = time.perf_counter()
+    packer_class = PACKINGS.get(packing)
+    tokenizer_dir = Path(tokenizer_dir)
+    meta = load_tokenizer_meta(tokenizer_dir)
+    special_ids = meta["special_ids"]
+    missing = missing_specials(packer_class, special_ids)
+    if missing:
+        raise ConfigError(
+            f"packing {packing!r} needs special token(s) {missing}, but the {meta['algorithm']!r} "
+            f"tokenizer at {tokenizer_dir} defines only {sorted(special_ids)}"
+        )
+    files = list_corpus_files(Path(corpus_dir))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_shards(output_dir)
+
+    writers = {
+        split: SplitWriter(
+            split, packer_class(config.seq_len, special_ids), output_dir, config.sequences_per_shard
+        )
+        for split in SPLITS
+    }
+    from tokenization.ray_tokenize import iter_tokenized_documents
+
+    for doc_id, token_ids in iter_tokenized_documents(files, tokenizer_dir, config.batch_size):
+        writers[split_of(doc_id, config.validation_fraction, seed)].add_document(doc_id, token_ids)
+    totals = {split: writer.finish() for split, writer in writers.items()}
+    _check_totals(totals, config, corpus_dir)
+
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "packing": packing,
+        "seq_len": config.seq_len,
+        "seed": seed,
+        "config": config.model_dump(mode="json"),
+        "special_ids": special_ids,
+        "tokenizer": {
+            "algorithm": meta["algorithm"],
+            "vocab_size": meta["vocab_size"],
+            "tokenizer_sha256": file_sha256(tokenizer_dir / TOKENIZER_FILE),
+        },
+        "splits": totals,
+        "shards": [shard for writer in writers.values() for shard in writer.shards],
+    }
+    (output_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    seconds = time.perf_counter() - start
+    log.info(
+        "packed %s: %d train / %d validation sequences of %d tokens in %.1fs",
+        packing,
+        totals[TRAIN]["num_sequences"],
+        totals[VALIDATION]["num_sequences"],
+        config.seq_len,
+        seconds,
+    )
+    return {
+        **totals,
+        "packing": packing,
+        "seq_len": config.seq_len,
+        "num_shards": len(manifest["shards"]),
+        "seconds": seconds,
+    }
+
+
+def read_dataset_manifest(shards_dir: Path) -> dict[str, Any]:
+    path = Path(shards_dir) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist; is {shards_dir} a shard directory?") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+
+
+def load_split(shards_dir: Path, split: str) -> np.ndarray:
+    """All sequences of `split` as an int32 array of shape (num_sequences, seq_len), in shard order."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    manifest = read_dataset_manifest(shards_dir)
+    seq_len = manifest["seq_len"]
+    arrays = []
+    for shard in manifest["shards"]:
+        if shard["split"] != split:
+            continue
+        array = read_sequences(Path(shards_dir) / shard["path"], seq_len)
+        if len(array) != shard["num_sequences"]:
+            raise ArtifactError(
+                f"shard {shard['path']} in {shards_dir} has {len(array)} sequences, "
+                f"the manifest says {shard['num_sequences']}"
+            )
+        arrays.append(array)
+    if not arrays:
+        return np.empty((0, seq_len), dtype=np.int32)
+    return np.concatenate(arrays)
+
+
+def _check_totals(totals: dict[str, dict[str, Any]], config: ShardConfig, corpus_dir: Path) -> None:
+    train = totals[TRAIN]
+    if train["num_sequences"] == 0:
+        raise DataError(
+            f"corpus {corpus_dir}: the train split has no complete sequence of seq_len={config.seq_len} "
+            f"({train['num_documents']} documents, {train['num_document_tokens']} tokens, "
+            f"{train['num_dropped_tail_tokens']} dropped as a partial tail); "
+            "use a larger corpus or a smaller seq_len"
+        )
+    if totals[VALIDATION]["num_sequences"] == 0:
+        log.warning(
+            "validation split is empty (%d documents, %d tokens < seq_len=%d); raise validation_fraction",
+            totals[VALIDATION]["num_documents"],
+            totals[VALIDATION]["num_document_tokens"],
+            config.seq_len,
+        )
+
+
+def _remove_stale_shards(output_dir: Path) -> None:
+    # A re-run with fewer shards must not leave shards the new manifest does not list.
+    for split in SPLITS:
+        for path in sorted(output_dir.glob(f"{split}-*.parquet")):
+            log.info("removing stale shard %s", path)
+            path.unlink()
