@@ -1,0 +1,17 @@
+"""Pre-training: model builders, objectives (clm, mlm), DeepSpeed setup, loop, Ray Train launcher, MFU."""
+
+from training.config import MaskingConfig, ModelConfig, PretrainConfig
+from training.launcher import pretrain
+from training.masking import mask_tokens
+from training.objectives import OBJECTIVES, build_model, get_objective
+
+__all__ = [
+    "OBJECTIVES",
+    "MaskingConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "build_model",
+    "get_objective",
+    "mask_tokens",
+    "pretrain",
+]

@@ -40,7 +40,9 @@ class ModelConfig(StrictModel):
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:
         if self.size == "custom" and None in (self.hidden_size, self.num_layers, self.num_heads):
-            raise ConfigError("model.size 'custom' needs model.hidden_size, model.num_layers and model.num_heads")
+            raise ConfigError(
+                "model.size 'custom' needs model.hidden_size, model.num_layers and model.num_heads"
+            )
         shape = self.resolve()
         if shape.hidden_size % shape.num_heads:
             raise ConfigError(
@@ -126,7 +128,9 @@ class PretrainConfig(StrictModel):
         if self.warmup_steps > self.max_steps:
             raise ConfigError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if self.precision == "fp16" and self.use_gpu is False:
-            raise ConfigError("precision 'fp16' needs GPUs (use bf16 or fp32 on CPU); set use_gpu or precision")
+            raise ConfigError(
+                "precision 'fp16' needs GPUs (use bf16 or fp32 on CPU); set use_gpu or precision"
+            )
         return self
 
     @property

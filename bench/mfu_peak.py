@@ -1,0 +1,80 @@
+"""Throughput, MFU and measured matmul peak of pre-training per model size, plus start-up time.
+
+    python bench/mfu_peak.py --shards SHARDS_DIR --tokenizer TOKENIZER_DIR --sizes debug small
+
+SHARDS_DIR / TOKENIZER_DIR are outputs of the shard and tokenizer stages (clm packing for clm).
+Prints one JSON object per size; start-up is split into Ray (call to worker code) and DeepSpeed
+(worker code to first step, minus the fixed peak benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from infra.ray_runtime import ensure_ray
+from training import ModelConfig, PretrainConfig, pretrain
+
+
+def measure(args: argparse.Namespace, size: str, work: Path) -> dict:
+    config = PretrainConfig(
+        objective=args.objective,
+        model=ModelConfig(size=size),
+        num_workers=args.workers,
+        zero_stage=args.zero_stage,
+        precision=args.precision,
+        micro_batch_size=args.micro_batch_size,
+        warmup_steps=min(5, args.steps),
+        max_steps=args.steps,
+        log_every=max(1, args.steps // 4),
+        eval_every=args.steps,
+        eval_batches=2,
+    )
+    called = time.time()
+    summary = pretrain(config, args.shards, args.tokenizer, work / size, seed=0)
+    wall = time.time() - called
+    start = [json.loads(line) for line in (work / size / "metrics.jsonl").read_text().splitlines()][0]
+    curve = summary["loss_curve"]
+    return {
+        "size": size,
+        "num_parameters": summary["num_parameters"],
+        "flops_per_token": summary["flops_per_token"],
+        "tokens_per_second": round(summary["tokens_per_second"]),
+        "mfu": round(summary["mfu"], 4),
+        "peak_flops_per_second": summary["peak_flops_per_second"],
+        "peak_flops_per_worker": summary["peak_flops_per_worker"],
+        "train_seconds": round(summary["train_seconds"], 2),
+        "pretrain_wall_seconds": round(wall, 1),
+        "ray_startup_seconds": round(start["worker_start_time"] - called, 1),
+        "deepspeed_setup_seconds": round(
+            start["ready_time"] - start["worker_start_time"] - start["peak_seconds"], 1
+        ),
+        "loss_first_last": [curve[0][1], curve[-1][1]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shards", type=Path, required=True)
+    parser.add_argument("--tokenizer", type=Path, required=True)
+    parser.add_argument("--sizes", nargs="+", default=["debug", "small"])
+    parser.add_argument("--objective", default="clm")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--zero-stage", type=int, default=1)
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--micro-batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    ensure_ray()
+    with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
+        for size in args.sizes:
+            print(json.dumps(measure(args, size, Path(tmp))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

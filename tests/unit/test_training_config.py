@@ -1,0 +1,107 @@
+"""Pretrain config validation, the DeepSpeed config it produces, and driver-side input checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.configbase import validate_config
+from lmforge.errors import ConfigError
+from training import OBJECTIVES, MaskingConfig, ModelConfig, PretrainConfig, get_objective
+from training.deepspeed_setup import deepspeed_config
+from training.inputs import resolve_inputs, tokenizer_info
+
+pytestmark = pytest.mark.unit
+
+
+def test_presets_and_overrides():
+    assert ModelConfig(size="small").resolve().model_dump() == {
+        "hidden_size": 256,
+        "num_layers": 4,
+        "num_heads": 4,
+        "intermediate_size": 1024,
+        "dropout": 0.0,
+    }
+    shape = ModelConfig(size="tiny", num_layers=3, intermediate_size=200).resolve()
+    assert (shape.hidden_size, shape.num_layers, shape.intermediate_size) == (128, 3, 200)
+    with pytest.raises(ConfigError, match="custom"):
+        ModelConfig(size="custom", hidden_size=32)
+    with pytest.raises(ConfigError, match="divisible"):
+        ModelConfig(hidden_size=66, num_heads=4)
+
+
+def test_invalid_values_name_the_key():
+    with pytest.raises(ConfigError, match="did you mean 'clm'"):
+        PretrainConfig(objective="clmm")
+    with pytest.raises(ConfigError, match="replace_with_mask"):
+        MaskingConfig(replace_with_mask=0.95, replace_with_random=0.1)
+    with pytest.raises(ConfigError, match="zero_stage"):
+        validate_config(PretrainConfig, {"zero_stage": 4})
+    with pytest.raises(ConfigError, match="micro_batchsize"):
+        validate_config(PretrainConfig, {"micro_batchsize": 4})
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        PretrainConfig(warmup_steps=300, max_steps=200)
+
+
+def test_objectives_registry():
+    assert OBJECTIVES.names() == ["clm", "mlm"]
+    assert get_objective("clm").packing == "clm" and get_objective("mlm").packing == "mlm"
+    assert get_objective("mlm").auto_model_class == "AutoModelForMaskedLM"
+
+
+def test_deepspeed_config():
+    config = PretrainConfig(micro_batch_size=4, gradient_accumulation_steps=3, zero_stage=2, precision="bf16")
+    ds = deepspeed_config(config, world_size=2)
+    assert ds["train_batch_size"] == 24 and ds["train_micro_batch_size_per_gpu"] == 4
+    assert ds["gradient_accumulation_steps"] == 3 and ds["zero_optimization"] == {"stage": 2}
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert "optimizer" not in ds and "scheduler" not in ds  # client AdamW + LambdaLR
+
+
+def save_tokenizer(directory, meta: dict | None):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {
+        token: index for index, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"])
+    }
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    fast.save_pretrained(directory)
+    if meta is not None:
+        (directory / "lmforge_tokenizer.json").write_text(json.dumps(meta))
+
+
+def write_manifest(directory, packing: str):
+    shards = [{"path": "train-00000.parquet", "split": "train"}, {"path": "v.parquet", "split": "validation"}]
+    (directory / "dataset_manifest.json").write_text(
+        json.dumps({"packing": packing, "seq_len": 8, "shards": shards})
+    )
+
+
+def test_tokenizer_info_reads_meta_and_falls_back(tmp_path):
+    save_tokenizer(
+        tmp_path, {"algorithm": "wordpiece", "vocab_size": 10, "special_ids": {"mask": 4, "eos": None}}
+    )
+    vocab_size, special_ids = tokenizer_info(tmp_path)
+    assert vocab_size == 10  # the meta may reserve more ids than the tokenizer lists
+    assert special_ids == {"mask": 4, "pad": 0, "unk": 1, "cls": 2, "sep": 3}
+
+
+def test_resolve_inputs_checks_packing_and_special_tokens(tmp_path):
+    tokenizer_dir, shards_dir = tmp_path / "tok", tmp_path / "shards"
+    tokenizer_dir.mkdir(), shards_dir.mkdir()
+    save_tokenizer(tokenizer_dir, None)  # no [MASK], no meta file
+    write_manifest(shards_dir, "clm")
+    with pytest.raises(ConfigError, match="mlm.*dataset_manifest.json.*packing='clm'"):
+        resolve_inputs(PretrainConfig(objective="mlm"), shards_dir, tokenizer_dir, 0)
+    write_manifest(shards_dir, "mlm")
+    with pytest.raises(ConfigError, match="mask"):
+        resolve_inputs(PretrainConfig(objective="mlm"), shards_dir, tokenizer_dir, 0)
+    write_manifest(shards_dir, "clm")
+    inputs = resolve_inputs(PretrainConfig(objective="clm"), shards_dir, tokenizer_dir, 3)
+    assert (inputs.vocab_size, inputs.seq_len, inputs.seed) == (7, 8, 3)

@@ -1,0 +1,119 @@
+"""Every DeepSpeed detail: engine config, client optimizer + schedule, checkpoints, HF export.
+
+Import this module inside Ray workers only: importing deepspeed picks an accelerator at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmforge.errors import ArtifactError
+from training.config import PretrainConfig
+from training.schedule import lr_lambda
+
+# Files of a model directory that a tokenizer directory must not overwrite.
+MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin"}
+CHECKPOINT_TAG = "latest-step"
+
+
+def deepspeed_config(config: PretrainConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config for `config` on `world_size` data-parallel ranks."""
+    ds_config: dict[str, Any] = {
+        "train_batch_size": config.micro_batch_size * config.gradient_accumulation_steps * world_size,
+        "train_micro_batch_size_per_gpu": config.micro_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "gradient_clipping": config.gradient_clipping,
+        "zero_optimization": {"stage": config.zero_stage},
+        # We pass a torch AdamW: DeepSpeed's own "AdamW" JIT-builds FusedAdam on CPU (~40 s).
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": config.precision == "bf16"},
+        "fp16": {"enabled": config.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        # Our loop logs; DeepSpeed's own step prints would interleave with it.
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return ds_config
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (weights, embeddings); leave biases and LayerNorm gains undecayed."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def initialize(model: nn.Module, config: PretrainConfig, world_size: int):
+    """Wrap `model` in a DeepSpeed engine with a client AdamW and warmup + decay LambdaLR."""
+    import deepspeed
+
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=config.adam_betas
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_decay, config.min_lr_ratio)
+    )
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(config, world_size),
+        dist_init_required=False,
+    )
+    return engine, optimizer, scheduler
+
+
+def save_checkpoint(engine, directory: Path, step: int) -> None:
+    """Collective: every rank writes its ZeRO shards (rank 0 also the module states) under `directory`."""
+    engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, client_state={"step": step})
+
+
+def load_checkpoint(engine, directory: Path) -> int:
+    """Restore engine, optimizer and schedule from `directory`; returns the step it was saved at."""
+    load_path, client_state = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG)
+    if load_path is None:
+        raise ArtifactError(f"{directory}: no DeepSpeed checkpoint with tag {CHECKPOINT_TAG!r}")
+    return int(client_state["step"])
+
+
+def gather_fp32_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full fp32 copy of the module's weights (collective under ZeRO-3, where weights are partitioned)."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {
+                name: tensor.detach().float().cpu().clone() for name, tensor in module.state_dict().items()
+            }
+    return {name: tensor.detach().float().cpu().clone() for name, tensor in module.state_dict().items()}
+
+
+def export_hf(
+    engine, zero_stage: int, tokenizer_dir: Path, hf_dir: Path, is_writer: bool, metadata: dict[str, Any]
+) -> None:
+    """Write a `save_pretrained` fp32 model plus the tokenizer files to `hf_dir` (on the writer rank).
+
+    The exported weights are the ones the engine computes with (bf16-rounded under bf16 training),
+    so the reloaded model reproduces the engine's evaluation up to activation precision.
+    """
+    state = gather_fp32_state_dict(engine, zero_stage)  # every rank: collective under ZeRO-3
+    if not is_writer:
+        return
+    module = engine.module
+    fresh = type(module)(module.config)  # fp32, un-partitioned, not wrapped by DeepSpeed
+    fresh.load_state_dict(state)
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    fresh.save_pretrained(hf_dir)
+    for source in sorted(Path(tokenizer_dir).iterdir()):
+        if source.is_file() and source.name not in MODEL_FILES:
+            shutil.copy2(source, hf_dir / source.name)
+    (hf_dir / "lmforge_pretrain.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,93 @@
+"""Driver-side resolution of pretrain inputs: tokenizer meta, shard manifest, their agreement."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.errors import ArtifactError, ConfigError
+from training.config import PretrainConfig
+from training.data import MANIFEST, read_manifest
+from training.objectives import get_objective
+
+TOKENIZER_META = "lmforge_tokenizer.json"
+SPECIAL_NAMES = ("pad", "eos", "bos", "unk", "cls", "sep", "mask")
+
+
+@dataclass(frozen=True)
+class LoopInputs:
+    """Everything a worker needs, resolved on the driver (plain values, so Ray can ship it)."""
+
+    config: PretrainConfig
+    shards_dir: str
+    tokenizer_dir: str
+    seed: int
+    vocab_size: int
+    seq_len: int
+    special_ids: dict[str, int] = field(default_factory=dict)
+
+
+def tokenizer_info(tokenizer_dir: Path) -> tuple[int, dict[str, int]]:
+    """(vocab size, special token name -> id) from `lmforge_tokenizer.json`, completed by the HF tokenizer.
+
+    The meta file's `special_ids` is preferred; names it lacks fall back to the tokenizer's own
+    `<name>_token_id` attributes. The vocabulary covers every id either source knows.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = Path(tokenizer_dir)
+    meta_path = tokenizer_dir / TOKENIZER_META
+    meta: dict = {}
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{meta_path}: not valid JSON: {err}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{tokenizer_dir}: not loadable with AutoTokenizer: {err}") from None
+    declared = meta.get("special_ids") or {}
+    if not isinstance(declared, dict):
+        raise ArtifactError(f"{meta_path}: 'special_ids' must be a mapping of name -> id")
+    special_ids = {name: int(value) for name, value in declared.items() if isinstance(value, int)}
+    for name in SPECIAL_NAMES:
+        value = getattr(tokenizer, f"{name}_token_id", None)
+        if name not in special_ids and isinstance(value, int):
+            special_ids[name] = value
+    vocab_size = max(
+        [len(tokenizer), int(meta.get("vocab_size") or 0), *(v + 1 for v in special_ids.values())]
+    )
+    return vocab_size, special_ids
+
+
+def resolve_inputs(config: PretrainConfig, shards_dir: Path, tokenizer_dir: Path, seed: int) -> LoopInputs:
+    """Check that shards and tokenizer fit the objective before any worker starts."""
+    manifest = read_manifest(Path(shards_dir))
+    objective = get_objective(config.objective)
+    if manifest["packing"] != objective.packing:
+        raise ConfigError(
+            f"objective {config.objective!r} needs {objective.packing!r}-packed shards, but "
+            f"{Path(shards_dir) / MANIFEST} says packing={manifest['packing']!r}"
+        )
+    splits = {shard["split"] for shard in manifest["shards"]}
+    missing = {"train", "validation"} - splits
+    if missing:
+        raise ArtifactError(f"{Path(shards_dir) / MANIFEST}: no shards for split(s) {sorted(missing)}")
+    vocab_size, special_ids = tokenizer_info(Path(tokenizer_dir))
+    missing_special = [name for name in objective.required_special if name not in special_ids]
+    if missing_special:
+        raise ConfigError(
+            f"objective {config.objective!r} needs special tokens {missing_special}; "
+            f"tokenizer {tokenizer_dir} defines {sorted(special_ids)}"
+        )
+    return LoopInputs(
+        config=config,
+        shards_dir=str(Path(shards_dir).resolve()),
+        tokenizer_dir=str(Path(tokenizer_dir).resolve()),
+        seed=seed,
+        vocab_size=vocab_size,
+        seq_len=manifest["seq_len"],
+        special_ids=special_ids,
+    )

@@ -1,0 +1,168 @@
+"""Every Ray Train detail: the TorchTrainer, the worker entry point, checkpoints in and out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmforge.errors import ArtifactError
+from lmforge.logs import ROOT_LOGGER, get_logger
+from training.config import PretrainConfig
+from training.inputs import LoopInputs, resolve_inputs
+
+log = get_logger(__name__)
+
+EXTENSIONS_ENV = "TORCH_EXTENSIONS_DIR"
+DEFAULT_EXTENSIONS_DIR = Path("~/.cache/lmforge/torch_extensions").expanduser()
+OUTPUT_ITEMS = ("hf", "deepspeed", "metrics.jsonl")
+
+
+def pretrain(
+    config: PretrainConfig,
+    shards_dir: Path,
+    tokenizer_dir: Path,
+    output_dir: Path,
+    seed: int,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Pre-train with DeepSpeed on `config.num_workers` Ray Train workers; see docs/architecture.md.
+
+    Writes `output_dir/hf/`, `output_dir/deepspeed/`, `output_dir/metrics.jsonl` and returns the
+    run summary. Ray Train's run folder (periodic checkpoints; re-running with the same
+    `output_dir` name resumes from them) lives in `work_dir`, default `output_dir/../ray_train`,
+    and is deleted after success.
+    """
+    from infra.ray_runtime import cuda_available_on_cluster, ensure_ray
+
+    output_dir = Path(output_dir).resolve()
+    inputs = resolve_inputs(config, Path(shards_dir), Path(tokenizer_dir), seed)
+    ensure_ray()
+    use_gpu = cuda_available_on_cluster() if config.use_gpu == "auto" else bool(config.use_gpu)
+    # Cache DeepSpeed's JIT-built ops (the CPU shm comm op takes 20-40 s to compile).
+    os.environ.setdefault(EXTENSIONS_ENV, str(DEFAULT_EXTENSIONS_DIR))
+    storage = Path(work_dir or output_dir.parent / "ray_train").resolve()
+    run_name = f"pretrain-{output_dir.name}"
+    trainer = _build_trainer(config, inputs, use_gpu, storage, run_name)
+    log.info(
+        "pre-training %s (%s) on %d %s worker(s), run %s",
+        config.objective,
+        config.model.size,
+        config.num_workers,
+        "GPU" if use_gpu else "CPU",
+        storage / run_name,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ArtifactError(f"Ray Train run {storage / run_name} finished without a final checkpoint")
+    with result.checkpoint.as_directory() as final:
+        summary = _materialize(Path(final), output_dir)
+    shutil.rmtree(storage / run_name, ignore_errors=True)
+    return summary
+
+
+def _build_trainer(config: PretrainConfig, inputs: LoopInputs, use_gpu: bool, storage: Path, run_name: str):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources: dict[str, float] = {"CPU": config.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "inputs": inputs,
+            "use_gpu": use_gpu,
+            "extensions_dir": os.environ[EXTENSIONS_ENV],
+        },
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def _materialize(final: Path, output_dir: Path) -> dict[str, Any]:
+    """Copy the final Ray checkpoint's artifacts into `output_dir`; returns the run summary."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for item in OUTPUT_ITEMS:
+        source = final / item
+        if not source.exists():
+            raise ArtifactError(f"final checkpoint {final} lacks {item}")
+        if source.is_dir():
+            shutil.copytree(source, output_dir / item, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, output_dir / item)
+    return json.loads((final / "summary.json").read_text())
+
+
+class RayWorkerEnv:
+    """The loop's view of a Ray Train worker: rank, device, checkpoint in, report out."""
+
+    def __init__(self, use_gpu: bool) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.local_rank = context.get_local_rank()
+        self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+
+    @contextmanager
+    def restored_checkpoint(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker entry point (runs in every worker process)."""
+    use_gpu = loop_config["use_gpu"]
+    inputs: LoopInputs = loop_config["inputs"]
+    os.environ.setdefault(EXTENSIONS_ENV, loop_config["extensions_dir"])
+    # Pin DeepSpeed's accelerator before it is imported: it otherwise guesses from what is installed.
+    os.environ["DS_ACCELERATOR"] = "cuda" if use_gpu else "cpu"
+    env = RayWorkerEnv(use_gpu)
+    # DeepSpeed reads these; Ray Train's process group is already up, so they only describe it.
+    os.environ.setdefault("RANK", str(env.rank))
+    os.environ.setdefault("WORLD_SIZE", str(env.world_size))
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    torch.set_num_threads(inputs.config.cpus_per_worker)
+    _log_to_stderr()
+    from training.loop import PretrainLoop
+
+    PretrainLoop(inputs, env).run()
+
+
+def _log_to_stderr() -> None:
+    """Show our INFO records from workers; Ray Train usually installs a root handler already."""
+    logger = logging.getLogger(ROOT_LOGGER)
+    logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
