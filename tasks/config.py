@@ -6,7 +6,7 @@ the runner module. The `FinetuneConfig` / `EvaluationConfig` list types are buil
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -14,7 +14,13 @@ from lmforge.configbase import StrictModel
 from tasks.specs import EVAL_TASKS, FINETUNE_TASKS, TaskRegistry, TaskSpec
 
 
-class Sst2FinetuneConfig(StrictModel):
+class TaskConfig(StrictModel):
+    """Base of every task config; subclasses narrow `name` to their registry key."""
+
+    name: str
+
+
+class Sst2FinetuneConfig(TaskConfig):
     """SST-2 sequence classification; the same budget for the pretrained and the random-init model."""
 
     name: Literal["sst2"] = "sst2"
@@ -31,7 +37,7 @@ class Sst2FinetuneConfig(StrictModel):
     log_every: int = Field(default=1, ge=1)  # loss-curve resolution in optimizer steps
 
 
-class Sst2IclConfig(StrictModel):
+class Sst2IclConfig(TaskConfig):
     """SST-2 in-context learning: k demonstrations, label scored by continuation log-likelihood."""
 
     name: Literal["sst2_icl"] = "sst2_icl"
@@ -83,7 +89,7 @@ class Sst2IclConfig(StrictModel):
         return words
 
 
-class WikitextPerplexityConfig(StrictModel):
+class WikitextPerplexityConfig(TaskConfig):
     """Token-level perplexity and bits per byte on WikiText-2 (raw) validation."""
 
     name: Literal["wikitext_perplexity"] = "wikitext_perplexity"
@@ -104,7 +110,7 @@ class WikitextPerplexityConfig(StrictModel):
         return self
 
 
-class MlmAccuracyConfig(StrictModel):
+class MlmAccuracyConfig(TaskConfig):
     """Masked-token accuracy and loss on the validation shards, with a fixed masking seed."""
 
     name: Literal["mlm_accuracy"] = "mlm_accuracy"
@@ -158,11 +164,19 @@ def _task_union(registry: TaskRegistry) -> Any:
     ]
 
 
-FinetuneTaskConfig = _task_union(FINETUNE_TASKS)
-EvalTaskConfig = _task_union(EVAL_TASKS)
+if TYPE_CHECKING:  # the type checker cannot follow a union built at import time
+    FinetuneTaskConfig = TaskConfig
+    EvalTaskConfig = TaskConfig
+else:
+    FinetuneTaskConfig = _task_union(FINETUNE_TASKS)
+    EvalTaskConfig = _task_union(EVAL_TASKS)
 
 
-def _unique_names(tasks: list[Any]) -> list[Any]:
+def _configs(*configs: TaskConfig) -> list[TaskConfig]:
+    return list(configs)
+
+
+def _unique_names(tasks: list[TaskConfig]) -> list[TaskConfig]:
     names = [task.name for task in tasks]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -174,11 +188,11 @@ def _unique_names(tasks: list[Any]) -> list[Any]:
 class FinetuneConfig(StrictModel):
     """Fine-tune tasks, each run twice: from the pretrained weights and from a random init."""
 
-    tasks: list[FinetuneTaskConfig] = Field(default_factory=lambda: [Sst2FinetuneConfig()])
+    tasks: list[FinetuneTaskConfig] = Field(default_factory=lambda: _configs(Sst2FinetuneConfig()))
 
     _unique = field_validator("tasks")(_unique_names)
 
-    def tasks_for(self, objective: str) -> list[Any]:
+    def tasks_for(self, objective: str) -> list[TaskConfig]:
         return [task for task in self.tasks if objective in FINETUNE_TASKS[task.name].applies_to]
 
 
@@ -186,10 +200,10 @@ class EvaluationConfig(StrictModel):
     """Eval tasks; a run executes only those whose `applies_to` holds the pretraining objective."""
 
     tasks: list[EvalTaskConfig] = Field(
-        default_factory=lambda: [Sst2IclConfig(), WikitextPerplexityConfig(), MlmAccuracyConfig()]
+        default_factory=lambda: _configs(Sst2IclConfig(), WikitextPerplexityConfig(), MlmAccuracyConfig())
     )
 
     _unique = field_validator("tasks")(_unique_names)
 
-    def tasks_for(self, objective: str) -> list[Any]:
+    def tasks_for(self, objective: str) -> list[TaskConfig]:
         return [task for task in self.tasks if objective in EVAL_TASKS[task.name].applies_to]

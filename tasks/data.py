@@ -66,7 +66,10 @@ def load_sst2(path: str, data_dir: Path | None, key: str, split: str) -> list[La
         missing = {"sentence", "label"} - set(rows.column_names)
         if missing:
             raise DataError(f"{key}: {path!r} has no column(s) {sorted(missing)} (has {rows.column_names})")
-        return [LabelledText(str(text).strip(), int(label)) for text, label in zip(rows["sentence"], rows["label"], strict=True)]
+        return [
+            LabelledText(str(text).strip(), int(label))
+            for text, label in zip(rows["sentence"], rows["label"], strict=True)
+        ]
     return read_sst2_tsv(resolve_file(path, data_dir, key))
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.configbase import StrictModel
-from lmforge.errors import ConfigError
 from lmforge.registry import Registry
 
 
@@ -25,14 +24,9 @@ class TaskSpec:
     applies_to: frozenset[str]
     runner: str
 
-    def run(self, config: StrictModel, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if not isinstance(config, self.config_cls):
-            raise ConfigError(
-                f"task {self.name!r} expects a {self.config_cls.__name__}, got {type(config).__name__}"
-            )
-        return self.runner_function()(config, *args, **kwargs)
-
-    def runner_function(self) -> Callable[..., dict[str, Any]]:
+    @property
+    def run(self) -> Callable[..., dict[str, Any]]:
+        """The runner itself, a module-level function: Ray's `remote` accepts functions, not bound methods."""
         module_name, _, function_name = self.runner.partition(":")
         return getattr(importlib.import_module(module_name), function_name)
 

@@ -1,0 +1,311 @@
+"""The run report: report.md, a self-contained report.html and loss_curve.png from a run record.
+
+The run record has the structure of run.json: run_id, config_name, status, started_at, finished_at,
+wall_seconds, store, and `stages` mapping a stage name to status, artifact_id, path, metrics, seconds.
+Every part is optional: a missing stage or metric renders as "n/a", never as an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+STAGE_ORDER = (
+    "clean",
+    "tokenizer",
+    "shard",
+    "pretrain",
+    "finetune/sst2/pretrained",
+    "finetune/sst2/random",
+    "eval/sst2_icl",
+    "eval/wikitext_perplexity",
+    "eval/mlm_accuracy",
+)
+NA = "n/a"
+Block = tuple[str, Any]  # ("text", str) | ("table", (headers, rows))
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return NA
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    return f"{value:.{digits}g}" if abs(value) < 1e3 else f"{value:,.0f}"
+
+
+def stages_in_order(run_record: dict) -> list[tuple[str, dict]]:
+    stages = run_record.get("stages") or {}
+    known = [name for name in STAGE_ORDER if name in stages]
+    return [(name, stages[name] or {}) for name in known + sorted(set(stages) - set(STAGE_ORDER))]
+
+
+def stage_metrics(run_record: dict, name: str) -> dict:
+    stage = (run_record.get("stages") or {}).get(name) or {}
+    return stage.get("metrics") or {}
+
+
+def flat_scalars(metrics: dict, prefix: str = "") -> dict[str, Any]:
+    """Numbers and strings of `metrics`, nested dicts flattened to dotted keys; lists left out."""
+    found: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            found.update(flat_scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float | str | bool) or value is None:
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+def key_metrics(metrics: dict, limit: int = 6) -> str:
+    """A short `name=value` digest of a stage's metrics for the stage table."""
+    scalars = {k: v for k, v in flat_scalars(metrics).items() if not k.endswith("seconds") and v is not None}
+    shown = [f"{key}={fmt(value)}" for key, value in list(scalars.items())[:limit]]
+    return ", ".join(shown) + (", ..." if len(scalars) > limit else "")
+
+
+def summary_rows(run_record: dict) -> list[tuple[str, str]]:
+    """(item, value) pairs for the summary section, one per headline number."""
+    rows: list[tuple[str, str]] = []
+    clean = stage_metrics(run_record, "clean")
+    rows.append(("documents kept / read", f"{fmt(clean.get('num_kept'))} / {fmt(clean.get('num_read'))}"))
+    for reason, count in sorted((clean.get("dropped") or {}).items()):
+        rows.append((f"dropped: {reason}", fmt(count)))
+    rows.append(("tokenizer vocab size", fmt(stage_metrics(run_record, "tokenizer").get("vocab_size"))))
+    shard = flat_scalars(stage_metrics(run_record, "shard"))
+    counts = {k: v for k, v in shard.items() if "num_sequences" in k or "num_tokens" in k or k == "seq_len"}
+    rows += [(f"shards: {key}", fmt(value)) for key, value in counts.items()] or [("shards", NA)]
+    pre = stage_metrics(run_record, "pretrain")
+    rows.append(
+        (
+            "pretrain loss initial -> final",
+            f"{fmt(pre.get('initial_train_loss'))} -> {fmt(pre.get('final_train_loss'))}",
+        )
+    )
+    rows.append(("pretrain final val loss", fmt(pre.get("final_val_loss"))))
+    rows.append(("pretrain tokens/s", fmt(pre.get("tokens_per_second"))))
+    mfu = pre.get("mfu")
+    rows.append(("pretrain MFU", f"{mfu * 100:.3g}%" if isinstance(mfu, int | float) else NA))
+    rows += finetune_rows(run_record)
+    icl = stage_metrics(run_record, "eval/sst2_icl")
+    for k, shot in sorted((icl.get("shots") or {}).items(), key=lambda item: int(item[0])):
+        values = shot.get("accuracies") or []
+        rows.append(
+            (
+                f"SST-2 ICL accuracy, k={k}",
+                f"{fmt(shot.get('mean_accuracy'))} ± {fmt(shot.get('std_accuracy'))} ({len(values)} orderings)",
+            )
+        )
+    if icl:
+        rows.append(("SST-2 ICL majority-class baseline", fmt(icl.get("majority_baseline_accuracy"))))
+    ppl = stage_metrics(run_record, "eval/wikitext_perplexity")
+    if ppl or "eval/wikitext_perplexity" in (run_record.get("stages") or {}):
+        rows.append(("WikiText-2 perplexity", fmt(ppl.get("perplexity"))))
+        rows.append(("WikiText-2 bits per byte", fmt(ppl.get("bits_per_byte"))))
+    mlm = stage_metrics(run_record, "eval/mlm_accuracy")
+    if mlm or "eval/mlm_accuracy" in (run_record.get("stages") or {}):
+        rows.append(("MLM masked-token accuracy", fmt(mlm.get("accuracy"))))
+        rows.append(("MLM masked-token loss", fmt(mlm.get("masked_loss"))))
+    return rows
+
+
+def finetune_rows(run_record: dict) -> list[tuple[str, str]]:
+    tasks = sorted(
+        {
+            name.split("/")[1]
+            for name, _ in stages_in_order(run_record)
+            if name.startswith("finetune/") and name.count("/") == 2
+        }
+    )
+    rows = []
+    for task in tasks:
+        accuracy = {
+            init: stage_metrics(run_record, f"finetune/{task}/{init}").get("dev_accuracy")
+            for init in ("pretrained", "random")
+        }
+        rows.append(
+            (
+                f"{task} dev accuracy: pretrained vs random init",
+                f"{fmt(accuracy['pretrained'])} vs {fmt(accuracy['random'])}",
+            )
+        )
+    return rows or [("fine-tune dev accuracy", NA)]
+
+
+def stage_table(run_record: dict) -> tuple[list[str], list[list[str]]]:
+    headers = ["stage", "status", "artifact", "path", "seconds", "key metrics"]
+    rows = [
+        [
+            name,
+            str(stage.get("status", NA)),
+            str(stage.get("artifact_id") or NA),
+            str(stage.get("path") or NA),
+            fmt(stage.get("seconds"), 3),
+            key_metrics(stage.get("metrics") or {}),
+        ]
+        for name, stage in stages_in_order(run_record)
+    ]
+    return headers, rows
+
+
+def report_tables(run_record: dict) -> tuple[str, list[dict]]:
+    """(markdown summary, one row per stage) for Prefect markdown and table artifacts."""
+    markdown = "\n".join(
+        _markdown_blocks(_header_blocks(run_record) + [("table", _summary_table(run_record))])
+    )
+    headers, rows = stage_table(run_record)
+    return markdown + "\n", [dict(zip(headers, row, strict=True)) for row in rows]
+
+
+def _summary_table(run_record: dict) -> tuple[list[str], list[list[str]]]:
+    return ["item", "value"], [list(row) for row in summary_rows(run_record)]
+
+
+def _header_blocks(run_record: dict) -> list[Block]:
+    fields = ("run_id", "config_name", "status", "started_at", "finished_at", "wall_seconds", "store")
+    lines = [f"{field}: {fmt(run_record.get(field), 5)}" for field in fields]
+    return [("text", f"# lmforge run {run_record.get('run_id', NA)}"), ("list", lines)]
+
+
+def sections(run_record: dict, png_name: str | None) -> list[Block]:
+    blocks = _header_blocks(run_record)
+    blocks += [("text", "## Summary"), ("table", _summary_table(run_record))]
+    if png_name:
+        blocks += [("text", "## Loss curves"), ("image", png_name)]
+    blocks += [("text", "## Stages"), ("table", stage_table(run_record))]
+    return blocks
+
+
+def _markdown_blocks(blocks: Iterable[Block]) -> list[str]:
+    out: list[str] = []
+    for kind, content in blocks:
+        if kind == "text":
+            out += [content, ""]
+        elif kind == "list":
+            out += [f"- {line}" for line in content] + [""]
+        elif kind == "image":
+            out += [f"![loss curves]({content})", ""]
+        else:
+            headers, rows = content
+            cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+            out += ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
+            out += ["| " + " | ".join(map(cell, row)) + " |" for row in rows] + [""]
+    return out
+
+
+def _html(blocks: Iterable[Block], png_bytes: bytes | None) -> str:
+    body: list[str] = []
+    for kind, content in blocks:
+        if kind == "text":
+            level = len(content) - len(content.lstrip("#"))
+            tag = f"h{level}" if level else "p"
+            body.append(f"<{tag}>{html.escape(content.lstrip('# '))}</{tag}>")
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in content) + "</ul>")
+        elif kind == "image" and png_bytes is not None:
+            data = base64.b64encode(png_bytes).decode()
+            body.append(f'<img alt="loss curves" src="data:image/png;base64,{data}">')
+        elif kind == "table":
+            headers, rows = content
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+            cells = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>lmforge report</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def curve_points(curve: Any) -> list[tuple[float, float]]:
+    """[[step, loss], ...] or [{"step":, "loss":}, ...] to (step, loss) pairs; bad entries skipped."""
+    points = []
+    for entry in curve or []:
+        if isinstance(entry, dict):
+            entry = (entry.get("step"), entry.get("loss", entry.get("val_loss")))
+        if (
+            isinstance(entry, list | tuple)
+            and len(entry) >= 2
+            and all(isinstance(v, int | float) for v in entry[:2])
+        ):
+            points.append((float(entry[0]), float(entry[1])))
+    return points
+
+
+def stage_curves(run_record: dict) -> tuple[dict[str, list], dict[str, list]]:
+    """(pretraining curves, fine-tune curves) by label, from metrics or the stage's output files."""
+    stages = run_record.get("stages") or {}
+    pre_stage = stages.get("pretrain") or {}
+    pre = pre_stage.get("metrics") or {}
+    train, val = curve_points(pre.get("loss_curve")), curve_points(pre.get("val_curve"))
+    if not train and pre_stage.get("path"):
+        train, val = _curves_from_jsonl(Path(pre_stage["path"]) / "metrics.jsonl")
+    pretrain = {label: pts for label, pts in (("train loss", train), ("val loss", val)) if pts}
+    finetune = {}
+    for name, stage in stages_in_order(run_record):
+        if name.startswith("finetune/"):
+            points = curve_points((stage.get("metrics") or {}).get("loss_curve"))
+            if not points and stage.get("path") and (Path(stage["path"]) / "loss_curve.json").is_file():
+                points = curve_points(json.loads((Path(stage["path"]) / "loss_curve.json").read_text()))
+            if points:
+                finetune[name.removeprefix("finetune/")] = points
+    return pretrain, finetune
+
+
+def _curves_from_jsonl(path: Path) -> tuple[list, list]:
+    train: list[tuple[float, float]] = []
+    val: list[tuple[float, float]] = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            event = json.loads(line) if line.strip() else {}
+            step = event.get("step")
+            if isinstance(step, int | float):
+                for series, keys in ((train, ("train_loss", "loss")), (val, ("val_loss", "eval_loss"))):
+                    value = next((event[k] for k in keys if isinstance(event.get(k), int | float)), None)
+                    if value is not None:
+                        series.append((float(step), float(value)))
+    return train, val
+
+
+def plot_loss_curves(run_record: dict, path: Path) -> None:
+    """Pre-training train/val loss vs step; a second panel for fine-tune curves when present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pretrain, finetune = stage_curves(run_record)
+    panels = [("pre-training", pretrain)] + ([("fine-tuning", finetune)] if finetune else [])
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for axis, (title, curves) in zip(axes[0], panels, strict=True):
+        for label, points in curves.items():
+            steps, losses = zip(*points, strict=True)
+            axis.plot(steps, losses, label=label, marker="o" if len(points) < 30 else None)
+        if not curves:
+            axis.text(0.5, 0.5, "no loss curve recorded", ha="center", va="center", transform=axis.transAxes)
+        else:
+            axis.legend()
+        axis.set(title=title, xlabel="step", ylabel="loss")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(run_record: dict, output_dir: Path) -> dict[str, Path]:
+    """Write report.md, report.html (PNG embedded) and loss_curve.png; returns their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    png = output_dir / "loss_curve.png"
+    plot_loss_curves(run_record, png)
+    blocks = sections(run_record, png.name)
+    markdown, page = output_dir / "report.md", output_dir / "report.html"
+    markdown.write_text("\n".join(_markdown_blocks(blocks)))
+    page.write_text(_html(blocks, png.read_bytes()))
+    return {"markdown": markdown, "html": page, "png": png}

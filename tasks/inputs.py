@@ -1,0 +1,33 @@
+"""Fail-fast input checks for the task configs, run before any pipeline work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infra.data_paths import is_hf_uri, resolve_file
+from tasks.config import EvaluationConfig, FinetuneConfig
+from tasks.data import SST2_HF_CONFIG, WIKITEXT_HF_CONFIG, parse_hf_uri
+
+# Config fields that name a data file (or an hf:// dataset), per task name.
+_PATH_FIELDS = {"train_path", "dev_path", "path"}
+
+
+def task_inputs(finetune: FinetuneConfig, evaluation: EvaluationConfig) -> list[tuple[str, str]]:
+    """Every (config key, path-or-uri) the configured tasks read, for checks and lineage."""
+    found = []
+    for section, tasks in (("finetune", finetune.tasks), ("evaluation", evaluation.tasks)):
+        for index, task in enumerate(tasks):
+            for field in sorted(_PATH_FIELDS & set(type(task).model_fields)):
+                found.append((f"{section}.tasks[{index}].{field}", getattr(task, field)))
+    return found
+
+
+def check_inputs(finetune: FinetuneConfig, evaluation: EvaluationConfig, data_dir: Path | None) -> None:
+    """Raise ConfigError naming the key (e.g. `finetune.tasks[0].train_path`) for a missing local file."""
+    for key, path in task_inputs(finetune, evaluation):
+        if is_hf_uri(path):
+            # Only the URI's shape can be checked offline; the hub is reached when the task runs.
+            default_config = WIKITEXT_HF_CONFIG if key.endswith(".path") else SST2_HF_CONFIG
+            parse_hf_uri(path, key, default_config, "validation")
+        else:
+            resolve_file(path, data_dir, key)

@@ -1,0 +1,70 @@
+"""Model and tokenizer loading shared by the tasks (HF-format model directories)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import ArtifactError
+
+SPECIAL_NAMES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
+TOKENIZER_META = "lmforge_tokenizer.json"
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """AutoTokenizer for the model directory; special tokens it lacks are taken from our meta file."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{model_dir}: cannot load a tokenizer ({err})") from None
+    meta_path = Path(model_dir) / TOKENIZER_META
+    if meta_path.is_file():
+        # transformers does not infer special tokens from tokenizer.json; the meta names their ids.
+        special_ids = json.loads(meta_path.read_text()).get("special_ids") or {}
+        for name in SPECIAL_NAMES:
+            if getattr(tokenizer, f"{name}_token") is None and isinstance(special_ids.get(name), int):
+                setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(special_ids[name]))
+    return tokenizer
+
+
+def load_model(auto_class: Any, model_dir: Path, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained(model_dir)` in eval mode, with errors naming the directory."""
+    try:
+        model = auto_class.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{model_dir}: cannot load a {auto_class.__name__} ({err})") from None
+    return model.eval()
+
+
+def max_positions(model_config: Any) -> int:
+    """The longest input the model's position embeddings allow."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ArtifactError(f"model config {type(model_config).__name__} names no maximum sequence length")
+
+
+def boundary_token_id(tokenizer: Any) -> int | None:
+    """The token a causal LM saw at document starts: BOS if defined, else EOS (documents are joined
+    with EOS when packing for clm), else None."""
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return None
+
+
+def write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -1,0 +1,174 @@
+"""The run report renders from a full synthetic run record and from partial ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmforge.report import STAGE_ORDER, report_tables, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def full_record(tmp_path) -> dict:
+    def stage(metrics: dict, status: str = "completed", name: str = "x") -> dict:
+        return {
+            "status": status,
+            "artifact_id": f"art-{name}",
+            "path": str(tmp_path / name),
+            "metrics": metrics,
+            "seconds": 1.5,
+        }
+
+    ft_curve = [[1, 0.70], [2, 0.65], [3, 0.60]]
+    return {
+        "run_id": "demo-20260101",
+        "config_name": "demo",
+        "status": "completed",
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:10:00Z",
+        "wall_seconds": 600.0,
+        "store": "/tmp/store",
+        "stages": {
+            "clean": stage(
+                {
+                    "num_read": 100,
+                    "num_kept": 80,
+                    "num_dropped": 20,
+                    "dropped": {"too_short": 15, "invalid_utf8": 5},
+                },
+                name="clean",
+            ),
+            "tokenizer": stage({"vocab_size": 8192, "algorithm": "bpe"}, "reused", "tokenizer"),
+            "shard": stage(
+                {
+                    "train": {"num_sequences": 900, "num_tokens": 230400},
+                    "validation": {"num_sequences": 50, "num_tokens": 12800},
+                    "seq_len": 256,
+                },
+                name="shard",
+            ),
+            "pretrain": stage(
+                {
+                    "initial_train_loss": 9.1,
+                    "final_train_loss": 5.2,
+                    "final_val_loss": 5.4,
+                    "tokens_per_second": 12345.6,
+                    "mfu": 0.0123,
+                    "loss_curve": [[1, 9.1], [10, 7.0], [20, 5.2]],
+                    "val_curve": [[10, 7.3], [20, 5.4]],
+                },
+                name="pretrain",
+            ),
+            "finetune/sst2/pretrained": stage({"dev_accuracy": 0.71, "loss_curve": ft_curve}, name="ftp"),
+            "finetune/sst2/random": stage(
+                {"dev_accuracy": 0.61, "loss_curve": [[1, 0.7], [3, 0.69]]}, name="ftr"
+            ),
+            "eval/sst2_icl": stage(
+                {
+                    "shots": {
+                        "0": {"mean_accuracy": 0.5, "std_accuracy": 0.0, "accuracies": [0.5] * 3},
+                        "5": {"mean_accuracy": 0.55, "std_accuracy": 0.02, "accuracies": [0.53, 0.55, 0.57]},
+                    },
+                    "majority_baseline_accuracy": 0.509,
+                },
+                name="icl",
+            ),
+            "eval/wikitext_perplexity": stage({"perplexity": 321.5, "bits_per_byte": 2.1}, name="ppl"),
+            "eval/mlm_accuracy": stage({}, "skipped", "mlm"),
+        },
+    }
+
+
+@pytest.mark.unit
+def test_full_record_renders_every_section(tmp_path):
+    record = full_record(tmp_path)
+    paths = write_report(record, tmp_path / "report")
+    assert set(paths) == {"markdown", "html", "png"}
+    markdown = paths["markdown"].read_text()
+    for expected in (
+        "## Summary",
+        "## Stages",
+        "## Loss curves",
+        "80 / 100",
+        "dropped: too_short | 15",
+        "tokenizer vocab size | 8192",
+        "shards: train.num_tokens | 230400",
+        "9.1 -> 5.2",
+        "1.23%",
+        "sst2 dev accuracy: pretrained vs random init | 0.71 vs 0.61",
+        "k=5 | 0.55 ± 0.02 (3 orderings)",
+        "k=0 | 0.5 ± 0 (3 orderings)",
+        "WikiText-2 perplexity | 321.5",
+        "MLM masked-token accuracy | n/a",
+        "art-tokenizer",
+        "reused",
+    ):
+        assert expected in markdown, expected
+    for name in STAGE_ORDER:
+        assert f"| {name} |" in markdown
+    assert paths["png"].read_bytes().startswith(PNG_SIGNATURE)
+    page = paths["html"].read_text()
+    assert "data:image/png;base64," in page and "<table>" in page and "0.55 ± 0.02" in page
+
+
+@pytest.mark.unit
+def test_report_tables_are_prefect_ready(tmp_path):
+    markdown, rows = report_tables(full_record(tmp_path))
+    assert not any(line.startswith((" ", "\t")) for line in markdown.splitlines())
+    assert [row["stage"] for row in rows] == list(STAGE_ORDER)
+    assert rows[1]["status"] == "reused" and rows[1]["artifact"] == "art-tokenizer"
+    assert json.loads(json.dumps(rows)) == rows
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "record",
+    [
+        {},
+        {"run_id": "r", "stages": {}},
+        {
+            "run_id": "r",
+            "status": "failed",
+            "stages": {
+                "clean": {"status": "completed", "metrics": {"num_kept": 3}},
+                "pretrain": {"status": "failed"},
+                "custom/stage": None,
+            },
+        },
+    ],
+)
+def test_partial_records_render(tmp_path, record):
+    paths = write_report(record, tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert "## Summary" in markdown and "n/a" in markdown
+    assert paths["png"].read_bytes().startswith(PNG_SIGNATURE)
+    if record.get("stages"):
+        assert "| pretrain | failed |" in markdown and "| custom/stage |" in markdown
+
+
+@pytest.mark.unit
+def test_curves_read_from_stage_files_when_metrics_lack_them(tmp_path):
+    from lmforge.report import stage_curves
+
+    pre_dir, ft_dir = tmp_path / "pre", tmp_path / "ft"
+    pre_dir.mkdir()
+    ft_dir.mkdir()
+    events = [
+        {"step": 1, "train_loss": 9.0},
+        {"step": 2, "loss": 8.0},
+        {"step": 2, "val_loss": 8.5},
+        {"note": 1},
+    ]
+    (pre_dir / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    (ft_dir / "loss_curve.json").write_text("[[1, 0.7], [2, 0.6]]")
+    record = {
+        "stages": {
+            "pretrain": {"path": str(pre_dir), "metrics": {}},
+            "finetune/sst2/random": {"path": str(ft_dir), "metrics": {"dev_accuracy": 0.5}},
+        }
+    }
+    pretrain, finetune = stage_curves(record)
+    assert pretrain == {"train loss": [(1.0, 9.0), (2.0, 8.0)], "val loss": [(2.0, 8.5)]}
+    assert finetune == {"sst2/random": [(1.0, 0.7), (2.0, 0.6)]}

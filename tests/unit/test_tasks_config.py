@@ -1,0 +1,126 @@
+"""Task configs: unions built from the registries, validation messages name keys, input checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lmforge.configbase import validate_config
+from lmforge.errors import ConfigError
+from tasks import EVAL_TASKS, FINETUNE_TASKS, EvaluationConfig, FinetuneConfig, check_inputs
+from tasks.config import MlmAccuracyConfig, Sst2FinetuneConfig, Sst2IclConfig, WikitextPerplexityConfig
+from tests.unit.test_tasks_support import write_sst2, write_wikitext
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_and_registries():
+    assert [task.name for task in FinetuneConfig().tasks] == ["sst2"]
+    assert [task.name for task in EvaluationConfig().tasks] == [
+        "sst2_icl",
+        "wikitext_perplexity",
+        "mlm_accuracy",
+    ]
+    assert FINETUNE_TASKS["sst2"].applies_to == {"clm", "mlm"}
+    assert EVAL_TASKS["sst2_icl"].applies_to == EVAL_TASKS["wikitext_perplexity"].applies_to == {"clm"}
+    assert EVAL_TASKS["mlm_accuracy"].applies_to == {"mlm"}
+    assert [t.name for t in EvaluationConfig().tasks_for("mlm")] == ["mlm_accuracy"]
+    assert [t.name for t in EvaluationConfig().tasks_for("clm")] == ["sst2_icl", "wikitext_perplexity"]
+    assert Sst2FinetuneConfig().train_size == 2000 and Sst2IclConfig().shots == [0, 1, 5]
+
+
+def test_every_registered_name_validates_to_its_config_class():
+    for registry, root in ((FINETUNE_TASKS, FinetuneConfig), (EVAL_TASKS, EvaluationConfig)):
+        for name, spec in registry.items():
+            parsed = validate_config(root, {"tasks": [{"name": name}]})
+            assert type(parsed.tasks[0]) is spec.config_cls
+
+
+def test_loading_configs_does_not_import_torch():
+    # The CLI validates configs before any heavy work; task runners import torch on first run.
+    code = "import sys, tasks; tasks.EvaluationConfig(); assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert EVAL_TASKS["wikitext_perplexity"].run.__name__ == "run_wikitext_perplexity"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"tasks": [{"name": "sst2_icl", "num_orderings": 2}]},
+            "tasks.0.num_orderings: Value error, num_orderings must be at least 3",
+        ),
+        (
+            {"tasks": [{"name": "nope"}]},
+            "tasks.0: `name` must be one of the eval tasks: mlm_accuracy, sst2_icl, wikitext_perplexity",
+        ),
+        ({"tasks": [{"name": "mlm_accuracy", "mask_prob": 0.1}]}, "unknown key 'tasks.0.mask_prob'"),
+        ({"tasks": [{"name": "sst2_icl"}, {"name": "sst2_icl"}]}, "repeated: sst2_icl"),
+        ({"tasks": [{"name": "sst2_icl", "template": "{text} is"}]}, "tasks.0.template"),
+        ({"tasks": [{"name": "sst2_icl", "shots": [1, 1]}]}, "tasks.0.shots"),
+        ({"tasks": [{"name": "sst2_icl", "label_words": {0: "bad"}}]}, "tasks.0.label_words"),
+        (
+            {"tasks": [{"name": "wikitext_perplexity", "max_length": 8, "stride": 8}]},
+            "stride (8) must be below max_length (8)",
+        ),
+    ],
+)
+def test_invalid_evaluation_configs_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as caught:
+        validate_config(EvaluationConfig, raw, source="evaluation")
+    assert message in str(caught.value)
+
+
+def test_invalid_finetune_config_names_the_key():
+    with pytest.raises(ConfigError, match=r"tasks\.0\.warmup_fraction"):
+        validate_config(FinetuneConfig, {"tasks": [{"name": "sst2", "warmup_fraction": 1.5}]})
+    with pytest.raises(ConfigError, match=r"tasks\.0\.name"):
+        validate_config(FinetuneConfig, {"tasks": [{"name": "sst5"}]})
+
+
+def test_check_inputs_names_the_missing_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"finetune\.tasks\[0\]\.dev_path: no file matches 'sst2/dev.tsv'"):
+        check_inputs(FinetuneConfig(), EvaluationConfig(), tmp_path)
+    write_sst2(tmp_path)
+    with pytest.raises(ConfigError, match=r"evaluation\.tasks\[1\]\.path: no file matches"):
+        check_inputs(FinetuneConfig(), EvaluationConfig(), tmp_path)
+    write_wikitext(tmp_path)
+    check_inputs(FinetuneConfig(), EvaluationConfig(), tmp_path)
+    with pytest.raises(ConfigError, match=r"finetune\.tasks\[0\]\.dev_path: relative data path"):
+        check_inputs(FinetuneConfig(), EvaluationConfig(), None)
+
+
+def test_check_inputs_accepts_hub_uris_and_rejects_malformed_ones(tmp_path):
+    hub = FinetuneConfig(
+        tasks=[
+            Sst2FinetuneConfig(train_path="hf://nyu-mll/glue", dev_path="hf://nyu-mll/glue?split=validation")
+        ]
+    )
+    evaluation = EvaluationConfig(
+        tasks=[WikitextPerplexityConfig(path="hf://Salesforce/wikitext"), MlmAccuracyConfig()]
+    )
+    check_inputs(hub, evaluation, None)
+    bad = EvaluationConfig(tasks=[WikitextPerplexityConfig(path="hf://Salesforce/wikitext?splt=test")])
+    with pytest.raises(ConfigError, match=r"evaluation\.tasks\[0\]\.path: .*unknown parameters: splt"):
+        check_inputs(FinetuneConfig(tasks=[]), bad, None)
+
+
+def test_spec_run_is_a_plain_function_ray_can_wrap():
+    import inspect
+
+    import ray
+
+    for registry in (FINETUNE_TASKS, EVAL_TASKS):
+        for _, spec in registry.items():
+            assert inspect.isfunction(spec.run)
+            ray.remote(spec.run)  # raises TypeError for bound methods and other callables
+
+
+def test_specs_and_configs_pickle_for_ray_tasks():
+    import pickle
+
+    spec, config = EVAL_TASKS["sst2_icl"], EvaluationConfig()
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert pickle.loads(pickle.dumps(config)) == config

@@ -1,0 +1,76 @@
+"""SST-2 fine-tuning: learns on a tiny subset, pretrained vs random init share the architecture only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tasks import FINETUNE_TASKS
+from tasks.config import Sst2FinetuneConfig
+from tasks.data import LabelledText
+from tasks.finetune import build_classifier, encode
+from tasks.modeling import load_tokenizer
+from tests.unit.test_tasks_support import build_tiny_bert, build_tiny_gpt2, write_sst2
+
+pytestmark = pytest.mark.unit
+CONFIG = Sst2FinetuneConfig(train_size=32, epochs=6, batch_size=8, learning_rate=3e-3, max_length=24)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data")
+    write_sst2(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return build_tiny_gpt2(tmp_path_factory.mktemp("gpt2"), with_pad=False)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return build_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+def test_random_and_pretrained_share_config_not_weights(gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    pretrained = build_classifier(gpt2_dir, "pretrained", pad_token_id=0, seed=1)
+    random_init = build_classifier(gpt2_dir, "random", pad_token_id=0, seed=1)
+    assert pretrained.config.to_dict() == random_init.config.to_dict()
+    assert pretrained.config.pad_token_id == 0 and pretrained.config.num_labels == 2
+    lm_state = AutoModelForCausalLM.from_pretrained(gpt2_dir).state_dict()
+    body = "transformer.h.0.attn.c_attn.weight"
+    assert torch.equal(pretrained.state_dict()[body], lm_state[body])
+    assert not torch.equal(random_init.state_dict()[body], lm_state[body])
+    # Seeded: the same init twice is the same model.
+    again = build_classifier(gpt2_dir, "random", pad_token_id=0, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(random_init.parameters(), again.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("init", ["pretrained", "random"])
+def test_gpt2_finetune_learns_and_saves(gpt2_dir, data_dir, tmp_path, init):
+    from transformers import AutoModelForSequenceClassification
+
+    metrics = FINETUNE_TASKS["sst2"].run(CONFIG, gpt2_dir, init, data_dir, tmp_path, 0)
+    assert metrics["train_size"] == 32 and metrics["num_steps"] == 6 * 4 and len(metrics["loss_curve"]) == 24
+    assert metrics["final_train_loss"] < metrics["initial_train_loss"] - 0.1
+    assert 0 <= metrics["dev_accuracy"] <= 1 and metrics["dev_loss"] > 0
+    assert json.loads((tmp_path / "loss_curve.json").read_text()) == metrics["loss_curve"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["dev_accuracy"] == metrics["dev_accuracy"] and "loss_curve" not in saved
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    # The tokenizer had no pad token: EOS pads, and the saved config says so.
+    assert reloaded.config.pad_token_id == load_tokenizer(tmp_path / "model").pad_token_id is not None
+
+
+def test_bert_encoding_and_finetune(bert_dir, data_dir, tmp_path):
+    tokenizer = load_tokenizer(bert_dir)
+    [ids] = encode(tokenizer, [LabelledText("a charming film " * 20, 1)], max_length=10)
+    assert len(ids) == 10 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    metrics = FINETUNE_TASKS["sst2"].run(CONFIG, bert_dir, "pretrained", data_dir, tmp_path, 0)
+    assert metrics["final_train_loss"] < metrics["initial_train_loss"]
+    assert 0 <= metrics["dev_accuracy"] <= 1 and (tmp_path / "model" / "config.json").is_file()
