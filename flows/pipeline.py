@@ -98,14 +98,15 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:
     model = pretrain_task(ctx, shards, tokenizer)
     record.stage_done(model)
     # Fan out: submitted together; each does its heavy work in a Ray task, so they run concurrently.
+    objective = ctx.config.pretrain.objective
     futures = [
         finetune_task.submit(ctx, task_config, init, model)
-        for task_config in ctx.config.finetune.tasks
+        for task_config in ctx.config.finetune.tasks_for(objective)
         for init in steps.FINETUNE_INITS
     ]
     futures += [
         eval_task.submit(ctx, task_config, model, shards)
-        for task_config in steps.applicable_eval_tasks(ctx.config)
+        for task_config in ctx.config.evaluation.tasks_for(objective)
     ]
     errors = []
     for future in futures:

@@ -151,13 +151,6 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
     )
 
 
-def applicable_eval_tasks(config: PipelineConfig) -> list[Any]:
-    objective = config.pretrain.objective
-    return [
-        task for task in config.evaluation.tasks if objective in tasks.EVAL_TASKS.get(task.name).applies_to
-    ]
-
-
 def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
     """Raw data files a downstream task reads (fields named `path` or `*_path`), for lineage."""
     files = []
