@@ -71,7 +71,7 @@ def pipeline_flow(
     try:
         ensure_ray(pipeline_config.ray.address, pipeline_config.ray.num_cpus)
         _run_stages(ctx, record)
-        report = report_task(ctx, record.data)
+        report = report_task(ctx, record.as_completed())
         record.stage_done(report)
         record.data["report"] = {name: str(Path(report.path) / file) for name, file in report.metrics.items()}
         _publish_prefect_artifacts(run_id, record.data)

@@ -40,10 +40,16 @@ class RunRecord:
         self.save()
 
     def finish(self, status: str, error: str | None = None) -> None:
-        self.data.update(
-            status=status,
-            error=error,
-            finished_at=utc_now(),
-            wall_seconds=round(time.perf_counter() - self._start, 1),
-        )
+        self.data.update(self._closing(status), error=error)
         self.save()
+
+    def as_completed(self) -> dict[str, Any]:
+        """The record as it will read once the run completes (what the report describes)."""
+        return {**self.data, **self._closing("completed")}
+
+    def _closing(self, status: str) -> dict[str, Any]:
+        return {
+            "status": status,
+            "finished_at": utc_now(),
+            "wall_seconds": round(time.perf_counter() - self._start, 1),
+        }

@@ -152,15 +152,15 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
 
 
 def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
-    """Raw data files a downstream task reads (fields named `path` or `*_path`), for lineage."""
-    files = []
-    for name, value in task_config.model_dump().items():
-        if (name == "path" or name.endswith("_path")) and isinstance(value, str):
-            if is_hf_uri(value):
-                files.append(ExternalFile(value, None))
-            else:
-                files.append(ExternalFile(value, resolve_file(value, data_dir, f"{task_config.name}.{name}")))
-    return files
+    """Raw data files a downstream task reads, for lineage (hub data sets by URI)."""
+    from tasks.inputs import task_paths
+
+    return [
+        ExternalFile(
+            path, None if is_hf_uri(path) else resolve_file(path, data_dir, f"{task_config.name}.{field}")
+        )
+        for field, path in task_paths(task_config)
+    ]
 
 
 def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:

@@ -6,7 +6,6 @@ Hub datasets are named `hf://<dataset>[?config=<name>&split=<split>]` (for examp
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,46 +113,10 @@ def load_text(path: str, data_dir: Path | None, key: str) -> str:
 
 
 def read_validation_sequences(shards_dir: Path, max_sequences: int | None) -> np.ndarray:
-    """Validation `input_ids` (num_sequences, seq_len) from `validation-NNNNN.parquet` shards."""
-    import pyarrow.parquet as pq
+    """Validation `input_ids` (num_sequences, seq_len), the first `max_sequences` of them."""
+    from tokenization import load_split
 
-    files = _validation_files(shards_dir)
-    blocks: list[np.ndarray] = []
-    remaining = max_sequences if max_sequences is not None else float("inf")
-    for file in files:
-        if remaining <= 0:
-            break
-        column = pq.read_table(file, columns=["input_ids"]).column("input_ids").combine_chunks()
-        lengths = np.diff(column.offsets.to_numpy())
-        if len(lengths) == 0:
-            continue
-        if (lengths != lengths[0]).any():
-            raise ArtifactError(f"{file}: input_ids rows differ in length; expected fixed-length packing")
-        block = column.flatten().to_numpy().astype(np.int64).reshape(len(lengths), int(lengths[0]))
-        blocks.append(block[: int(min(remaining, len(block)))])
-        remaining -= len(blocks[-1])
-    if not blocks:
+    sequences = load_split(Path(shards_dir), "validation")[:max_sequences]
+    if len(sequences) == 0:
         raise ArtifactError(f"{shards_dir}: the validation shards hold no sequences")
-    if len({block.shape[1] for block in blocks}) != 1:
-        raise ArtifactError(f"{shards_dir}: validation shards have different sequence lengths")
-    return np.concatenate(blocks)
-
-
-def _validation_files(shards_dir: Path) -> list[Path]:
-    manifest_path = shards_dir / "dataset_manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        listed = [
-            shards_dir / entry["path"]
-            for entry in manifest.get("shards", [])
-            if isinstance(entry, dict) and entry.get("split") == "validation"
-        ]
-        if listed:
-            missing = [str(path) for path in listed if not path.is_file()]
-            if missing:
-                raise ArtifactError(f"{manifest_path} lists missing shard files: {', '.join(missing)}")
-            return listed
-    files = sorted(shards_dir.glob("validation-*.parquet"))
-    if not files:
-        raise ArtifactError(f"{shards_dir}: no validation-*.parquet shards")
-    return files
+    return sequences.astype(np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infra.data_paths import is_hf_uri, resolve_file
+from lmforge.configbase import StrictModel
 from tasks.config import EvaluationConfig, FinetuneConfig
 from tasks.data import SST2_HF_CONFIG, WIKITEXT_HF_CONFIG, parse_hf_uri
 
@@ -12,13 +13,17 @@ from tasks.data import SST2_HF_CONFIG, WIKITEXT_HF_CONFIG, parse_hf_uri
 _PATH_FIELDS = {"train_path", "dev_path", "path"}
 
 
+def task_paths(task: StrictModel) -> list[tuple[str, str]]:
+    """(field, path-or-uri) of every data file one task config reads."""
+    return [(field, getattr(task, field)) for field in sorted(_PATH_FIELDS & set(type(task).model_fields))]
+
+
 def task_inputs(finetune: FinetuneConfig, evaluation: EvaluationConfig) -> list[tuple[str, str]]:
     """Every (config key, path-or-uri) the configured tasks read, for checks and lineage."""
     found = []
     for section, tasks in (("finetune", finetune.tasks), ("evaluation", evaluation.tasks)):
         for index, task in enumerate(tasks):
-            for field in sorted(_PATH_FIELDS & set(type(task).model_fields)):
-                found.append((f"{section}.tasks[{index}].{field}", getattr(task, field)))
+            found.extend((f"{section}.tasks[{index}].{field}", path) for field, path in task_paths(task))
     return found
 
 

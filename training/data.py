@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +16,11 @@ MANIFEST = "dataset_manifest.json"
 
 
 def read_manifest(shards_dir: Path) -> dict:
-    """The shard manifest, checked for the keys training relies on."""
+    """The shard manifest (tokenization's format), checked for the keys training relies on."""
+    from tokenization import read_dataset_manifest
+
+    manifest = read_dataset_manifest(shards_dir)
     path = Path(shards_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(
-            f"{path}: shard manifest not found (is {shards_dir} a shard directory?)"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path}: not valid JSON: {err}") from None
     for key, kind in (("packing", str), ("seq_len", int), ("shards", list)):
         if not isinstance(manifest.get(key), kind):
             raise ArtifactError(f"{path}: key {key!r} missing or not a {kind.__name__}")
@@ -38,29 +32,13 @@ def read_manifest(shards_dir: Path) -> dict:
 
 def load_split(shards_dir: Path, split: str) -> torch.Tensor:
     """All sequences of `split` in manifest order, as an int32 tensor (num_sequences, seq_len)."""
-    import pyarrow.parquet as pq
+    from tokenization import load_split as load_split_array
 
-    shards_dir = Path(shards_dir)
-    manifest = read_manifest(shards_dir)
-    seq_len = manifest["seq_len"]
-    parts = []
-    for shard in manifest["shards"]:
-        if shard["split"] != split:
-            continue
-        path = shards_dir / shard["path"]
-        try:
-            column = pq.read_table(path, columns=["input_ids"]).column("input_ids").combine_chunks()
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: listed in {MANIFEST} but missing") from None
-        except KeyError:
-            raise ArtifactError(f"{path}: no 'input_ids' column") from None
-        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-        if len(values) != len(column) * seq_len:
-            raise ArtifactError(f"{path}: input_ids rows are not all of length seq_len={seq_len}")
-        parts.append(values.reshape(len(column), seq_len))
-    if not parts:
-        raise DataError(f"{shards_dir / MANIFEST}: no shard with split {split!r}")
-    return torch.from_numpy(np.concatenate(parts))
+    read_manifest(shards_dir)
+    sequences = load_split_array(shards_dir, split)
+    if len(sequences) == 0:
+        raise DataError(f"{Path(shards_dir) / MANIFEST}: no shard with split {split!r}")
+    return torch.from_numpy(sequences)
 
 
 @dataclass(frozen=True)

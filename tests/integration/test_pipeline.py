@@ -112,3 +112,19 @@ def test_lineage_reaches_raw_inputs(tiny_runs):
     uris = set(inputs(tree))
     assert any("wiki_00" in uri for uri in uris)
     assert any("sst2" in uri for uri in uris)
+
+
+def test_tiny_bert_pipeline_mlm_path(tmp_path, shared_data_dir, ray_runtime, prefect_harness, monkeypatch):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
+    config = load_config(PipelineConfig, CONFIGS / "tiny-bert.yaml")
+    record = run_flow(config, tmp_path / "store", "tiny-bert")
+    expected = {"clean", "tokenizer", "shard", "pretrain", "finetune/sst2/pretrained", "finetune/sst2/random"}
+    assert set(record["stages"]) == expected | {"eval/mlm_accuracy", "report"}
+    accuracy = record["stages"]["eval/mlm_accuracy"]["metrics"]
+    assert 0.0 <= accuracy["accuracy"] <= 1.0 and accuracy["num_masked_tokens"] > 0
+    hf_dir = Path(record["stages"]["pretrain"]["path"]) / "hf"
+    model = AutoModelForMaskedLM.from_pretrained(hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    assert tokenizer.mask_token == "[MASK]" and model.config.vocab_size == len(tokenizer)

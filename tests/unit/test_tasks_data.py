@@ -86,25 +86,32 @@ def test_seeded_subset_is_deterministic():
 
 
 def test_validation_sequences_follow_manifest_and_limit(tmp_path):
+    import json
+
+    shards = []
     for index, start in enumerate((0, 30)):
         rows = [[start + 3 * r + c for c in range(3)] for r in range(5 if index == 0 else 2)]
-        pq.write_table(
-            pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.int32()))}),
-            tmp_path / f"validation-{index:05d}.parquet",
-        )
+        name = f"validation-{index:05d}.parquet"
+        pq.write_table(pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.int32()))}), tmp_path / name)
+        shards.append({"path": name, "split": "validation", "num_sequences": len(rows)})
     pq.write_table(
         pa.table({"input_ids": pa.array([[999] * 3], type=pa.list_(pa.int32()))}),
         tmp_path / "train-00000.parquet",
     )
+    shards.append({"path": "train-00000.parquet", "split": "train", "num_sequences": 1})
+    manifest = {"packing": "mlm", "seq_len": 3, "shards": shards}
+    (tmp_path / "dataset_manifest.json").write_text(json.dumps(manifest))
     ids = read_validation_sequences(tmp_path, None)
     assert ids.shape == (7, 3) and ids[0].tolist() == [0, 1, 2] and ids[5].tolist() == [30, 31, 32]
     assert read_validation_sequences(tmp_path, 6).shape == (6, 3)
-    (tmp_path / "dataset_manifest.json").write_text(
-        '{"shards": [{"path": "validation-00001.parquet", "split": "validation"},'
-        ' {"path": "train-00000.parquet", "split": "train"}]}'
-    )
+    manifest["shards"] = [shards[1], shards[2]]
+    (tmp_path / "dataset_manifest.json").write_text(json.dumps(manifest))
     assert read_validation_sequences(tmp_path, None).tolist() == [[30, 31, 32], [33, 34, 35]]
-    with pytest.raises(ArtifactError, match="no validation"):
+    manifest["shards"] = [shards[2]]
+    (tmp_path / "dataset_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="no sequences"):
+        read_validation_sequences(tmp_path, None)
+    with pytest.raises(ArtifactError, match="dataset_manifest.json"):
         read_validation_sequences(tmp_path / "empty", None)
 
 

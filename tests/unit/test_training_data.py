@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmforge.errors import ArtifactError, DataError
+from lmforge.errors import ArtifactError, ConfigError, DataError
 from training.data import TrainStream, eval_batches, load_split, read_manifest
 
 pytestmark = pytest.mark.unit
@@ -39,7 +39,7 @@ def test_load_split_concatenates_shards_in_order(tmp_path):
     assert train.shape == (12, SEQ_LEN) and str(train.dtype) == "torch.int32"
     assert train[:, 0].tolist() == list(range(12))
     assert load_split(tmp_path, "validation").shape == (3, SEQ_LEN)
-    with pytest.raises(DataError, match="test"):
+    with pytest.raises(ConfigError, match="test"):
         load_split(tmp_path, "test")
 
 
