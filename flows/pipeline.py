@@ -15,44 +15,42 @@ from infra.ray_runtime import ensure_ray
 from infra.stage_runner import StageOutcome
 from lmforge.config import PipelineConfig, check_inputs
 
+
 # Reuse is decided by the artifact store's recipe lookup (content hashes), not Prefect's cache,
-# whose default policy never hits across runs.
-STAGE_TASK = {"cache_policy": NO_CACHE, "retries": 0}
-
-
-@task(name="clean", **STAGE_TASK)
+# whose default policy never hits across runs: every stage task has cache_policy=NO_CACHE.
+@task(name="clean", cache_policy=NO_CACHE)
 def clean_task(ctx: steps.RunContext) -> StageOutcome:
     return steps.clean_step(ctx)
 
 
-@task(name="train-tokenizer", **STAGE_TASK)
+@task(name="train-tokenizer", cache_policy=NO_CACHE)
 def tokenizer_task(ctx: steps.RunContext, cleaned: StageOutcome) -> StageOutcome:
     return steps.tokenizer_step(ctx, cleaned)
 
 
-@task(name="shard", **STAGE_TASK)
+@task(name="shard", cache_policy=NO_CACHE)
 def shard_task(ctx: steps.RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
     return steps.shard_step(ctx, cleaned, tokenizer)
 
 
-@task(name="pretrain", **STAGE_TASK)
+@task(name="pretrain", cache_policy=NO_CACHE)
 def pretrain_task(ctx: steps.RunContext, shards: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
     return steps.pretrain_step(ctx, shards, tokenizer)
 
 
-@task(name="finetune", task_run_name="finetune-{task_config.name}-{init}", **STAGE_TASK)
+@task(name="finetune", task_run_name="finetune-{task_config.name}-{init}", cache_policy=NO_CACHE)
 def finetune_task(ctx: steps.RunContext, task_config: Any, init: str, model: StageOutcome) -> StageOutcome:
     return steps.finetune_step(ctx, task_config, init, model)
 
 
-@task(name="evaluate", task_run_name="eval-{task_config.name}", **STAGE_TASK)
+@task(name="evaluate", task_run_name="eval-{task_config.name}", cache_policy=NO_CACHE)
 def eval_task(
     ctx: steps.RunContext, task_config: Any, model: StageOutcome, shards: StageOutcome
 ) -> StageOutcome:
     return steps.eval_step(ctx, task_config, model, shards)
 
 
-@task(name="report", **STAGE_TASK)
+@task(name="report", cache_policy=NO_CACHE)
 def report_task(ctx: steps.RunContext, record: dict[str, Any]) -> StageOutcome:
     return steps.report_step(ctx, record)
 

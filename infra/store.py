@@ -45,7 +45,7 @@ class ExternalFile:
 
 def hash_external(files: list[ExternalFile]) -> list[dict[str, Any]]:
     """Records (uri, path, sha256, size) for raw inputs; remote datasets are recorded by URI only."""
-    records = []
+    records: list[dict[str, Any]] = []
     for item in files:
         if item.path is None:
             records.append({"uri": item.uri, "path": None, "sha256": None, "size": None})
@@ -199,7 +199,8 @@ class ArtifactStore:
         except ArtifactError:
             return None
 
-    def list(self, kind: str | None = None) -> list[dict[str, Any]]:
+    def manifests(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Manifests of every published artifact (optionally of one kind), sorted by id."""
         manifests = []
         for path in sorted((self.root / "artifacts").glob(f"*/{MANIFEST}")):
             manifest = json.loads(path.read_text())

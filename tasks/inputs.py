@@ -20,7 +20,7 @@ def task_paths(task: StrictModel) -> list[tuple[str, str]]:
 
 def task_inputs(finetune: FinetuneConfig, evaluation: EvaluationConfig) -> list[tuple[str, str]]:
     """Every (config key, path-or-uri) the configured tasks read, for checks and lineage."""
-    found = []
+    found: list[tuple[str, str]] = []
     for section, tasks in (("finetune", finetune.tasks), ("evaluation", evaluation.tasks)):
         for index, task in enumerate(tasks):
             found.extend((f"{section}.tasks[{index}].{field}", path) for field, path in task_paths(task))

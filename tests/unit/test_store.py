@@ -66,7 +66,7 @@ def test_crash_before_publish_leaves_nothing_visible(tmp_path):
         with store.staging() as out:
             (out / "partial.bin").write_bytes(b"half")
             raise RuntimeError("killed mid-stage")
-    assert store.list() == []
+    assert store.manifests() == []
     assert not list((store.root / "tmp").iterdir())
     assert not list((store.root / "artifacts").iterdir())
 
@@ -74,7 +74,7 @@ def test_crash_before_publish_leaves_nothing_visible(tmp_path):
 def test_directory_without_manifest_is_not_an_artifact(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     (store.root / "artifacts" / "thing-deadbeef" / "data").mkdir(parents=True)
-    assert store.list() == []
+    assert store.manifests() == []
     with pytest.raises(ArtifactError, match="thing-deadbeef"):
         store.get("thing-deadbeef")
 
