@@ -128,3 +128,20 @@ def test_tiny_bert_pipeline_mlm_path(tmp_path, shared_data_dir, ray_runtime, pre
     model = AutoModelForMaskedLM.from_pretrained(hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     assert tokenizer.mask_token == "[MASK]" and model.config.vocab_size == len(tokenizer)
+
+
+def test_empty_corpus_stops_before_tokenizer(
+    tmp_path, shared_data_dir, ray_runtime, prefect_harness, monkeypatch
+):
+    from lmforge.errors import EmptyCorpusError
+
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
+    config = load_config(
+        PipelineConfig, CONFIGS / "tiny.yaml", ["corpus.filters=[{name: min_length, min_words: 1000000}]"]
+    )
+    with pytest.raises(EmptyCorpusError, match="too_few_words"):
+        run_flow(config, tmp_path / "store", "tiny-empty")
+    record = json.loads((tmp_path / "store" / "runs" / "tiny-empty" / "run.json").read_text())
+    assert record["status"] == "failed" and "EmptyCorpusError" in record["error"]
+    assert record["stages"] == {}
+    assert ArtifactStore(tmp_path / "store").manifests() == []
