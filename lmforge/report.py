@@ -90,14 +90,14 @@ def summary_rows(run_record: dict) -> list[tuple[str, str]]:
     rows.append(("pretrain MFU", f"{mfu * 100:.3g}%" if isinstance(mfu, int | float) else NA))
     rows += finetune_rows(run_record)
     icl = stage_metrics(run_record, "eval/sst2_icl")
-    for k, shot in sorted((icl.get("shots") or {}).items(), key=lambda item: int(item[0])):
-        values = shot.get("accuracies") or []
-        rows.append(
-            (
-                f"SST-2 ICL accuracy, k={k}",
-                f"{fmt(shot.get('mean_accuracy'))} ± {fmt(shot.get('std_accuracy'))} ({len(values)} orderings)",
-            )
-        )
+    shots = sorted((icl.get("shots") or {}).items(), key=lambda item: int(item[0]))
+    for prefix, label in (("", "SST-2 ICL accuracy"), ("calibrated_", "SST-2 ICL calibrated accuracy")):
+        for k, shot in shots:
+            if prefix and f"{prefix}mean_accuracy" not in shot:
+                continue  # calibration turned off
+            mean, std = fmt(shot.get(f"{prefix}mean_accuracy")), fmt(shot.get(f"{prefix}std_accuracy"))
+            num_orderings = len(shot.get(f"{prefix}accuracies") or [])
+            rows.append((f"{label}, k={k}", f"{mean} ± {std} ({num_orderings} orderings)"))
     if icl:
         rows.append(("SST-2 ICL majority-class baseline", fmt(icl.get("majority_baseline_accuracy"))))
     ppl = stage_metrics(run_record, "eval/wikitext_perplexity")

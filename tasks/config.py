@@ -50,6 +50,10 @@ class Sst2IclConfig(TaskConfig):
     label_words: dict[int, str] = Field(default_factory=lambda: {0: "negative", 1: "positive"})
     batch_size: int = Field(default=16, ge=1)
     max_length: int | None = Field(default=None, ge=8)  # None: the model's n_positions
+    # Contextual calibration (Zhao et al. 2021): also report accuracy with the label probabilities
+    # divided by their average over these content-free inputs, given the same demonstrations.
+    calibrate: bool = True
+    content_free_texts: list[str] = Field(default_factory=lambda: ["N/A", ""], min_length=1)
 
     @field_validator("shots")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -50,39 +51,99 @@ def sample_demonstrations(train: list[LabelledText], k: int, seed: int, ordering
     return random.Random(f"sst2_icl-{seed}-{k}-{ordering}").sample(range(len(train)), k)
 
 
-def predict(
+def score_labels(
+    model: Any,
+    tokenizer: Any,
+    config: Sst2IclConfig,
+    demonstrations: list[LabelledText],
+    texts: list[str],
+    max_length: int,
+) -> tuple[list[list[float]], int]:
+    """Per text, the log-likelihood of each label's continuation (labels in sorted order); also how
+    many prompts were left-truncated."""
+    start = [token] if (token := boundary_token_id(tokenizer)) is not None else []
+    labels = sorted(config.label_words)
+    requests = []
+    for text in texts:
+        context, continuations = build_prompt(config, demonstrations, text)
+        context_ids = start + tokenizer(context, add_special_tokens=False)["input_ids"]
+        for label in labels:
+            continuation_ids = tokenizer(continuations[label], add_special_tokens=False)["input_ids"]
+            requests.append(ContinuationRequest(context_ids, continuation_ids))
+    scores, num_truncated = continuation_log_likelihoods(model, requests, max_length, config.batch_size)
+    per_text = [scores[i : i + len(labels)] for i in range(0, len(scores), len(labels))]
+    return per_text, num_truncated // len(labels)
+
+
+def log_softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    log_total = top + math.log(sum(math.exp(value - top) for value in values))
+    return [value - log_total for value in values]
+
+
+def log_mean_exp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(statistics.fmean(math.exp(value - top) for value in values))
+
+
+def content_free_log_prior(content_free_scores: list[list[float]]) -> list[float]:
+    """log of the label distribution for content-free inputs, each renormalized over the labels and
+    averaged in probability space (Zhao et al. 2021); kept in log space so nothing underflows."""
+    distributions = [log_softmax(scores) for scores in content_free_scores]
+    return [log_mean_exp(list(column)) for column in zip(*distributions, strict=True)]
+
+
+def calibrate(scores: list[list[float]], log_prior: list[float]) -> list[list[float]]:
+    """log(p(label) / prior(label)), p renormalized over the labels: contextual calibration with
+    W = diag(prior)^-1 and b = 0; its argmax is the calibrated prediction."""
+    return [[a - b for a, b in zip(log_softmax(row), log_prior, strict=True)] for row in scores]
+
+
+def argmax_labels(scores: list[list[float]]) -> list[int]:
+    return [max(range(len(row)), key=row.__getitem__) for row in scores]
+
+
+def outcome(prefix: str, predictions: list[int], gold: list[int]) -> dict[str, float]:
+    return {
+        f"{prefix}accuracy": sum(p == g for p, g in zip(predictions, gold, strict=True)) / len(gold),
+        f"{prefix}predicted_positive_fraction": sum(p == 1 for p in predictions) / len(gold),
+    }
+
+
+def evaluate_ordering(
     model: Any,
     tokenizer: Any,
     config: Sst2IclConfig,
     demonstrations: list[LabelledText],
     dev: list[LabelledText],
     max_length: int,
-) -> tuple[list[int], int]:
-    """Argmax-likelihood label for each dev row; also how many prompts were left-truncated."""
-    start = [token] if (token := boundary_token_id(tokenizer)) is not None else []
+) -> dict[str, Any]:
+    """Raw (and, with config.calibrate, calibrated) accuracy for one set of demonstrations."""
     labels = sorted(config.label_words)
-    requests = []
-    for row in dev:
-        context, continuations = build_prompt(config, demonstrations, row.text)
-        context_ids = start + tokenizer(context, add_special_tokens=False)["input_ids"]
-        for label in labels:
-            continuation_ids = tokenizer(continuations[label], add_special_tokens=False)["input_ids"]
-            requests.append(ContinuationRequest(context_ids, continuation_ids))
-    scores, num_truncated = continuation_log_likelihoods(model, requests, max_length, config.batch_size)
-    predictions = []
-    for index in range(len(dev)):
-        row_scores = scores[index * len(labels) : (index + 1) * len(labels)]
-        predictions.append(labels[max(range(len(labels)), key=row_scores.__getitem__)])
-    return predictions, num_truncated // len(labels)
+    texts = [row.text for row in dev]
+    scores, num_truncated = score_labels(model, tokenizer, config, demonstrations, texts, max_length)
+    gold = [row.label for row in dev]
+    result = {"num_truncated": num_truncated, **outcome("", argmax_labels(scores), gold)}
+    if config.calibrate:
+        content_free, _ = score_labels(
+            model, tokenizer, config, demonstrations, config.content_free_texts, max_length
+        )
+        log_prior = content_free_log_prior(content_free)
+        words = [config.label_words[label] for label in labels]
+        result["content_free_prior"] = {w: math.exp(p) for w, p in zip(words, log_prior, strict=True)}
+        result.update(outcome("calibrated_", argmax_labels(calibrate(scores, log_prior)), gold))
+    return result
 
 
-def summarize_shots(k: int, accuracies: list[float]) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "mean_accuracy": statistics.fmean(accuracies),
-        # Population standard deviation (ddof=0) over the orderings.
-        "std_accuracy": statistics.pstdev(accuracies),
-        "accuracies": accuracies,
-    }
+def summarize_shots(k: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and population standard deviation (ddof=0) over the orderings, raw and calibrated."""
+    summary: dict[str, Any] = {}
+    for prefix in ("", "calibrated_"):
+        if f"{prefix}accuracy" in runs[0]:
+            accuracies = [run[f"{prefix}accuracy"] for run in runs]
+            summary[f"{prefix}mean_accuracy"] = statistics.fmean(accuracies)
+            summary[f"{prefix}std_accuracy"] = statistics.pstdev(accuracies)
+            summary[f"{prefix}accuracies"] = accuracies
     if k == 0:
         summary["note"] = "k=0 has no demonstrations: every ordering is the same prompt, so std is 0"
     return summary
@@ -110,31 +171,23 @@ def run_sst2_icl(
     runs: list[dict[str, Any]] = []
     shots: dict[str, dict[str, Any]] = {}
     for k in config.shots:
-        accuracies: list[float] = []
         for ordering in range(config.num_orderings):
             if k == 0 and ordering > 0:
                 # Same prompts as ordering 0: scored once, reported for every ordering.
-                accuracies.append(accuracies[0])
                 runs.append({**runs[-1], "ordering": ordering})
                 continue
             indices = sample_demonstrations(train, k, seed, ordering)
-            predictions, num_truncated = predict(
-                model, tokenizer, config, [train[i] for i in indices], dev, max_length
+            demonstrations = [train[i] for i in indices]
+            result = evaluate_ordering(model, tokenizer, config, demonstrations, dev, max_length)
+            runs.append({"k": k, "ordering": ordering, "demonstration_indices": indices, **result})
+            log.info(
+                "sst2_icl k=%d ordering=%d accuracy=%.4f calibrated=%s",
+                k,
+                ordering,
+                result["accuracy"],
+                result.get("calibrated_accuracy"),
             )
-            accuracy = sum(p == g for p, g in zip(predictions, gold, strict=True)) / len(dev)
-            accuracies.append(accuracy)
-            runs.append(
-                {
-                    "k": k,
-                    "ordering": ordering,
-                    "accuracy": accuracy,
-                    "demonstration_indices": indices,
-                    "num_truncated": num_truncated,
-                    "predicted_positive_fraction": sum(p == 1 for p in predictions) / len(dev),
-                }
-            )
-            log.info("sst2_icl k=%d ordering=%d accuracy=%.4f", k, ordering, accuracy)
-        shots[str(k)] = summarize_shots(k, accuracies)
+        shots[str(k)] = summarize_shots(k, [run for run in runs if run["k"] == k])
     majority_label = max((0, 1), key=gold.count)
     metrics = {
         "num_examples": len(dev),
@@ -143,9 +196,16 @@ def run_sst2_icl(
         "shots": shots,
         "runs": runs,
         "std_kind": "population standard deviation (ddof=0) over orderings",
+        "scoring": "argmax over labels of the label continuation's log-likelihood",
         "majority_label": majority_label,
         "majority_baseline_accuracy": gold.count(majority_label) / len(dev),
         "seconds": time.perf_counter() - began,
     }
+    if config.calibrate:
+        metrics["calibration"] = (
+            "contextual calibration (Zhao et al. 2021): label probabilities renormalized over the labels, "
+            f"divided by their mean over the content-free texts {config.content_free_texts} with the same "
+            "demonstrations"
+        )
     write_json(output_dir / "metrics.json", metrics)
     return metrics

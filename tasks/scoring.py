@@ -1,7 +1,15 @@
-"""Log-likelihood of continuations under a causal LM, batched with right padding."""
+"""Log-likelihood of continuations under a causal LM, with shared work done once.
+
+Two savings, both exact (the same sums up to float32 rounding):
+- requests whose model input is the same, or a prefix of another's, share one row: the input is
+  context + continuation[:-1], so the one-token labels of an ICL prompt are all scored from one pass;
+- the token prefix every untruncated row starts with (the ICL demonstrations) runs once, and each
+  batch attends to its cached keys/values instead of recomputing them.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +23,15 @@ class ContinuationRequest:
     continuation_ids: list[int]
 
 
+@dataclass
+class Row:
+    """One model input; the requests it serves read logits at positions >= first_position."""
+
+    ids: list[int]
+    first_position: int
+    truncated: bool
+
+
 def fit_to_window(request: ContinuationRequest, max_length: int) -> tuple[list[int], bool]:
     """context + continuation, dropping context tokens from the left to fit; (ids, truncated)."""
     if not request.continuation_ids or not request.context_ids:
@@ -25,41 +42,123 @@ def fit_to_window(request: ContinuationRequest, max_length: int) -> tuple[list[i
     return ids[-max_length:], len(ids) > max_length
 
 
+def plan_rows(
+    requests: Sequence[ContinuationRequest], max_length: int
+) -> tuple[list[Row], list[tuple[int, int]], int]:
+    """The rows to run; per request (row index, position whose logits predict its first token)."""
+    fitted = [fit_to_window(request, max_length) for request in requests]
+    # A shorter continuation's input can equal a longer one's input cut by at most this many tokens.
+    span = max(len(request.continuation_ids) for request in requests) - 1
+    rows: list[Row] = []
+    row_of: dict[tuple[int, ...], int] = {}
+    placements = [(0, 0)] * len(requests)
+    for i in sorted(range(len(requests)), key=lambda i: -len(fitted[i][0])):
+        ids, truncated = fitted[i]
+        inputs = tuple(ids[:-1])  # the last token is only ever a target
+        start = len(ids) - len(requests[i].continuation_ids) - 1
+        if inputs not in row_of:
+            rows.append(Row(list(inputs), start, truncated))
+            for cut in range(min(span, len(inputs) - 1) + 1):
+                row_of.setdefault(inputs[: len(inputs) - cut], len(rows) - 1)
+        row = row_of[inputs]
+        rows[row].first_position = min(rows[row].first_position, start)
+        placements[i] = (row, start)
+    return rows, placements, sum(truncated for _, truncated in fitted)
+
+
+def shared_prefix(rows: Sequence[Row]) -> list[int]:
+    """The longest token prefix of every untruncated row that ends before any scored position."""
+    candidates = [row for row in rows if not row.truncated]
+    if not candidates:
+        return []
+    common = os.path.commonprefix([row.ids for row in candidates])
+    return list(common[: min(row.first_position for row in candidates)])
+
+
+def prefix_keys_values(base: Any, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) of the prefix, each [1, heads, len(prefix), head_dim]."""
+    cache = base(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def row_hidden_states(
+    base: Any, rows: Sequence[Row], prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None
+) -> torch.Tensor:
+    """Last hidden states of each row's tokens after the cached prefix, right-padded: [rows, width, d].
+
+    Right padding keeps every real token at its true position (prefix length + offset, which GPT-2
+    derives from the cache length), and causal attention never lets a real token see the padding.
+    """
+    from transformers import DynamicCache
+
+    skip = prefix_kv[0][0].shape[2] if prefix_kv else 0
+    width = max(len(row.ids) - skip for row in rows)
+    input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    attention_mask = torch.ones((len(rows), skip + width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        suffix = row.ids[skip:]
+        input_ids[index, : len(suffix)] = torch.tensor(suffix)
+        attention_mask[index, skip + len(suffix) :] = 0
+    cache = None
+    if prefix_kv:
+        # expand() is a view; the cache copies it when the batch's new keys/values are appended.
+        shape = (len(rows), -1, -1, -1)
+        cache = DynamicCache([(keys.expand(shape), values.expand(shape)) for keys, values in prefix_kv])
+    output = base(
+        input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=cache is not None
+    )
+    return output.last_hidden_state
+
+
 @torch.inference_mode()
 def continuation_log_likelihoods(
     model: Any, requests: Sequence[ContinuationRequest], max_length: int, batch_size: int
 ) -> tuple[list[float], int]:
     """Sum of log p(continuation token | everything before it) per request; also the truncation count.
 
-    Sequences are right-padded, so real tokens keep positions 0..n-1 and causal attention never sees
-    the padding; the LM head runs only at the positions that predict continuation tokens.
+    Contexts longer than the window lose tokens from the left. The LM head runs only at the
+    positions that predict continuation tokens.
     """
-    fitted = [fit_to_window(request, max_length) for request in requests]
-    # Similar lengths together keep padding small; results are put back in request order.
-    order = sorted(range(len(requests)), key=lambda i: len(fitted[i][0]))
-    scores = [0.0] * len(requests)
+    if not requests:
+        return [], 0
+    rows, placements, num_truncated = plan_rows(requests, max_length)
+    wanted: list[set[tuple[int, int]]] = [set() for _ in rows]  # per row: (position, target token)
+    for request, (row, start) in zip(requests, placements, strict=True):
+        wanted[row].update((start + j, token) for j, token in enumerate(request.continuation_ids))
     base, head = model.base_model, model.get_output_embeddings()
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(fitted[i][0]) for i in chunk)
-        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        rows, positions, targets = [], [], []
-        for row, i in enumerate(chunk):
-            ids = fitted[i][0]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-            num_cont = len(requests[i].continuation_ids)
-            for offset in range(len(ids) - num_cont, len(ids)):
-                rows.append(row)
-                positions.append(offset - 1)  # logits at t predict token t + 1
-                targets.append(ids[offset])
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = head(hidden[torch.tensor(rows), torch.tensor(positions)]).float()
-        token_log_probs = torch.log_softmax(logits, dim=-1)[torch.arange(len(targets)), torch.tensor(targets)]
-        per_row = torch.zeros(len(chunk), dtype=torch.float64).index_add_(
-            0, torch.tensor(rows), token_log_probs.double()
-        )
-        for row, i in enumerate(chunk):
-            scores[i] = float(per_row[row])
-    return scores, sum(truncated for _, truncated in fitted)
+    prefix = shared_prefix(rows)
+    with_prefix = [
+        r
+        for r, row in enumerate(rows)
+        if prefix and row.first_position >= len(prefix) and row.ids[: len(prefix)] == prefix
+    ]
+    without_prefix = sorted(set(range(len(rows))) - set(with_prefix))
+    found: dict[tuple[int, int, int], float] = {}  # (row, position, target) -> log-probability
+    for group, kv in (
+        (without_prefix, None),
+        (with_prefix, prefix_keys_values(base, prefix) if prefix else None),
+    ):
+        # Similar lengths together keep padding small.
+        group = sorted(group, key=lambda r: len(rows[r].ids))
+        for begin in range(0, len(group), batch_size):
+            chunk = group[begin : begin + batch_size]
+            hidden = row_hidden_states(base, [rows[r] for r in chunk], kv)
+            found.update(target_log_probs(head, hidden, chunk, wanted, len(prefix) if kv else 0))
+    scores = [
+        sum(found[(row, start + j, token)] for j, token in enumerate(request.continuation_ids))
+        for request, (row, start) in zip(requests, placements, strict=True)
+    ]
+    return scores, num_truncated
+
+
+def target_log_probs(
+    head: Any, hidden: torch.Tensor, chunk: list[int], wanted: list[set[tuple[int, int]]], skip: int
+) -> dict[tuple[int, int, int], float]:
+    """log p(target | tokens before position + 1) for every wanted (position, target) of the chunk's rows."""
+    keys = [(r, position, target) for r in chunk for position, target in sorted(wanted[r])]
+    index = {r: i for i, r in enumerate(chunk)}
+    batch_rows = torch.tensor([index[r] for r, _, _ in keys])
+    positions = torch.tensor([position - skip for _, position, _ in keys])
+    logits = head(hidden[batch_rows, positions]).float()
+    values = torch.log_softmax(logits, dim=-1)[torch.arange(len(keys)), torch.tensor([t for *_, t in keys])]
+    return dict(zip(keys, values.double().tolist(), strict=True))

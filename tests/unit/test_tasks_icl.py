@@ -1,17 +1,30 @@
-"""SST-2 ICL: prompt format, batched continuation scoring against a per-example brute force."""
+"""SST-2 ICL: prompt format, prefix-cached scoring and calibration against per-example brute force."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
+from lmforge.report import fmt, summary_rows
 from tasks.config import Sst2IclConfig
 from tasks.data import LabelledText, load_sst2
-from tasks.icl import build_prompt, predict, run_sst2_icl, sample_demonstrations
+from tasks.icl import (
+    DEMONSTRATION_SEPARATOR,
+    argmax_labels,
+    build_prompt,
+    calibrate,
+    content_free_log_prior,
+    evaluate_ordering,
+    render_demonstration,
+    run_sst2_icl,
+    sample_demonstrations,
+    score_labels,
+)
 from tasks.modeling import load_model, load_tokenizer
-from tasks.scoring import ContinuationRequest, continuation_log_likelihoods
+from tasks.scoring import ContinuationRequest, continuation_log_likelihoods, plan_rows, shared_prefix
 from tests.unit.test_tasks_support import build_tiny_gpt2, write_sst2
 
 pytestmark = pytest.mark.unit
@@ -20,6 +33,12 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
     return build_tiny_gpt2(tmp_path_factory.mktemp("gpt2"), n_positions=48)
+
+
+@pytest.fixture(scope="module")
+def long_gpt2_dir(tmp_path_factory):
+    """Room for k=5 prompts, so most requests share the demonstrations' prefix."""
+    return build_tiny_gpt2(tmp_path_factory.mktemp("gpt2_long"), n_positions=256, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +102,94 @@ def test_batched_scores_equal_brute_force(gpt2_dir):
         assert score == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
 
-def test_predictions_equal_brute_force_argmax(gpt2_dir, data_dir):
+@pytest.mark.parametrize("k", [0, 1, 5])
+def test_prefix_cached_scores_equal_brute_force(long_gpt2_dir, data_dir, k):
+    model, tokenizer = load_model_and_tokenizer(long_gpt2_dir)
+    train = load_sst2("sst2/train.tsv", data_dir, "k", "train")
+    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")
+    demos = [train[i] for i in sample_demonstrations(train, k, 0, 2)]
+    # A two-token label word gives continuations of different lengths, hence rows of their own.
+    config = Sst2IclConfig(label_words={0: "negative", 1: "very positive"})
+    requests = []
+    for row in dev:
+        context, continuations = build_prompt(config, demos, row.text)
+        context_ids = [tokenizer.eos_token_id, *tokenizer(context)["input_ids"]]
+        requests += [
+            ContinuationRequest(context_ids, tokenizer(c)["input_ids"]) for c in continuations.values()
+        ]
+    lengths = sorted(len(r.context_ids) + len(r.continuation_ids) for r in requests)
+    max_length = lengths[-3]  # the longest prompts are left-truncated: they cannot use the prefix
+    rows, _, num_truncated = plan_rows(requests, max_length)
+    prefix = shared_prefix(rows)
+    assert num_truncated >= 1 and len(rows) < len(requests)
+    # The prefix holds the boundary token, every demonstration and the query's "Review:" (give or
+    # take the last token, which BPE may merge with the query text).
+    shared_text = "".join(
+        render_demonstration(config.template, d, config.label_words) + DEMONSTRATION_SEPARATOR for d in demos
+    )
+    assert len(prefix) >= len(tokenizer(shared_text + "Review:")["input_ids"])
+    # batch_size 3 leaves rows of different lengths, i.e. padding, in every batch.
+    scores, _ = continuation_log_likelihoods(model, requests, max_length, batch_size=3)
+    for request, score in zip(requests, scores, strict=True):
+        expected = brute_force_log_likelihood(
+            model, request.context_ids, request.continuation_ids, max_length
+        )
+        assert score == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_calibration_equals_brute_force(gpt2_dir, data_dir):
     model, tokenizer = load_model_and_tokenizer(gpt2_dir)
     config = Sst2IclConfig(batch_size=3)
     train = load_sst2("sst2/train.tsv", data_dir, "k", "train")
-    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")[:5]
-    demos = [train[i] for i in sample_demonstrations(train, 2, 0, 1)]
-    predictions, _ = predict(model, tokenizer, config, demos, dev, max_length=48)
-    for row, predicted in zip(dev, predictions, strict=True):
-        context, continuations = build_prompt(config, demos, row.text)
+    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")[:6]
+    demos = [train[i] for i in sample_demonstrations(train, 1, 0, 1)]
+
+    def brute_scores(text: str) -> torch.Tensor:
+        context, continuations = build_prompt(config, demos, text)
         context_ids = [tokenizer.bos_token_id, *tokenizer(context)["input_ids"]]
-        scores = {
-            label: brute_force_log_likelihood(model, context_ids, tokenizer(cont)["input_ids"], 48)
-            for label, cont in continuations.items()
-        }
-        assert predicted == max(scores, key=scores.get)
+        return torch.tensor(
+            [
+                brute_force_log_likelihood(
+                    model, context_ids, tokenizer(continuations[label])["input_ids"], 48
+                )
+                for label in (0, 1)
+            ],
+            dtype=torch.float64,
+        )
+
+    raw = torch.stack([brute_scores(row.text) for row in dev])
+    prior = torch.stack([brute_scores(text).softmax(0) for text in ("N/A", "")]).mean(0)
+    calibrated = raw.softmax(1) / prior
+    gold = torch.tensor([row.label for row in dev])
+    result = evaluate_ordering(model, tokenizer, config, demos, dev, max_length=48)
+    assert result["accuracy"] == pytest.approx(float((raw.argmax(1) == gold).double().mean()))
+    assert result["calibrated_accuracy"] == pytest.approx(
+        float((calibrated.argmax(1) == gold).double().mean())
+    )
+    assert result["calibrated_predicted_positive_fraction"] == pytest.approx(
+        float(calibrated.argmax(1).double().mean())
+    )
+    assert list(result["content_free_prior"].values()) == pytest.approx(prior.tolist(), rel=1e-5)
+    scores, _ = score_labels(model, tokenizer, config, demos, [row.text for row in dev], 48)
+    cf_scores, _ = score_labels(model, tokenizer, config, demos, ["N/A", ""], 48)
+    ours = calibrate(scores, content_free_log_prior(cf_scores))
+    # exp(calibrated score) = p(label) / prior(label); 1e-5 errors in log-likelihood compound here.
+    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64).exp(), calibrated, rtol=1e-4, atol=0)
+
+
+def test_calibration_flips_a_one_class_classifier():
+    """Raw scores always favour label 1; dividing by the content-free prior (0.3, 0.7) flips two."""
+    shift = -3.0  # unnormalized log-likelihoods: renormalizing over the labels removes it
+    raw = [[math.log(p0) + shift, math.log(p1) + shift] for p0, p1 in [(0.2, 0.8), (0.4, 0.6), (0.28, 0.72)]]
+    # Averaged in probability space: (0.1 + 0.5) / 2 = 0.3. A log-space (geometric) mean would
+    # give 0.25 and flip the third row as well.
+    content_free = [[math.log(0.1), math.log(0.9)], [math.log(0.5) - 7, math.log(0.5) - 7]]
+    log_prior = content_free_log_prior(content_free)
+    assert [math.exp(v) for v in log_prior] == pytest.approx([0.3, 0.7])
+    calibrated = calibrate(raw, log_prior)
+    assert argmax_labels(raw) == [1, 1, 1]
+    assert argmax_labels(calibrated) == [1, 0, 1]
+    assert calibrated[1] == pytest.approx([math.log(0.4 / 0.3), math.log(0.6 / 0.7)])
 
 
 def test_run_reports_every_k_and_ordering(gpt2_dir, data_dir, tmp_path):
@@ -110,11 +202,33 @@ def test_run_reports_every_k_and_ordering(gpt2_dir, data_dir, tmp_path):
     for shot in metrics["shots"].values():
         assert len(shot["accuracies"]) == 3 and all(0 <= a <= 1 for a in shot["accuracies"])
         assert shot["mean_accuracy"] == pytest.approx(sum(shot["accuracies"]) / 3)
+        assert shot["calibrated_mean_accuracy"] == pytest.approx(sum(shot["calibrated_accuracies"]) / 3)
+        assert shot["calibrated_std_accuracy"] >= 0
+    for run in metrics["runs"]:
+        assert (
+            0 <= run["calibrated_accuracy"] <= 1 and 0 <= run["calibrated_predicted_positive_fraction"] <= 1
+        )
+        assert sum(run["content_free_prior"].values()) == pytest.approx(1.0)
     two = [run["demonstration_indices"] for run in metrics["runs"] if run["k"] == 2]
     assert len({tuple(d) for d in two}) == 3
     dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")[:8]
     majority = max(sum(r.label == 1 for r in dev), sum(r.label == 0 for r in dev)) / 8
     assert metrics["num_examples"] == 8 and metrics["majority_baseline_accuracy"] == majority
+    summary = dict(summary_rows({"stages": {"eval/sst2_icl": {"metrics": metrics}}}))
+    calibrated = metrics["shots"]["2"]
+    assert summary["SST-2 ICL calibrated accuracy, k=2"] == (
+        f"{fmt(calibrated['calibrated_mean_accuracy'])} ± {fmt(calibrated['calibrated_std_accuracy'])} (3 orderings)"
+    )
+    assert "SST-2 ICL accuracy, k=0" in summary and "SST-2 ICL calibrated accuracy, k=0" in summary
+
+
+def test_calibration_can_be_turned_off(gpt2_dir, data_dir, tmp_path):
+    config = Sst2IclConfig(shots=[1], num_orderings=3, max_examples=4, calibrate=False)
+    metrics = run_sst2_icl(config, gpt2_dir, None, data_dir, tmp_path, seed=0)
+    assert not any(key.startswith("calibrated") for key in metrics["shots"]["1"])
+    assert all(
+        "calibrated_accuracy" not in run and "content_free_prior" not in run for run in metrics["runs"]
+    )
 
 
 def load_model_and_tokenizer(model_dir):
