@@ -123,7 +123,7 @@ def evaluate_ordering(
     texts = [row.text for row in dev]
     scores, num_truncated = score_labels(model, tokenizer, config, demonstrations, texts, max_length)
     gold = [row.label for row in dev]
-    result = {"num_truncated": num_truncated, **outcome("", argmax_labels(scores), gold)}
+    result: dict[str, Any] = {"num_truncated": num_truncated, **outcome("", argmax_labels(scores), gold)}
     if config.calibrate:
         content_free, _ = score_labels(
             model, tokenizer, config, demonstrations, config.content_free_texts, max_length
