@@ -61,7 +61,7 @@ def clean_step(ctx: RunContext) -> StageOutcome:
         parents=[],
         packages=("corpus",),
         external_files=inputs,
-        compute=lambda out: corpus.clean_corpus(cfg, ctx.data_dir, out),
+        compute=lambda out, _work: corpus.clean_corpus(cfg, ctx.data_dir, out),
     )
 
 
@@ -73,7 +73,7 @@ def tokenizer_step(ctx: RunContext, cleaned: StageOutcome) -> StageOutcome:
         config=dump(cfg),
         parents=[cleaned.artifact_id],
         packages=("tokenization",),
-        compute=lambda out: tokenization.train_tokenizer(cfg, Path(cleaned.path), out),
+        compute=lambda out, _work: tokenization.train_tokenizer(cfg, Path(cleaned.path), out),
     )
 
 
@@ -87,7 +87,7 @@ def shard_step(ctx: RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) 
         parents=[cleaned.artifact_id, tokenizer.artifact_id],
         packages=("tokenization",),
         seed=ctx.config.seed,
-        compute=lambda out: tokenization.build_shards(
+        compute=lambda out, _work: tokenization.build_shards(
             cfg, packing, Path(cleaned.path), Path(tokenizer.path), out, ctx.config.seed
         ),
     )
@@ -102,8 +102,8 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
         parents=[shards.artifact_id, tokenizer.artifact_id],
         packages=("training", "tokenization"),
         seed=ctx.config.seed,
-        compute=lambda out: training.pretrain(
-            cfg, Path(shards.path), Path(tokenizer.path), out, ctx.config.seed
+        compute=lambda out, work: training.pretrain(
+            cfg, Path(shards.path), Path(tokenizer.path), out, ctx.config.seed, work_dir=work
         ),
     )
 
@@ -116,11 +116,11 @@ def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutc
         "finetune",
         config={**dump(task_config), "init": init},
         parents=[model.artifact_id],
-        packages=("tasks",),
+        packages=("tasks", "tokenization"),
         seed=ctx.config.seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="finetune",
-        compute=lambda out: run_remote(
+        compute=lambda out, _work: run_remote(
             entry.run, task_config, model_dir, init, ctx.data_dir, out, ctx.config.seed, num_cpus=1
         ),
     )
@@ -134,11 +134,11 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
         "evaluation",
         config=dump(task_config),
         parents=[model.artifact_id, shards.artifact_id],
-        packages=("tasks",),
+        packages=("tasks", "tokenization"),
         seed=ctx.config.seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="eval",
-        compute=lambda out: run_remote(
+        compute=lambda out, _work: run_remote(
             entry.run,
             task_config,
             model_dir,
@@ -170,11 +170,11 @@ def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
         {stage["artifact_id"] for stage in record["stages"].values() if stage.get("artifact_id")}
     )
 
-    def compute(out: Path) -> dict[str, Any]:
+    def compute(out: Path, _work: Path) -> dict[str, Any]:
         paths = write_report(record, out)
         return {name: Path(path).name for name, path in paths.items()}
 
-    # The run id is part of the recipe: a report describes one run and is never reused.
+    # A report describes one run (statuses, timings), so it is always written afresh.
     return ctx.runner.run(
         "report",
         "report",
@@ -182,4 +182,5 @@ def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
         parents=parents,
         packages=("flows",),
         compute=compute,
+        reuse=False,
     )

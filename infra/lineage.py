@@ -30,9 +30,24 @@ def sha256_json(value: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# Source trees whose edits make the recorded commit not describe the code that ran.
+SOURCE_PACKAGES = ("lmforge", "corpus", "tokenization", "training", "tasks", "infra", "flows")
+# Third-party packages whose version can change a stage's output; part of every recipe.
+OUTPUT_DEPENDENCIES = (
+    "torch",
+    "deepspeed",
+    "ray",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "pyarrow",
+    "numpy",
+)
+
+
 @functools.cache
 def code_version() -> dict[str, Any]:
-    """Git commit of the lmforge checkout and whether its tree had uncommitted changes."""
+    """Git commit of the lmforge checkout and whether its sources differ from it (untracked included)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -44,7 +59,7 @@ def code_version() -> dict[str, Any]:
         return result.stdout.strip()
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PACKAGES)
     from lmforge import __version__
 
     return {
@@ -55,15 +70,27 @@ def code_version() -> dict[str, Any]:
 
 
 @functools.cache
-def code_fingerprint(packages: tuple[str, ...]) -> str:
-    """sha256 over the source of the named top-level packages: a stage re-runs when its code changes."""
+def code_fingerprint(paths: tuple[str, ...]) -> str:
+    """sha256 over the named sources (package folders or single files, relative to the repo) and the
+    versions of OUTPUT_DEPENDENCIES: a stage re-runs when the code it runs changes."""
     digest = hashlib.sha256()
-    for package in sorted(packages):
-        package_dir = REPO_ROOT / package
-        for source in sorted(package_dir.rglob("*.py")):
+    for relative in sorted(paths):
+        root = REPO_ROOT / relative
+        for source in [root] if root.is_file() else sorted(root.rglob("*.py")):
             digest.update(str(source.relative_to(REPO_ROOT)).encode() + b"\0")
             digest.update(source.read_bytes() + b"\0")
+    digest.update(sha256_json(dependency_versions()).encode())
     return digest.hexdigest()
+
+
+def dependency_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in OUTPUT_DEPENDENCIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 @functools.cache

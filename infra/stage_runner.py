@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -14,8 +15,19 @@ from lmforge.logs import get_logger
 
 log = get_logger(__name__)
 
-# Packages every stage depends on; a stage adds its own.
-CORE_PACKAGES = ("lmforge", "infra")
+# The shared modules every stage runs; a stage adds its own packages. The CLI, report, store and
+# flow code are left out: editing them does not change what a stage computes.
+CORE_SOURCES = (
+    "lmforge/errors.py",
+    "lmforge/registry.py",
+    "lmforge/configbase.py",
+    "infra/data_paths.py",
+    "infra/ray_runtime.py",
+)
+
+# compute(output_dir, work_dir): write the artifact's files into output_dir; work_dir is scratch
+# space that survives a crash (keyed by the recipe, so a re-run can resume) and is removed on success.
+Compute = Callable[[Path, Path], dict[str, Any]]
 
 
 @dataclass
@@ -36,8 +48,9 @@ class StageOutcome:
 class StageRunner:
     """Executes stages for one pipeline run.
 
-    A stage's recipe is (stage name, resolved stage config, parent artifact ids, fingerprint of its code,
-    seed). A stored artifact with the same recipe is reused unless the stage is forced.
+    A stage's recipe is (stage name, resolved stage config, raw inputs' hashes, the parents' content
+    ids, a fingerprint of its code and of the library versions, seed). A stored artifact with the
+    same recipe is reused unless the stage is forced.
     """
 
     def __init__(self, store: ArtifactStore, run_id: str, forced: set[str] | None = None) -> None:
@@ -53,17 +66,20 @@ class StageRunner:
         config: Any,
         parents: list[str],
         packages: tuple[str, ...],
-        compute: Callable[[Path], dict[str, Any]],
+        compute: Compute,
         seed: int | None = None,
         external_files: list[ExternalFile] | None = None,
         forced_name: str | None = None,
+        reuse: bool = True,
     ) -> StageOutcome:
-        fingerprint = code_fingerprint(tuple(sorted(set(packages) | set(CORE_PACKAGES))))
-        # Raw inputs are part of the recipe by content: an edited input file means a new artifact.
+        fingerprint = code_fingerprint(tuple(sorted(set(packages) | set(CORE_SOURCES))))
+        # Raw inputs count by content, parents by content too: an identical parent (say, a tokenizer
+        # retrained byte-for-byte) does not invalidate what was built on it.
         external = hash_external(external_files or [])
         inputs = [(record["uri"], record["sha256"]) for record in external]
-        key = recipe_key(stage, {"config": config, "inputs": inputs}, parents, fingerprint, seed)
-        if (forced_name or stage) not in self.forced:
+        parent_contents = [self.store.get(parent)["content_id"] for parent in parents]
+        key = recipe_key(stage, {"config": config, "inputs": inputs}, parent_contents, fingerprint, seed)
+        if reuse and (forced_name or stage) not in self.forced:
             existing = self.store.find_by_recipe(key)
             if existing is not None and self._intact(existing):
                 log.info("%s: reusing %s (inputs, config and code unchanged)", stage, existing["id"])
@@ -75,9 +91,24 @@ class StageRunner:
                     existing["metrics"],
                 )
         log.info("%s: computing", stage)
+        return self._compute(stage, kind, key, fingerprint, config, parents, seed, external, compute)
+
+    def _compute(
+        self,
+        stage: str,
+        kind: str,
+        key: str,
+        fingerprint: str,
+        config: Any,
+        parents: list[str],
+        seed: int | None,
+        external: list[dict[str, Any]],
+        compute: Compute,
+    ) -> StageOutcome:
         started, start_time = utc_now(), time.perf_counter()
+        work_dir = self.store.work_dir(key)
         with self.store.staging() as output_dir:
-            metrics = compute(output_dir)
+            metrics = compute(output_dir, work_dir)
             seconds = time.perf_counter() - start_time
             manifest = self.store.publish(
                 output_dir,
@@ -93,15 +124,10 @@ class StageRunner:
                 code_fingerprint=fingerprint,
                 external_files=external,
             )
+        shutil.rmtree(work_dir, ignore_errors=True)
         log.info("%s: published %s in %.1f s", stage, manifest["id"], seconds)
-        return StageOutcome(
-            stage,
-            "completed",
-            manifest["id"],
-            str(self.store.data_path(manifest["id"])),
-            metrics,
-            round(seconds, 3),
-        )
+        path = str(self.store.data_path(manifest["id"]))
+        return StageOutcome(stage, "completed", manifest["id"], path, metrics, round(seconds, 3))
 
     def _intact(self, manifest: dict[str, Any]) -> bool:
         """Cheap check before reuse: every recorded file is there with its size (`verify` re-hashes)."""

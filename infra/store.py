@@ -7,6 +7,7 @@ Layout under the store root:
     recipes/<recipe_key>.json               recipe -> artifact id, for reuse across runs
     runs/<run_id>/run.json                  one record per pipeline run
     tmp/                                    staging; never read as artifacts
+    work/<recipe_key>/                      a stage's scratch space (e.g. resumable training checkpoints)
 
 Publishing stages files under tmp/ and renames the whole directory into artifacts/ in one step, so a
 crash leaves at most an orphaned staging directory, never a partial artifact.
@@ -91,11 +92,15 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 class ArtifactStore:
-    """A local-filesystem store. The interface (stage/publish/get/verify/lineage) is backend-neutral."""
+    """A store on a local or mounted shared filesystem (a Ray cluster needs the latter).
+
+    Publishing relies on an atomic directory rename; an object-store backend would need another
+    commit step (the manifest written last is the visibility marker either way).
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
-        for sub in ("artifacts", "recipes", "runs", "tmp"):
+        for sub in ("artifacts", "recipes", "runs", "tmp", "work"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- writing -----------------------------------------------------------------------------------
@@ -175,6 +180,12 @@ class ArtifactStore:
         write_json_atomic(self.root / "recipes" / f"{recipe_key}.json", {"artifact_id": artifact_id})
         return existing
 
+    def work_dir(self, recipe_key: str) -> Path:
+        """Scratch space for one recipe; kept when a stage crashes so that its re-run can resume."""
+        path = self.root / "work" / recipe_key[:32]
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     # -- reading -----------------------------------------------------------------------------------
 
     def get(self, artifact_id: str) -> dict[str, Any]:
@@ -224,6 +235,14 @@ class ArtifactStore:
             for path in sorted(p for p in root.rglob("*") if p.is_file()):
                 if path.relative_to(root).as_posix() not in recorded:
                     problems.append(f"unexpected file: {path}")
+        inputs = [
+            (record["uri"], record["sha256"], record["size"]) for record in manifest.get("external_files", [])
+        ]
+        files = [{k: record[k] for k in ("path", "sha256", "size")} for record in manifest["files"]]
+        if sha256_json({"files": files, "inputs": inputs}) != manifest["content_id"]:
+            problems.append(
+                f"manifest: {self.root / 'artifacts' / artifact_id / MANIFEST} file list does not match its content_id"
+            )
         for record in manifest.get("external_files", []):
             if record["path"] is None:
                 continue

@@ -39,16 +39,24 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _tokenizer_fits_objective(self) -> PipelineConfig:
-        from tokenization import TOKENIZER_ALGORITHMS
+        from tokenization import PACKINGS, TOKENIZER_ALGORITHMS
 
         objective = get_objective(self.pretrain.objective)
+        needed = dict.fromkeys(
+            [*objective.required_special, *PACKINGS.get(objective.packing).required_specials]
+        )
         defined = TOKENIZER_ALGORITHMS.get(self.tokenizer.algorithm).special_tokens
-        missing = [name for name in objective.required_special if name not in defined]
+        missing = [name for name in needed if name not in defined]
         if missing:
+            usable = [
+                name
+                for name, algorithm in TOKENIZER_ALGORITHMS.items()
+                if set(needed) <= set(algorithm.special_tokens)
+            ]
             raise ValueError(
-                f"pretrain.objective {self.pretrain.objective!r} needs special tokens {missing} "
-                f"(e.g. [MASK]), which tokenizer.algorithm {self.tokenizer.algorithm!r} does not define; "
-                f"use one that does (wordpiece, unigram)"
+                f"pretrain.objective {self.pretrain.objective!r} needs the special tokens {list(needed)}; "
+                f"tokenizer.algorithm {self.tokenizer.algorithm!r} lacks {missing} "
+                f"(algorithms that have them: {', '.join(usable) or 'none'})"
             )
         return self
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from infra.lineage import sha256_file
 from lmforge.errors import ArtifactError, ConfigError, DataError
 from lmforge.logs import get_logger
 from tokenization.config import ShardConfig
@@ -16,7 +17,7 @@ from tokenization.corpus_files import list_corpus_files
 from tokenization.packing import PACKINGS, missing_specials
 from tokenization.shard_writer import SplitWriter, read_sequences
 from tokenization.split import SPLITS, TRAIN, VALIDATION, split_of
-from tokenization.train import TOKENIZER_FILE, file_sha256, load_tokenizer_meta
+from tokenization.train import TOKENIZER_FILE, load_tokenizer_meta
 
 log = get_logger(__name__)
 
@@ -75,7 +76,7 @@ def build_shards(
         "tokenizer": {
             "algorithm": meta["algorithm"],
             "vocab_size": meta["vocab_size"],
-            "tokenizer_sha256": file_sha256(tokenizer_dir / TOKENIZER_FILE),
+            "tokenizer_sha256": sha256_file(tokenizer_dir / TOKENIZER_FILE),
         },
         "splits": totals,
         "shards": [shard for writer in writers.values() for shard in writer.shards],
@@ -140,12 +141,13 @@ def _check_totals(totals: dict[str, dict[str, Any]], config: ShardConfig, corpus
             f"{train['num_dropped_tail_tokens']} dropped as a partial tail); "
             "use a larger corpus or a smaller seq_len"
         )
-    if totals[VALIDATION]["num_sequences"] == 0:
-        log.warning(
-            "validation split is empty (%d documents, %d tokens < seq_len=%d); raise validation_fraction",
-            totals[VALIDATION]["num_documents"],
-            totals[VALIDATION]["num_document_tokens"],
-            config.seq_len,
+    validation = totals[VALIDATION]
+    if validation["num_sequences"] == 0:
+        # Pre-training evaluates on this split; fail here, before hours of training, not after.
+        raise DataError(
+            f"corpus {corpus_dir}: the validation split has no complete sequence of seq_len={config.seq_len} "
+            f"({validation['num_documents']} documents, {validation['num_document_tokens']} tokens); "
+            "raise shard.validation_fraction or use a larger corpus"
         )
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from infra.lineage import sha256_file
 from lmforge.errors import ArtifactError
 from tokenization.packing import TOKEN_DTYPE, Packer
-from tokenization.train import file_sha256
 
 INPUT_IDS = "input_ids"
 
@@ -66,7 +66,7 @@ class SplitWriter:
             {
                 "path": path.name,
                 "split": self.split,
-                "sha256": file_sha256(path),
+                "sha256": sha256_file(path),
                 "num_sequences": num_rows,
                 "num_tokens": int(rows[:num_rows].size),
             }

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from infra.lineage import sha256_file
 from lmforge.errors import ArtifactError, DataError
 from lmforge.logs import get_logger
 from tokenization.algorithms import TOKENIZER_ALGORITHMS, TokenizerAlgorithm
@@ -73,14 +73,6 @@ def load_tokenizer_meta(tokenizer_dir: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class _DocumentCounter:
     """Passes text batches through to the trainer and counts the documents it saw."""
 
@@ -130,6 +122,6 @@ def _build_meta(
         "special_tokens": dict(algorithm.special_tokens),
         "special_ids": special_ids,
         "num_training_documents": num_documents,
-        "tokenizer_sha256": file_sha256(output_dir / TOKENIZER_FILE),
+        "tokenizer_sha256": sha256_file(output_dir / TOKENIZER_FILE),
         "config": config.model_dump(mode="json"),
     }

@@ -7,7 +7,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.configbase import StrictModel
-from lmforge.errors import ConfigError
 
 ModelSize = Literal["debug", "tiny", "small", "custom"]
 
@@ -40,12 +39,12 @@ class ModelConfig(StrictModel):
     @model_validator(mode="after")
     def _check_shape(self) -> ModelConfig:
         if self.size == "custom" and None in (self.hidden_size, self.num_layers, self.num_heads):
-            raise ConfigError(
+            raise ValueError(
                 "model.size 'custom' needs model.hidden_size, model.num_layers and model.num_heads"
             )
         shape = self.resolve()
         if shape.hidden_size % shape.num_heads:
-            raise ConfigError(
+            raise ValueError(
                 f"model.hidden_size {shape.hidden_size} is not divisible by model.num_heads {shape.num_heads}"
             )
         return self
@@ -72,7 +71,7 @@ class MaskingConfig(StrictModel):
     @model_validator(mode="after")
     def _check_split(self) -> MaskingConfig:
         if self.replace_with_mask + self.replace_with_random > 1.0 + 1e-9:
-            raise ConfigError(
+            raise ValueError(
                 f"masking.replace_with_mask ({self.replace_with_mask}) + masking.replace_with_random "
                 f"({self.replace_with_random}) must not exceed 1 (the rest stays unchanged)"
             )
@@ -113,22 +112,22 @@ class PretrainConfig(StrictModel):
         from training.objectives import OBJECTIVES
 
         if name not in OBJECTIVES:
-            raise ConfigError("objective: " + OBJECTIVES.unknown_message(name))
+            raise ValueError(OBJECTIVES.unknown_message(name))
         return name
 
     @field_validator("adam_betas")
     @classmethod
     def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
         if not all(0.0 <= beta < 1.0 for beta in betas):
-            raise ConfigError(f"adam_betas: each beta must be in [0, 1), got {betas}")
+            raise ValueError(f"adam_betas: each beta must be in [0, 1), got {betas}")
         return betas
 
     @model_validator(mode="after")
     def _check_schedule(self) -> PretrainConfig:
         if self.warmup_steps > self.max_steps:
-            raise ConfigError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if self.precision == "fp16" and self.use_gpu is False:
-            raise ConfigError(
+            raise ValueError(
                 "precision 'fp16' needs GPUs (use bf16 or fp32 on CPU); set use_gpu or precision"
             )
         return self

@@ -36,9 +36,9 @@ def pretrain(
     """Pre-train with DeepSpeed on `config.num_workers` Ray Train workers; see docs/architecture.md.
 
     Writes `output_dir/hf/`, `output_dir/deepspeed/`, `output_dir/metrics.jsonl` and returns the
-    run summary. Ray Train's run folder (periodic checkpoints; re-running with the same
-    `output_dir` name resumes from them) lives in `work_dir`, default `output_dir/../ray_train`,
-    and is deleted after success.
+    run summary. Ray Train's run folder (periodic checkpoints) lives in `work_dir`, default
+    `output_dir/../ray_train`, and is deleted after success; a re-run with the same `work_dir`
+    resumes from its last checkpoint (the flow passes a directory keyed by the stage's recipe).
     """
     from infra.ray_runtime import cuda_available_on_cluster, ensure_ray
 

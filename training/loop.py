@@ -161,9 +161,9 @@ class PretrainLoop:
                 )
             if self.step % config.eval_every == 0 or self.step == config.max_steps:
                 self.clock.stop()
-                self._evaluate()
+                # The last evaluation covers the whole validation split: it is the reported val loss.
+                self._evaluate(None if self.step == config.max_steps else config.eval_batches)
                 self.clock.start()
-                interval_start_seconds = self.clock.read()
             if (
                 config.checkpoint_every
                 and self.step % config.checkpoint_every == 0
@@ -172,7 +172,6 @@ class PretrainLoop:
                 self.clock.stop()
                 self._checkpoint(final=False)
                 self.clock.start()
-                interval_start_seconds = self.clock.read()
         self.clock.stop()
 
     def _train_step(self) -> torch.Tensor:
@@ -204,7 +203,7 @@ class PretrainLoop:
         return total / config.gradient_accumulation_steps
 
     @torch.no_grad()
-    def _evaluate(self) -> None:
+    def _evaluate(self, max_batches: int | None) -> None:
         """Token-weighted validation loss over all ranks; MLM eval masks are fixed across evaluations."""
         config, inputs = self.config, self.inputs
         self.engine.eval()
@@ -215,7 +214,7 @@ class PretrainLoop:
             self.env.rank,
             self.env.world_size,
             config.micro_batch_size,
-            config.eval_batches,
+            max_batches,
         )
         for batch_index, indices in enumerate(batches):
             padding = torch.from_numpy(indices < 0)

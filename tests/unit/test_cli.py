@@ -50,7 +50,10 @@ def test_bad_force_stage_exits_2(empty_data_dir, shared_data_dir, monkeypatch, c
 
 def test_objective_tokenizer_mismatch_exits_2(empty_data_dir, capsys):
     code, err = run_cli(capsys, "--set", "pretrain.objective=mlm")
-    assert code == 2 and "MASK" in err
+    assert code == 2 and "lacks ['mask', 'cls', 'sep']" in err and "wordpiece" in err
+    # CLM packing joins documents with EOS, which WordPiece does not define.
+    code, err = run_cli(capsys, "--set", "tokenizer.algorithm=wordpiece")
+    assert code == 2 and "lacks ['eos']" in err
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -140,7 +140,8 @@ def test_stage_runner_reuses_then_recomputes_on_change_or_force(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     calls = []
 
-    def compute(out: Path):
+    def compute(out: Path, work: Path):
+        assert work.is_dir() and work.parent == store.root / "work"
         calls.append(1)
         (out / "result.txt").write_text("42")
         return {"value": 42}
@@ -158,3 +159,45 @@ def test_stage_runner_reuses_then_recomputes_on_change_or_force(tmp_path):
     os.remove(Path(first.path) / "result.txt")
     assert run(StageRunner(store, "run-5"), {"a": 1}).status == "completed"
     assert len(calls) == 4
+    assert not list((store.root / "work").iterdir()), "scratch space is removed after publishing"
+
+
+def test_children_follow_parent_content_not_parent_recipe(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+
+    def make(text):
+        def compute(out: Path, work: Path):
+            (out / "f.txt").write_text(text)
+            return {}
+
+        return compute
+
+    def parent(runner, config, text):
+        return runner.run("parent", "p", config=config, parents=[], packages=("infra",), compute=make(text))
+
+    def child(runner, parent_id):
+        return runner.run(
+            "child", "c", config={}, parents=[parent_id], packages=("infra",), compute=make("child")
+        )
+
+    first_parent = parent(StageRunner(store, "r1"), {"v": 1}, "same bytes")
+    first_child = child(StageRunner(store, "r1"), first_parent.artifact_id)
+    # A different parent recipe that yields identical bytes: the child is still reused.
+    second_parent = parent(StageRunner(store, "r2"), {"v": 2}, "same bytes")
+    assert second_parent.status == "completed" and second_parent.artifact_id != first_parent.artifact_id
+    assert child(StageRunner(store, "r2"), second_parent.artifact_id).status == "reused"
+    # Different parent bytes: the child is recomputed.
+    third_parent = parent(StageRunner(store, "r3"), {"v": 3}, "other bytes")
+    again = child(StageRunner(store, "r3"), third_parent.artifact_id)
+    assert again.status == "completed" and again.artifact_id != first_child.artifact_id
+
+
+def test_verify_catches_edited_manifest(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    manifest = publish_simple(store, b"abc")
+    path = store.root / "artifacts" / manifest["id"] / "manifest.json"
+    edited = json.loads(path.read_text())
+    edited["files"][0]["sha256"] = "0" * 64
+    path.write_text(json.dumps(edited))
+    problems = store.verify(manifest["id"])
+    assert any("manifest" in p and "content_id" in p for p in problems)

@@ -26,22 +26,32 @@ def test_presets_and_overrides():
     shape = ModelConfig(size="tiny", num_layers=3, intermediate_size=200).resolve()
     assert (shape.hidden_size, shape.num_layers, shape.intermediate_size) == (128, 3, 200)
     with pytest.raises(ConfigError, match="custom"):
-        ModelConfig(size="custom", hidden_size=32)
+        validate_config(ModelConfig, {"size": "custom", "hidden_size": 32})
     with pytest.raises(ConfigError, match="divisible"):
-        ModelConfig(hidden_size=66, num_heads=4)
+        validate_config(ModelConfig, {"hidden_size": 66, "num_heads": 4})
 
 
 def test_invalid_values_name_the_key():
-    with pytest.raises(ConfigError, match="did you mean 'clm'"):
-        PretrainConfig(objective="clmm")
+    with pytest.raises(ConfigError, match="objective.*did you mean 'clm'"):
+        validate_config(PretrainConfig, {"objective": "clmm"})
     with pytest.raises(ConfigError, match="replace_with_mask"):
-        MaskingConfig(replace_with_mask=0.95, replace_with_random=0.1)
+        validate_config(MaskingConfig, {"replace_with_mask": 0.95, "replace_with_random": 0.1})
     with pytest.raises(ConfigError, match="zero_stage"):
         validate_config(PretrainConfig, {"zero_stage": 4})
     with pytest.raises(ConfigError, match="micro_batchsize"):
         validate_config(PretrainConfig, {"micro_batchsize": 4})
     with pytest.raises(ConfigError, match="warmup_steps"):
-        PretrainConfig(warmup_steps=300, max_steps=200)
+        validate_config(PretrainConfig, {"warmup_steps": 300, "max_steps": 200})
+
+
+def test_errors_inside_the_pipeline_config_name_the_section():
+    from lmforge.config import PipelineConfig
+
+    base = {"name": "x", "corpus": {"sources": [{"path": "a.txt"}]}}
+    with pytest.raises(ConfigError, match=r"pretrain:.*warmup_steps \(300\) exceeds max_steps"):
+        validate_config(PipelineConfig, {**base, "pretrain": {"warmup_steps": 300, "max_steps": 200}})
+    with pytest.raises(ConfigError, match=r"pretrain\.model:.*custom"):
+        validate_config(PipelineConfig, {**base, "pretrain": {"model": {"size": "custom"}}})
 
 
 def test_objectives_registry():
