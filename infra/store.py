@@ -169,14 +169,17 @@ class ArtifactStore:
         }
         write_json_atomic(staged / MANIFEST, manifest)
         final = self.root / "artifacts" / artifact_id
-        if (final / MANIFEST).exists():
-            # Same content from the same recipe is already stored; keep the original record.
-            existing = self.get(artifact_id)
-        else:
-            if final.exists():
-                shutil.rmtree(final)  # left by a crash between rename and manifest: never visible
-            os.rename(staged, final)
-            existing = manifest
+        if not (final / MANIFEST).exists():
+            try:
+                os.rename(staged, final)
+            except OSError as err:
+                # Lost a race with another process publishing the same content from the same recipe.
+                if not (final / MANIFEST).exists():
+                    raise ArtifactError(
+                        f"cannot publish {artifact_id}: {final} exists without a manifest ({err})"
+                    ) from None
+        # Same content from the same recipe may already have been stored: its record is kept.
+        existing = self.get(artifact_id)
         write_json_atomic(self.root / "recipes" / f"{recipe_key}.json", {"artifact_id": artifact_id})
         return existing
 
