@@ -1,10 +1,12 @@
-"""Throughput, MFU and measured matmul peak of pre-training per model size, plus start-up time.
+"""Diagnostic (no baseline): lmforge pre-training's throughput, MFU and matmul peak per model size.
 
+    LMFORGE_DATA_DIR=/work/shared/data python bench/mfu_peak.py --sizes debug small
     python bench/mfu_peak.py --shards SHARDS_DIR --tokenizer TOKENIZER_DIR --sizes debug small
 
-SHARDS_DIR / TOKENIZER_DIR are outputs of the shard and tokenizer stages (clm packing for clm).
-Prints one JSON object per size; start-up is split into Ray (call to worker code) and DeepSpeed
-(worker code to first step, minus the fixed peak benchmark).
+SHARDS_DIR / TOKENIZER_DIR are outputs of the shard and tokenizer stages (clm packing for clm); without
+them, data is built from a few enwiki files. Prints one JSON object per size; start-up is split into
+Ray (call to worker code) and DeepSpeed (worker code to first step, minus the fixed peak benchmark).
+For ours-vs-baseline numbers use bench/pretrain_throughput.py.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+import common
 
 from infra.ray_runtime import ensure_ray
 from training import ModelConfig, PretrainConfig, pretrain
@@ -60,8 +64,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shards", type=Path, required=True)
-    parser.add_argument("--tokenizer", type=Path, required=True)
+    parser.add_argument("--shards", type=Path, help="a shard directory (default: built from --pattern)")
+    parser.add_argument("--tokenizer", type=Path, help="its tokenizer directory")
+    parser.add_argument("--pattern", default="enwiki_extract/wiki_0[0-3].txt", help="data to build from")
     parser.add_argument("--sizes", nargs="+", default=["debug", "small"])
     parser.add_argument("--objective", default="clm")
     parser.add_argument("--workers", type=int, default=2)
@@ -72,6 +77,11 @@ def main() -> None:
     args = parser.parse_args()
     ensure_ray()
     with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
+        if args.shards is None or args.tokenizer is None:
+            if args.objective != "clm":
+                raise SystemExit("pass --shards and --tokenizer for objectives other than clm")
+            data = common.build_clm_data(common.require_data_dir(), args.pattern, Path(tmp) / "data")
+            args.shards, args.tokenizer = data["shards"], data["tokenizer"]
         for size in args.sizes:
             print(json.dumps(measure(args, size, Path(tmp))), flush=True)
 

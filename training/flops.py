@@ -43,14 +43,24 @@ def model_flops_per_token(model: nn.Module, seq_len: int) -> int:
 
 
 def measure_matmul_peak(
-    dtype: torch.dtype, seconds: float = 2.0, device: torch.device | str = "cpu", size: int | None = None
+    dtype: torch.dtype,
+    seconds: float = 2.0,
+    device: torch.device | str = "cpu",
+    size: int | None = None,
+    repeats: int = 1,
 ) -> float:
-    """Achieved FLOP/s of square matmuls in `dtype` on `device`, timed for about `seconds`.
+    """Best achieved FLOP/s of square matmuls in `dtype` on `device` over `repeats` windows of `seconds`.
 
-    This is the practical peak the MFU denominator uses: it reflects this process's thread count
-    and any contention from processes running beside it.
+    This is the practical peak the MFU denominator uses: it reflects this process's thread count and
+    the processes running beside it. Several windows keep a transient hiccup (another process starting
+    up) from lowering the peak and so inflating MFU.
     """
-    device = torch.device(device)
+    return max(_matmul_flops_per_second(dtype, seconds, torch.device(device), size) for _ in range(repeats))
+
+
+def _matmul_flops_per_second(
+    dtype: torch.dtype, seconds: float, device: torch.device, size: int | None
+) -> float:
     size = size or (8192 if device.type == "cuda" else 1024)
     left = torch.randn(size, size, device=device).to(dtype)
     right = torch.randn(size, size, device=device).to(dtype)

@@ -1,0 +1,181 @@
+"""Pre-training throughput and MFU: lmforge (DeepSpeed ZeRO-1 bf16 in Ray Train) vs plain PyTorch.
+
+    LMFORGE_DATA_DIR=/work/shared/data python bench/pretrain_throughput.py --sizes small --steps 50 --repeats 2
+
+OURS is `training.pretrain` on 2 Ray Train workers x 1 CPU (ZeRO-1, bf16, micro-batch 8 each).
+BASELINE is one process, `torch.set_num_threads(2)`, the same GPT-2 from `build_model` with the same
+init, the same sequences in the same steps (16 per step: ours' 2 ranks stride the same permutation),
+torch AdamW + the same warmup/cosine schedule and gradient clipping, bf16 autocast on CPU. Tokens/s
+leave out step 1 (warm-up) and all start-up, for both; MFU divides by a bf16 matmul peak measured
+in the same run (ours: both 1-thread workers at once, summed; baseline: 2 threads). Shards and
+tokenizer are built once from a few enwiki files (or pass --shards and --tokenizer). One JSON line per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import torch
+
+from training import ModelConfig, PretrainConfig, get_objective, pretrain
+from training.data import TrainStream, load_split
+from training.deepspeed_setup import parameter_groups
+from training.flops import measure_matmul_peak, model_flops_per_token
+from training.inputs import LoopInputs, resolve_inputs
+from training.schedule import lr_lambda
+
+
+def run_ours(config: PretrainConfig, shards: Path, tokenizer: Path, work: Path) -> dict[str, Any]:
+    called = time.time()
+    summary = pretrain(config, shards, tokenizer, work / "out", seed=0, work_dir=work / "ray")
+    wall = time.time() - called
+    events = [json.loads(line) for line in (work / "out" / "metrics.jsonl").read_text().splitlines()]
+    start = next(event for event in events if event["event"] == "start")
+    train_events = [event for event in events if event["event"] == "train"]
+    first, last = train_events[0], train_events[-1]  # step 1 and step N (log_every = N)
+    tokens_per_second = (last["num_tokens"] - first["num_tokens"]) / (
+        last["train_seconds"] - first["train_seconds"]
+    )
+    return {
+        "tokens_per_second": tokens_per_second,
+        "flops_per_token": summary["flops_per_token"],
+        "mfu": summary["flops_per_token"] * tokens_per_second / summary["peak_flops_per_second"],
+        "peak_flops_per_second": summary["peak_flops_per_second"],
+        "ray_startup_seconds": start["worker_start_time"] - called,
+        "deepspeed_setup_seconds": start["ready_time"] - start["worker_start_time"] - start["peak_seconds"],
+        "wall_seconds": wall,
+        "loss_step1": first["loss"],
+        "loss_final": last["loss"],  # mean over steps 2..N, over ranks
+    }
+
+
+def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str, Any]:
+    config = inputs.config
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    train = load_split(Path(inputs.shards_dir), "train")
+    objective = get_objective(config.objective)
+    torch.manual_seed(inputs.seed)
+    model = objective.build_model(config.model, inputs.vocab_size, inputs.seq_len, inputs.special_ids)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=config.adam_betas
+    )
+    schedule = lr_lambda(config.warmup_steps, config.max_steps, config.lr_decay, config.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    stream = TrainStream(len(train), 0, 1, config.micro_batch_size * num_workers, inputs.seed)
+    startup_seconds = time.perf_counter() - started
+    peak = measure_matmul_peak(torch.bfloat16, 2.0)
+    generator = torch.Generator().manual_seed(inputs.seed)  # unused by clm; masks for mlm
+    model.train()
+    losses, step_seconds = [], []
+    for step in range(config.max_steps):
+        begin = time.perf_counter()
+        _, indices = stream.batch(step)
+        batch = objective.prepare_batch(
+            train[torch.from_numpy(indices)], inputs.special_ids, inputs.vocab_size, config.masking, generator
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_sum, count = objective.loss_sum(model, batch)
+        loss = loss_sum / count.clamp(min=1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clipping)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        step_seconds.append(time.perf_counter() - begin)
+    tokens_per_step = config.micro_batch_size * num_workers * inputs.seq_len
+    tokens_per_second = tokens_per_step * (config.max_steps - 1) / sum(step_seconds[1:])
+    return {
+        "tokens_per_second": tokens_per_second,
+        "mfu": model_flops_per_token(model, inputs.seq_len) * tokens_per_second / peak,
+        "peak_flops_per_second": peak,
+        "startup_seconds": startup_seconds,
+        "loss_step1": losses[0],
+        "loss_final": sum(losses[1:]) / len(losses[1:]),  # mean over steps 2..N, as ours logs it
+    }
+
+
+def measure_size(args: argparse.Namespace, size: str, shards: Path, tokenizer: Path) -> dict[str, Any]:
+    config = PretrainConfig(
+        objective="clm",
+        model=ModelConfig(size=size),
+        num_workers=args.workers,
+        zero_stage=1,
+        precision="bf16",
+        micro_batch_size=args.micro_batch_size,
+        learning_rate=1e-3,
+        warmup_steps=min(10, args.steps),
+        max_steps=args.steps,
+        log_every=args.steps,
+        eval_every=args.steps,
+        eval_batches=1,
+    )
+    inputs = resolve_inputs(config, shards, tokenizer, seed=0)
+    ours, baseline = [], []
+    for _ in range(args.repeats):
+        baseline.append(common.measured(lambda: run_baseline(inputs, args.workers, args.workers), args))
+        with tempfile.TemporaryDirectory(prefix="lmforge-bench-pretrain-") as tmp:
+            ours.append(common.measured(lambda: run_ours(config, shards, tokenizer, Path(tmp)), args))  # noqa: B023
+    # The workers measure their peak while Ray Train is still starting up; the baseline's 2-thread
+    # peak is taken on a quiet process, so it also gives ours an MFU against the same denominator.
+    machine_peak = common.spread([run["peak_flops_per_second"] for run in baseline])["median"]
+    for run in ours:
+        run["mfu_vs_baseline_peak"] = run["flops_per_token"] * run["tokens_per_second"] / machine_peak
+    ours_tps = common.spread([run["tokens_per_second"] for run in ours])
+    baseline_tps = common.spread([run["tokens_per_second"] for run in baseline])
+    return {
+        "benchmark": "pretrain_throughput",
+        "size": size,
+        "steps": args.steps,
+        "tokens_per_step": args.micro_batch_size * args.workers * inputs.seq_len,
+        "ours_tokens_per_second": ours_tps,
+        "baseline_tokens_per_second": baseline_tps,
+        "ratio_ours_over_baseline": ours_tps["median"] / baseline_tps["median"],
+        "ours_mfu": common.spread([run["mfu"] for run in ours]),
+        "baseline_mfu": common.spread([run["mfu"] for run in baseline]),
+        "ours_mfu_vs_baseline_peak": common.spread([run["mfu_vs_baseline_peak"] for run in ours]),
+        "ours_runs": ours,
+        "baseline_runs": baseline,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", nargs="+", default=["small"])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--micro-batch-size", type=int, default=8, help="per worker, as in configs/demo.yaml")
+    parser.add_argument("--pattern", default="enwiki_extract/wiki_0[0-3].txt", help="data to build from")
+    parser.add_argument("--shards", type=Path, help="a clm shard directory (skips building data)")
+    parser.add_argument("--tokenizer", type=Path, help="its tokenizer directory")
+    common.add_load_arguments(parser)
+    args = parser.parse_args()
+    import ray
+
+    ray_init_seconds = common.start_ray()
+    try:
+        with tempfile.TemporaryDirectory(prefix="lmforge-bench-data-") as tmp:
+            shards, tokenizer, data = args.shards, args.tokenizer, {}
+            if shards is None or tokenizer is None:
+                data = common.build_clm_data(common.require_data_dir(), args.pattern, Path(tmp))
+                shards, tokenizer = data.pop("shards"), data.pop("tokenizer")
+            for size in args.sizes:
+                result = measure_size(args, size, shards, tokenizer)
+                extra = {"ray_init_seconds": ray_init_seconds, "data": data, "machine": common.machine()}
+                common.emit({**result, **extra})
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
