@@ -95,10 +95,13 @@ def shard_step(ctx: RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) 
 
 def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
     cfg = ctx.config.pretrain
+    # Masking settings only matter to objectives that mask; leaving them out of the others' recipe
+    # keeps an MLM-only edit from retraining a causal model.
+    uses_masking = "mask" in training.get_objective(cfg.objective).required_special
     return ctx.runner.run(
         "pretrain",
         "model",
-        config=dump(cfg),
+        config=cfg.model_dump(mode="json", exclude=None if uses_masking else {"masking"}),
         parents=[shards.artifact_id, tokenizer.artifact_id],
         packages=("training", "tokenization"),
         seed=ctx.config.seed,

@@ -84,6 +84,16 @@ def hash_tree(root: Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file an artifact holds; ArtifactError naming the file (and `what` it should be)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist; is {Path(path).parent} {what}?") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+
+
 def write_json_atomic(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

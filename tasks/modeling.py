@@ -9,7 +9,6 @@ from typing import Any
 from lmforge.errors import ArtifactError
 
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
-TOKENIZER_META = "lmforge_tokenizer.json"
 
 
 def load_tokenizer(model_dir: Path) -> Any:
@@ -20,13 +19,13 @@ def load_tokenizer(model_dir: Path) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
         raise ArtifactError(f"{model_dir}: cannot load a tokenizer ({err})") from None
-    meta_path = Path(model_dir) / TOKENIZER_META
-    if meta_path.is_file():
-        # transformers does not infer special tokens from tokenizer.json; the meta names their ids.
-        special_ids = json.loads(meta_path.read_text()).get("special_ids") or {}
-        for name in SPECIAL_NAMES:
-            if getattr(tokenizer, f"{name}_token") is None and isinstance(special_ids.get(name), int):
-                setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(special_ids[name]))
+    from tokenization.train import optional_tokenizer_meta
+
+    # transformers does not infer special tokens from tokenizer.json; the meta names their ids.
+    special_ids = optional_tokenizer_meta(Path(model_dir)).get("special_ids") or {}
+    for name in SPECIAL_NAMES:
+        if getattr(tokenizer, f"{name}_token") is None and isinstance(special_ids.get(name), int):
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(special_ids[name]))
     return tokenizer
 
 

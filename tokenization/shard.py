@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from infra.lineage import sha256_file
+from infra.store import read_json
 from lmforge.errors import ArtifactError, ConfigError, DataError
 from lmforge.logs import get_logger
 from tokenization.config import ShardConfig
@@ -101,13 +102,7 @@ def build_shards(
 
 
 def read_dataset_manifest(shards_dir: Path) -> dict[str, Any]:
-    path = Path(shards_dir) / MANIFEST_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist; is {shards_dir} a shard directory?") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+    return read_json(Path(shards_dir) / MANIFEST_FILE, "a shard directory")
 
 
 def load_split(shards_dir: Path, split: str) -> np.ndarray:

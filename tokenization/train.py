@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.lineage import sha256_file
+from infra.store import read_json
 from lmforge.errors import ArtifactError, DataError
 from lmforge.logs import get_logger
 from tokenization.algorithms import TOKENIZER_ALGORITHMS, TokenizerAlgorithm
@@ -64,13 +65,13 @@ def train_tokenizer(config: TokenizerConfig, corpus_dir: Path, output_dir: Path)
 
 def load_tokenizer_meta(tokenizer_dir: Path) -> dict[str, Any]:
     """The `lmforge_tokenizer.json` written by train_tokenizer (algorithm, vocab_size, special ids)."""
+    return read_json(Path(tokenizer_dir) / META_FILE, "a trained tokenizer")
+
+
+def optional_tokenizer_meta(tokenizer_dir: Path) -> dict[str, Any]:
+    """The meta file if the directory has one (a model directory from elsewhere may not), else {}."""
     path = Path(tokenizer_dir) / META_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist; is {tokenizer_dir} a trained tokenizer?") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+    return read_json(path, "a trained tokenizer") if path.is_file() else {}
 
 
 class _DocumentCounter:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from training.config import PretrainConfig
 from training.data import MANIFEST, read_manifest
 from training.objectives import get_objective
 
-TOKENIZER_META = "lmforge_tokenizer.json"
 SPECIAL_NAMES = ("pad", "eos", "bos", "unk", "cls", "sep", "mask")
 
 
@@ -36,14 +34,11 @@ def tokenizer_info(tokenizer_dir: Path) -> tuple[int, dict[str, int]]:
     """
     from transformers import AutoTokenizer
 
+    from tokenization.train import META_FILE, optional_tokenizer_meta
+
     tokenizer_dir = Path(tokenizer_dir)
-    meta_path = tokenizer_dir / TOKENIZER_META
-    meta: dict = {}
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ArtifactError(f"{meta_path}: not valid JSON: {err}") from None
+    meta_path = tokenizer_dir / META_FILE
+    meta = optional_tokenizer_meta(tokenizer_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except (OSError, ValueError) as err:
