@@ -22,12 +22,12 @@ from typing import Any
 
 import common
 
-from corpus import READERS, CorpusConfig, clean_corpus
-from corpus.filters import first_drop_reason
-from corpus.inputs import work_items
-from corpus.normalize import normalize_text
-from corpus.stats import CleanStats
-from corpus.writer import PartWriter
+from lmforge.corpus import READERS, CorpusConfig, clean_corpus
+from lmforge.corpus.filters import first_drop_reason
+from lmforge.corpus.inputs import work_items
+from lmforge.corpus.normalize import normalize_text
+from lmforge.corpus.stats import CleanStats
+from lmforge.corpus.writer import PartWriter
 
 
 def serial_clean(config: CorpusConfig, data_dir: Path, output_dir: Path) -> dict[str, Any]:

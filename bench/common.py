@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from corpus import CorpusConfig
-from infra.data_paths import DATA_DIR_ENV, default_data_dir
+from lmforge.corpus import CorpusConfig
+from lmforge.infra.data_paths import DATA_DIR_ENV, default_data_dir
 
 ENWIKI_PATTERN = "enwiki_extract/wiki_*.txt"
 
@@ -84,7 +84,7 @@ def measured(run: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dic
 
 def start_ray() -> float:
     """Start the local Ray runtime (as lmforge does); returns the seconds it took."""
-    from infra.ray_runtime import ensure_ray
+    from lmforge.infra.ray_runtime import ensure_ray
 
     start = time.perf_counter()
     ensure_ray()
@@ -148,8 +148,8 @@ def build_clm_data(data_dir: Path, pattern: str, work: Path, seq_len: int = 256)
 
     Returns the `shards` and `tokenizer` directories and the stage timings and sizes.
     """
-    from corpus import clean_corpus
-    from tokenization import ShardConfig, TokenizerConfig, build_shards, train_tokenizer
+    from lmforge.corpus import clean_corpus
+    from lmforge.tokenization import ShardConfig, TokenizerConfig, build_shards, train_tokenizer
 
     start = time.perf_counter()
     cleaned = clean_corpus(demo_corpus_config(pattern), data_dir, work / "corpus")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import common
 
-from infra.ray_runtime import ensure_ray
-from training import ModelConfig, PretrainConfig, pretrain
+from lmforge.infra.ray_runtime import ensure_ray
+from lmforge.training import ModelConfig, PretrainConfig, pretrain
 
 
 def measure(args: argparse.Namespace, size: str, work: Path) -> dict:

@@ -23,12 +23,12 @@ from typing import Any
 import common
 import torch
 
-from training import ModelConfig, PretrainConfig, get_objective, pretrain
-from training.data import TrainStream, load_split
-from training.deepspeed_setup import parameter_groups
-from training.flops import measure_matmul_peak, model_flops_per_token
-from training.inputs import LoopInputs, resolve_inputs
-from training.schedule import lr_lambda
+from lmforge.training import ModelConfig, PretrainConfig, get_objective, pretrain
+from lmforge.training.data import TrainStream, load_split
+from lmforge.training.deepspeed_setup import parameter_groups
+from lmforge.training.flops import measure_matmul_peak, model_flops_per_token
+from lmforge.training.inputs import LoopInputs, resolve_inputs
+from lmforge.training.schedule import lr_lambda
 
 
 def run_ours(config: PretrainConfig, shards: Path, tokenizer: Path, work: Path) -> dict[str, Any]:

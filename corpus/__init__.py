@@ -1,12 +1,12 @@
 """Corpus stage: read raw sources (readers registry), normalize, filter (filters registry), dedup."""
 
 # Importing the reader modules registers them in READERS.
-from corpus import hf_reader, wikiextractor  # noqa: F401
-from corpus.clean import clean_corpus
-from corpus.config import CorpusConfig, SourceConfig
-from corpus.filters import FILTERS
-from corpus.inputs import InputRef, check_inputs, list_inputs
-from corpus.readers import READERS
+from lmforge.corpus import hf_reader, wikiextractor  # noqa: F401
+from lmforge.corpus.clean import clean_corpus
+from lmforge.corpus.config import CorpusConfig, SourceConfig
+from lmforge.corpus.filters import FILTERS
+from lmforge.corpus.inputs import InputRef, check_inputs, list_inputs
+from lmforge.corpus.readers import READERS
 
 __all__ = [
     "FILTERS",

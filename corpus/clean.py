@@ -14,15 +14,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from corpus.config import CorpusConfig
-from corpus.filters import first_drop_reason
-from corpus.inputs import WorkItem, work_items
-from corpus.normalize import normalize_text
-from corpus.readers import READERS
-from corpus.stats import CleanStats
-from corpus.writer import PartWriter
-from lmforge.errors import ArtifactError
-from lmforge.logs import get_logger
+from lmforge.core.errors import ArtifactError
+from lmforge.core.logs import get_logger
+from lmforge.corpus.config import CorpusConfig
+from lmforge.corpus.filters import first_drop_reason
+from lmforge.corpus.inputs import WorkItem, work_items
+from lmforge.corpus.normalize import normalize_text
+from lmforge.corpus.readers import READERS
+from lmforge.corpus.stats import CleanStats
+from lmforge.corpus.writer import PartWriter
 
 log = get_logger(__name__)
 RECORDS_PER_BATCH = 1000
@@ -43,7 +43,7 @@ def clean_corpus(config: CorpusConfig, data_dir: Path | None, output_dir: Path) 
     """Clean every source into `output_dir/part-NNNNN.parquet` (doc_id, source, text); returns stats."""
     import ray.data
 
-    from infra.ray_runtime import ensure_ray
+    from lmforge.infra.ray_runtime import ensure_ray
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from corpus.filters import FILTERS, DocumentFilter, MinLength
-from corpus.normalize import NormalizationForm
-from infra.data_paths import is_hf_uri
-from lmforge.configbase import StrictModel
+from lmforge.core.configbase import StrictModel
+from lmforge.corpus.filters import FILTERS, DocumentFilter, MinLength
+from lmforge.corpus.normalize import NormalizationForm
+from lmforge.infra.data_paths import is_hf_uri
 
 Format = Literal["auto", "text", "jsonl", "parquet", "csv", "tsv", "wikiextractor", "hf"]
 EXTENSION_FORMATS = {
@@ -71,7 +71,7 @@ def _filter_tag(value: Any) -> str | None:
     return FILTERS.get(str(name)).__name__ if name in FILTERS else None
 
 
-# Tags are class names: lmforge.configbase drops capitalised union tags from error locations, so an
+# Tags are class names: lmforge.core.configbase drops capitalised union tags from error locations, so an
 # error reads `filters.0.min_words`, not `filters.0.min_length.min_words`. The union is built from the
 # registry at import time, which type checkers cannot follow.
 if TYPE_CHECKING:

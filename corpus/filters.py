@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.configbase import StrictModel
-from lmforge.registry import Registry
+from lmforge.core.configbase import StrictModel
+from lmforge.core.registry import Registry
 
 
 class DocumentFilter(StrictModel):

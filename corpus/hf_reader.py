@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from corpus.config import SourceConfig
-from corpus.readers import READERS, RawRecord, field_record
-from infra.data_paths import HF_PREFIX
+from lmforge.corpus.config import SourceConfig
+from lmforge.corpus.readers import READERS, RawRecord, field_record
+from lmforge.infra.data_paths import HF_PREFIX
 
 
 def hf_dataset_name(target: str) -> str:

@@ -6,10 +6,10 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from corpus.config import CorpusConfig, SourceConfig
-from corpus.hf_reader import hf_dataset_name
-from infra.data_paths import DATA_DIR_ENV, is_hf_uri, resolve_paths
-from lmforge.errors import ConfigError
+from lmforge.core.errors import ConfigError
+from lmforge.corpus.config import CorpusConfig, SourceConfig
+from lmforge.corpus.hf_reader import hf_dataset_name
+from lmforge.infra.data_paths import DATA_DIR_ENV, is_hf_uri, resolve_paths
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from corpus.config import SourceConfig
-from lmforge.registry import Registry
+from lmforge.core.registry import Registry
+from lmforge.corpus.config import SourceConfig
 
 
 class RawRecord(NamedTuple):

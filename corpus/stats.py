@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmforge.errors import DataError, EmptyCorpusError
+from lmforge.core.errors import DataError, EmptyCorpusError
 
 PROGRESS_SECONDS = 10.0
 

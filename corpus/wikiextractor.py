@@ -6,8 +6,8 @@ import html
 import re
 from collections.abc import Iterator
 
-from corpus.config import SourceConfig
-from corpus.readers import READERS, RawRecord, text_record
+from lmforge.corpus.config import SourceConfig
+from lmforge.corpus.readers import READERS, RawRecord, text_record
 
 _DOC_START = re.compile(rb"^<doc(\s[^>]*)?>\s*$")
 _DOC_END = b"</doc>"

@@ -9,11 +9,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows import steps
-from flows.run_record import RunRecord
-from infra.ray_runtime import ensure_ray
-from infra.stage_runner import StageOutcome
-from lmforge.config import PipelineConfig, check_inputs
+from lmforge.app.config import PipelineConfig, check_inputs
+from lmforge.flows import steps
+from lmforge.flows.run_record import RunRecord
+from lmforge.infra.ray_runtime import ensure_ray
+from lmforge.infra.stage_runner import StageOutcome
 
 
 # Reuse is decided by the artifact store's recipe lookup (content hashes), not Prefect's cache,
@@ -117,7 +117,7 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:
 
 
 def _publish_prefect_artifacts(run_id: str, record: dict[str, Any]) -> None:
-    from lmforge.report import report_tables
+    from lmforge.app.report import report_tables
 
     markdown, rows = report_tables(record)
     key = "".join(ch if ch.isalnum() else "-" for ch in run_id.lower())

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.lineage import code_version
-from infra.stage_runner import StageOutcome
-from infra.store import ArtifactStore, utc_now
+from lmforge.infra.lineage import code_version
+from lmforge.infra.stage_runner import StageOutcome
+from lmforge.infra.store import ArtifactStore, utc_now
 
 
 class RunRecord:

@@ -6,16 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import corpus
-import tasks
-import tokenization
-import training
-from infra.data_paths import is_hf_uri, resolve_file
-from infra.ray_runtime import run_remote
-from infra.stage_runner import StageOutcome, StageRunner
-from infra.store import ArtifactStore, ExternalFile
-from lmforge.config import PipelineConfig
-from lmforge.errors import ConfigError
+from lmforge import corpus, tasks, tokenization, training
+from lmforge.app.config import PipelineConfig
+from lmforge.core.errors import ConfigError
+from lmforge.infra.data_paths import is_hf_uri, resolve_file
+from lmforge.infra.ray_runtime import run_remote
+from lmforge.infra.stage_runner import StageOutcome, StageRunner
+from lmforge.infra.store import ArtifactStore, ExternalFile
 
 # Stages in pipeline order; `--force NAME` recomputes NAME and everything after it.
 FORCEABLE_STAGES = ("clean", "tokenizer", "shard", "pretrain", "finetune", "eval")
@@ -156,7 +153,7 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
 
 def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
     """Raw data files a downstream task reads, for lineage (hub data sets by URI)."""
-    from tasks.inputs import task_paths
+    from lmforge.tasks.inputs import task_paths
 
     return [
         ExternalFile(
@@ -167,7 +164,7 @@ def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
 
 
 def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
-    from lmforge.report import write_report
+    from lmforge.app.report import write_report
 
     parents = sorted(
         {stage["artifact_id"] for stage in record["stages"].values() if stage.get("artifact_id")}

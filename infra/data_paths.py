@@ -6,7 +6,7 @@ import glob
 import os
 from pathlib import Path
 
-from lmforge.errors import ConfigError
+from lmforge.core.errors import ConfigError
 
 DATA_DIR_ENV = "LMFORGE_DATA_DIR"
 HF_PREFIX = "hf://"

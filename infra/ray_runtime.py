@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from lmforge.logs import get_logger
+from lmforge.core.logs import get_logger
 
 log = get_logger(__name__)
 R = TypeVar("R")

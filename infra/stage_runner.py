@@ -9,18 +9,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.lineage import code_fingerprint, recipe_key
-from infra.store import ArtifactStore, ExternalFile, hash_external, utc_now
-from lmforge.logs import get_logger
+from lmforge.core.logs import get_logger
+from lmforge.infra.lineage import code_fingerprint, recipe_key
+from lmforge.infra.store import ArtifactStore, ExternalFile, hash_external, utc_now
 
 log = get_logger(__name__)
 
 # The shared modules every stage runs; a stage adds its own packages. The CLI, report, store and
 # flow code are left out: editing them does not change what a stage computes.
 CORE_SOURCES = (
-    "lmforge/errors.py",
-    "lmforge/registry.py",
-    "lmforge/configbase.py",
+    "lmforge/core",
     "infra/data_paths.py",
     "infra/ray_runtime.py",
 )

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.lineage import code_version, environment, sha256_file, sha256_json
-from lmforge.errors import ArtifactError
+from lmforge.core.errors import ArtifactError
+from lmforge.infra.lineage import code_version, environment, sha256_file, sha256_json
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"

@@ -9,9 +9,9 @@ Importing this package is cheap (no torch/transformers); a task's runner module 
         EVAL_TASKS[task.name].run(task, model_dir, shards_dir, data_dir, output_dir, seed)
 """
 
-from tasks.config import EvaluationConfig, FinetuneConfig
-from tasks.inputs import check_inputs, task_inputs
-from tasks.specs import EVAL_TASKS, FINETUNE_TASKS, TaskSpec
+from lmforge.tasks.config import EvaluationConfig, FinetuneConfig
+from lmforge.tasks.inputs import check_inputs, task_inputs
+from lmforge.tasks.specs import EVAL_TASKS, FINETUNE_TASKS, TaskSpec
 
 __all__ = [
     "EVAL_TASKS",

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from lmforge.configbase import StrictModel
-from tasks.specs import EVAL_TASKS, FINETUNE_TASKS, TaskRegistry, TaskSpec
+from lmforge.core.configbase import StrictModel
+from lmforge.tasks.specs import EVAL_TASKS, FINETUNE_TASKS, TaskRegistry, TaskSpec
 
 
 class TaskConfig(StrictModel):
@@ -126,19 +126,23 @@ class MlmAccuracyConfig(TaskConfig):
 
 
 FINETUNE_TASKS.add(
-    TaskSpec("sst2", Sst2FinetuneConfig, frozenset({"clm", "mlm"}), "tasks.finetune:run_sst2_finetune")
+    TaskSpec(
+        "sst2", Sst2FinetuneConfig, frozenset({"clm", "mlm"}), "lmforge.tasks.finetune:run_sst2_finetune"
+    )
 )
-EVAL_TASKS.add(TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm"}), "tasks.icl:run_sst2_icl"))
+EVAL_TASKS.add(TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm"}), "lmforge.tasks.icl:run_sst2_icl"))
 EVAL_TASKS.add(
     TaskSpec(
         "wikitext_perplexity",
         WikitextPerplexityConfig,
         frozenset({"clm"}),
-        "tasks.perplexity:run_wikitext_perplexity",
+        "lmforge.tasks.perplexity:run_wikitext_perplexity",
     )
 )
 EVAL_TASKS.add(
-    TaskSpec("mlm_accuracy", MlmAccuracyConfig, frozenset({"mlm"}), "tasks.mlm_accuracy:run_mlm_accuracy")
+    TaskSpec(
+        "mlm_accuracy", MlmAccuracyConfig, frozenset({"mlm"}), "lmforge.tasks.mlm_accuracy:run_mlm_accuracy"
+    )
 )
 
 

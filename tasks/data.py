@@ -14,9 +14,9 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from infra.data_paths import HF_PREFIX, is_hf_uri, resolve_file
-from lmforge.errors import ArtifactError, ConfigError, DataError
-from lmforge.logs import get_logger
+from lmforge.core.errors import ArtifactError, ConfigError, DataError
+from lmforge.core.logs import get_logger
+from lmforge.infra.data_paths import HF_PREFIX, is_hf_uri, resolve_file
 
 log = get_logger(__name__)
 
@@ -114,7 +114,7 @@ def load_text(path: str, data_dir: Path | None, key: str) -> str:
 
 def read_validation_sequences(shards_dir: Path, max_sequences: int | None) -> np.ndarray:
     """Validation `input_ids` (num_sequences, seq_len), the first `max_sequences` of them."""
-    from tokenization import load_split
+    from lmforge.tokenization import load_split
 
     sequences = load_split(Path(shards_dir), "validation")[:max_sequences]
     if len(sequences) == 0:

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import torch
 
-from lmforge.errors import ArtifactError, ConfigError
-from lmforge.logs import get_logger
-from tasks.config import Sst2FinetuneConfig
-from tasks.data import LabelledText, load_sst2, seeded_subset
-from tasks.modeling import load_tokenizer, max_positions, write_json
+from lmforge.core.errors import ArtifactError, ConfigError
+from lmforge.core.logs import get_logger
+from lmforge.tasks.config import Sst2FinetuneConfig
+from lmforge.tasks.data import LabelledText, load_sst2, seeded_subset
+from lmforge.tasks.modeling import load_tokenizer, max_positions, write_json
 
 log = get_logger(__name__)
 Init = Literal["pretrained", "random"]

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.errors import DataError
-from lmforge.logs import get_logger
-from tasks.config import Sst2IclConfig
-from tasks.data import LabelledText, load_sst2
-from tasks.modeling import boundary_token_id, load_model, load_tokenizer, max_positions, write_json
-from tasks.scoring import ContinuationRequest, continuation_log_likelihoods
+from lmforge.core.errors import DataError
+from lmforge.core.logs import get_logger
+from lmforge.tasks.config import Sst2IclConfig
+from lmforge.tasks.data import LabelledText, load_sst2
+from lmforge.tasks.modeling import boundary_token_id, load_model, load_tokenizer, max_positions, write_json
+from lmforge.tasks.scoring import ContinuationRequest, continuation_log_likelihoods
 
 log = get_logger(__name__)
 DEMONSTRATION_SEPARATOR = "\n\n"

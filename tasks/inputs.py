@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.data_paths import is_hf_uri, resolve_file
-from lmforge.configbase import StrictModel
-from tasks.config import EvaluationConfig, FinetuneConfig
-from tasks.data import SST2_HF_CONFIG, WIKITEXT_HF_CONFIG, parse_hf_uri
+from lmforge.core.configbase import StrictModel
+from lmforge.infra.data_paths import is_hf_uri, resolve_file
+from lmforge.tasks.config import EvaluationConfig, FinetuneConfig
+from lmforge.tasks.data import SST2_HF_CONFIG, WIKITEXT_HF_CONFIG, parse_hf_uri
 
 # Config fields that name a data file (or an hf:// dataset), per task name.
 _PATH_FIELDS = {"train_path", "dev_path", "path"}

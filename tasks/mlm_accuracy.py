@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmforge.errors import ArtifactError, ConfigError
-from tasks.config import MlmAccuracyConfig
-from tasks.data import read_validation_sequences
-from tasks.modeling import load_model, load_tokenizer, max_positions, write_json
+from lmforge.core.errors import ArtifactError, ConfigError
+from lmforge.tasks.config import MlmAccuracyConfig
+from lmforge.tasks.data import read_validation_sequences
+from lmforge.tasks.modeling import load_model, load_tokenizer, max_positions, write_json
 
 
 def mask_sequences(

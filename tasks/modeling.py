@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lmforge.errors import ArtifactError
+from lmforge.core.errors import ArtifactError
 
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
 
@@ -19,7 +19,7 @@ def load_tokenizer(model_dir: Path) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
         raise ArtifactError(f"{model_dir}: cannot load a tokenizer ({err})") from None
-    from tokenization.train import optional_tokenizer_meta
+    from lmforge.tokenization.train import optional_tokenizer_meta
 
     # transformers does not infer special tokens from tokenizer.json; the meta names their ids.
     special_ids = optional_tokenizer_meta(Path(model_dir)).get("special_ids") or {}

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmforge.errors import ConfigError, DataError
-from tasks.config import WikitextPerplexityConfig
-from tasks.data import load_text
-from tasks.modeling import boundary_token_id, load_model, load_tokenizer, max_positions, write_json
+from lmforge.core.errors import ConfigError, DataError
+from lmforge.tasks.config import WikitextPerplexityConfig
+from lmforge.tasks.data import load_text
+from lmforge.tasks.modeling import boundary_token_id, load_model, load_tokenizer, max_positions, write_json
 
 
 def plan_windows(num_ids: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:

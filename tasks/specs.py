@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lmforge.configbase import StrictModel
-from lmforge.registry import Registry
+from lmforge.core.configbase import StrictModel
+from lmforge.core.registry import Registry
 
 
 @dataclass(frozen=True)

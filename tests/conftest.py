@@ -24,7 +24,7 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def ray_runtime():
     """A local Ray runtime shared by every test that needs one."""
-    from infra.ray_runtime import ensure_ray
+    from lmforge.infra.ray_runtime import ensure_ray
 
     ensure_ray(num_cpus=2)
     import ray

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lmforge.registry import Registry
-from tokenization.canonical import (
+from lmforge.core.registry import Registry
+from lmforge.tokenization.canonical import (
     canonical_unigram_pieces,
     canonical_wordpiece_vocab,
     wordpiece_tokens_from_marked_bpe,
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from tokenizers.trainers import Trainer
 
-    from tokenization.config import TokenizerConfig
+    from lmforge.tokenization.config import TokenizerConfig
 
 
 class TokenizerAlgorithm:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.configbase import StrictModel
-from tokenization.algorithms import TOKENIZER_ALGORITHMS
+from lmforge.core.configbase import StrictModel
+from lmforge.tokenization.algorithms import TOKENIZER_ALGORITHMS
 
 
 class TokenizerConfig(StrictModel):

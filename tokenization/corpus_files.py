@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from lmforge.errors import DataError
+from lmforge.core.errors import DataError
 
 CORPUS_GLOB = "part-*.parquet"
 REQUIRED_COLUMNS = ("doc_id", "text")

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from lmforge.registry import Registry
+from lmforge.core.registry import Registry
 
 TOKEN_DTYPE = np.int32
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from tokenization.packing import TOKEN_DTYPE
-from tokenization.train import TOKENIZER_FILE
+from lmforge.tokenization.packing import TOKEN_DTYPE
+from lmforge.tokenization.train import TOKENIZER_FILE
 
 
 class TokenizeBatch:
@@ -39,7 +39,7 @@ def iter_tokenized_documents(
     """(doc_id, token ids) for every corpus document, in corpus order, tokenized by a Ray actor pool."""
     import ray.data
 
-    from infra.ray_runtime import cluster_cpus, ensure_ray
+    from lmforge.infra.ray_runtime import cluster_cpus, ensure_ray
 
     ensure_ray()  # also turns on preserve_order, which the deterministic packing relies on
     # One read task per file instead of ray.data.read_parquet: its path resolution imports

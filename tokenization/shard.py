@@ -9,16 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from infra.lineage import sha256_file
-from infra.store import read_json
-from lmforge.errors import ArtifactError, ConfigError, DataError
-from lmforge.logs import get_logger
-from tokenization.config import ShardConfig
-from tokenization.corpus_files import list_corpus_files
-from tokenization.packing import PACKINGS, missing_specials
-from tokenization.shard_writer import SplitWriter, read_sequences
-from tokenization.split import SPLITS, TRAIN, VALIDATION, split_of
-from tokenization.train import TOKENIZER_FILE, load_tokenizer_meta
+from lmforge.core.errors import ArtifactError, ConfigError, DataError
+from lmforge.core.logs import get_logger
+from lmforge.infra.lineage import sha256_file
+from lmforge.infra.store import read_json
+from lmforge.tokenization.config import ShardConfig
+from lmforge.tokenization.corpus_files import list_corpus_files
+from lmforge.tokenization.packing import PACKINGS, missing_specials
+from lmforge.tokenization.shard_writer import SplitWriter, read_sequences
+from lmforge.tokenization.split import SPLITS, TRAIN, VALIDATION, split_of
+from lmforge.tokenization.train import TOKENIZER_FILE, load_tokenizer_meta
 
 log = get_logger(__name__)
 
@@ -60,7 +60,7 @@ def build_shards(
         )
         for split in SPLITS
     }
-    from tokenization.ray_tokenize import iter_tokenized_documents
+    from lmforge.tokenization.ray_tokenize import iter_tokenized_documents
 
     for doc_id, token_ids in iter_tokenized_documents(files, tokenizer_dir, config.batch_size):
         writers[split_of(doc_id, config.validation_fraction, seed)].add_document(doc_id, token_ids)

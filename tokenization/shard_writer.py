@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from infra.lineage import sha256_file
-from lmforge.errors import ArtifactError
-from tokenization.packing import TOKEN_DTYPE, Packer
+from lmforge.core.errors import ArtifactError
+from lmforge.infra.lineage import sha256_file
+from lmforge.tokenization.packing import TOKEN_DTYPE, Packer
 
 INPUT_IDS = "input_ids"
 

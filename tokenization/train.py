@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infra.lineage import sha256_file
-from infra.store import read_json
-from lmforge.errors import ArtifactError, DataError
-from lmforge.logs import get_logger
-from tokenization.algorithms import TOKENIZER_ALGORITHMS, TokenizerAlgorithm
-from tokenization.config import TokenizerConfig
-from tokenization.corpus_files import iter_text_batches, list_corpus_files
+from lmforge.core.errors import ArtifactError, DataError
+from lmforge.core.logs import get_logger
+from lmforge.infra.lineage import sha256_file
+from lmforge.infra.store import read_json
+from lmforge.tokenization.algorithms import TOKENIZER_ALGORITHMS, TokenizerAlgorithm
+from lmforge.tokenization.config import TokenizerConfig
+from lmforge.tokenization.corpus_files import iter_text_batches, list_corpus_files
 
 log = get_logger(__name__)
 

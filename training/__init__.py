@@ -1,9 +1,9 @@
 """Pre-training: model builders, objectives (clm, mlm), DeepSpeed setup, loop, Ray Train launcher, MFU."""
 
-from training.config import MaskingConfig, ModelConfig, PretrainConfig
-from training.launcher import pretrain
-from training.masking import mask_tokens
-from training.objectives import OBJECTIVES, build_model, get_objective
+from lmforge.training.config import MaskingConfig, ModelConfig, PretrainConfig
+from lmforge.training.launcher import pretrain
+from lmforge.training.masking import mask_tokens
+from lmforge.training.objectives import OBJECTIVES, build_model, get_objective
 
 __all__ = [
     "OBJECTIVES",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.configbase import StrictModel
+from lmforge.core.configbase import StrictModel
 
 ModelSize = Literal["debug", "tiny", "small", "custom"]
 
@@ -109,7 +109,7 @@ class PretrainConfig(StrictModel):
     @classmethod
     def _known_objective(cls, name: str) -> str:
         # Imported here: objectives import transformers lazily but need this module's classes.
-        from training.objectives import OBJECTIVES
+        from lmforge.training.objectives import OBJECTIVES
 
         if name not in OBJECTIVES:
             raise ValueError(OBJECTIVES.unknown_message(name))

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmforge.errors import ArtifactError
-from training.config import PretrainConfig
-from training.schedule import lr_lambda
+from lmforge.core.errors import ArtifactError
+from lmforge.training.config import PretrainConfig
+from lmforge.training.schedule import lr_lambda
 
 # Files of a model directory that a tokenizer directory must not overwrite.
 MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.errors import ArtifactError, ConfigError
-from training.config import PretrainConfig
-from training.data import MANIFEST, read_manifest
-from training.objectives import get_objective
+from lmforge.core.errors import ArtifactError, ConfigError
+from lmforge.training.config import PretrainConfig
+from lmforge.training.data import MANIFEST, read_manifest
+from lmforge.training.objectives import get_objective
 
 SPECIAL_NAMES = ("pad", "eos", "bos", "unk", "cls", "sep", "mask")
 
@@ -34,7 +34,7 @@ def tokenizer_info(tokenizer_dir: Path) -> tuple[int, dict[str, int]]:
     """
     from transformers import AutoTokenizer
 
-    from tokenization.train import META_FILE, optional_tokenizer_meta
+    from lmforge.tokenization.train import META_FILE, optional_tokenizer_meta
 
     tokenizer_dir = Path(tokenizer_dir)
     meta_path = tokenizer_dir / META_FILE

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from lmforge.errors import ArtifactError
-from lmforge.logs import ROOT_LOGGER, get_logger
-from training.config import PretrainConfig
-from training.inputs import LoopInputs, resolve_inputs
+from lmforge.core.errors import ArtifactError
+from lmforge.core.logs import ROOT_LOGGER, get_logger
+from lmforge.training.config import PretrainConfig
+from lmforge.training.inputs import LoopInputs, resolve_inputs
 
 log = get_logger(__name__)
 
@@ -40,7 +40,7 @@ def pretrain(
     `output_dir/../ray_train`, and is deleted after success; a re-run with the same `work_dir`
     resumes from its last checkpoint (the flow passes a directory keyed by the stage's recipe).
     """
-    from infra.ray_runtime import cuda_available_on_cluster, ensure_ray
+    from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray
 
     output_dir = Path(output_dir).resolve()
     inputs = resolve_inputs(config, Path(shards_dir), Path(tokenizer_dir), seed)
@@ -153,7 +153,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
     torch.set_num_threads(inputs.config.cpus_per_worker)
     _log_to_stderr()
-    from training.loop import PretrainLoop
+    from lmforge.training.loop import PretrainLoop
 
     PretrainLoop(inputs, env).run()
 

@@ -16,16 +16,23 @@ from typing import Any, Protocol
 
 import torch
 
-from lmforge.errors import DataError
-from lmforge.logs import get_logger
-from training import deepspeed_setup
-from training.data import TrainStream, eval_batches, load_split
-from training.flops import measure_matmul_peak, model_flops_per_token
-from training.inputs import LoopInputs
-from training.masking import EVAL_STREAM, IGNORE_INDEX, masking_generator
-from training.metrics import MetricsLog, TrainClock, all_gather_float, all_reduce_sum, barrier, synchronize
-from training.models import count_parameters
-from training.objectives import get_objective
+from lmforge.core.errors import DataError
+from lmforge.core.logs import get_logger
+from lmforge.training import deepspeed_setup
+from lmforge.training.data import TrainStream, eval_batches, load_split
+from lmforge.training.flops import measure_matmul_peak, model_flops_per_token
+from lmforge.training.inputs import LoopInputs
+from lmforge.training.masking import EVAL_STREAM, IGNORE_INDEX, masking_generator
+from lmforge.training.metrics import (
+    MetricsLog,
+    TrainClock,
+    all_gather_float,
+    all_reduce_sum,
+    barrier,
+    synchronize,
+)
+from lmforge.training.models import count_parameters
+from lmforge.training.objectives import get_objective
 
 log = get_logger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from training.config import MaskingConfig
+from lmforge.training.config import MaskingConfig
 
 IGNORE_INDEX = -100
 # Stream id for validation masks: far outside any real epoch number, so eval masks never coincide

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from training.config import ModelConfig
+from lmforge.training.config import ModelConfig
 
 
 def build_gpt2(model_config: ModelConfig, vocab_size: int, seq_len: int, special_ids: Mapping[str, int]):

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from lmforge.errors import ConfigError
-from lmforge.registry import Registry
-from training.config import MaskingConfig, ModelConfig
-from training.masking import IGNORE_INDEX, mask_tokens
-from training.models import build_bert, build_gpt2
+from lmforge.core.errors import ConfigError
+from lmforge.core.registry import Registry
+from lmforge.training.config import MaskingConfig, ModelConfig
+from lmforge.training.masking import IGNORE_INDEX, mask_tokens
+from lmforge.training.models import build_bert, build_gpt2
 
 Batch = dict[str, torch.Tensor]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.store import ArtifactStore
-from lmforge.config import PipelineConfig
-from lmforge.configbase import load_config
+from lmforge.app.config import PipelineConfig
+from lmforge.core.configbase import load_config
+from lmforge.infra.store import ArtifactStore
 
 pytestmark = pytest.mark.integration
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -28,7 +28,7 @@ CLM_STAGES = {
 
 
 def run_flow(config: PipelineConfig, store: Path, run_id: str, force: str | None = None) -> dict:
-    from flows.pipeline import pipeline_flow
+    from lmforge.flows.pipeline import pipeline_flow
 
     return pipeline_flow(config=config.model_dump(mode="json"), run_id=run_id, store=str(store), force=force)
 
@@ -133,7 +133,7 @@ def test_tiny_bert_pipeline_mlm_path(tmp_path, shared_data_dir, ray_runtime, pre
 def test_empty_corpus_stops_before_tokenizer(
     tmp_path, shared_data_dir, ray_runtime, prefect_harness, monkeypatch
 ):
-    from lmforge.errors import EmptyCorpusError
+    from lmforge.core.errors import EmptyCorpusError
 
     monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
     config = load_config(

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from training import ModelConfig, PretrainConfig, pretrain
-from training.launcher import DEFAULT_EXTENSIONS_DIR
+from lmforge.training import ModelConfig, PretrainConfig, pretrain
+from lmforge.training.launcher import DEFAULT_EXTENSIONS_DIR
 
 SEQ_LEN = 64
 SPECIALS = {"pad": "<pad>", "eos": "<eos>", "unk": "<unk>", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
@@ -180,9 +180,9 @@ def test_pretrain_clm_loss_falls_and_hf_export_reproduces_val_loss(ray_runtime, 
 def test_pretrain_mlm_zero3_exports_masked_lm(ray_runtime, wiki_inputs, tmp_path):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from training.data import eval_batches
-    from training.masking import EVAL_STREAM, masking_generator
-    from training.objectives import get_objective
+    from lmforge.training.data import eval_batches
+    from lmforge.training.masking import EVAL_STREAM, masking_generator
+    from lmforge.training.objectives import get_objective
 
     out = tmp_path / "mlm"
     config = run_config("mlm", zero_stage=3)
@@ -256,8 +256,8 @@ def single_process_group(monkeypatch):
 
 @pytest.mark.integration
 def test_resume_from_checkpoint_continues_bit_identically(single_process_group, wiki_inputs, tmp_path):
-    from training.inputs import resolve_inputs
-    from training.loop import PretrainLoop
+    from lmforge.training.inputs import resolve_inputs
+    from lmforge.training.loop import PretrainLoop
 
     config = run_config("mlm", zero_stage=1).model_copy(
         update={

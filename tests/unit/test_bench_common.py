@@ -63,7 +63,7 @@ def test_cpu_model_reads_the_first_model_name(common, tmp_path):
 def test_demo_corpus_config_matches_the_demo_preset(common):
     import yaml
 
-    from corpus import CorpusConfig
+    from lmforge.corpus import CorpusConfig
 
     demo = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").read_text())
     assert common.demo_corpus_config() == CorpusConfig.model_validate(demo["corpus"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.cli import main
+from lmforge.app.cli import main
 
 pytestmark = pytest.mark.unit
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -58,8 +58,8 @@ def test_objective_tokenizer_mismatch_exits_2(empty_data_dir, capsys):
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_preset_validates(preset):
-    from lmforge.config import PipelineConfig
-    from lmforge.configbase import load_config
+    from lmforge.app.config import PipelineConfig
+    from lmforge.core.configbase import load_config
 
     config = load_config(PipelineConfig, CONFIGS / preset)
     assert config.name

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.configbase import StrictModel, apply_override, load_config
-from lmforge.errors import ConfigError
-from lmforge.registry import Registry
+from lmforge.core.configbase import StrictModel, apply_override, load_config
+from lmforge.core.errors import ConfigError
+from lmforge.core.registry import Registry
 
 pytestmark = pytest.mark.unit
 
@@ -83,8 +83,8 @@ def test_registry_unknown_name_suggests():
 
 
 def test_unknown_key_inside_tagged_union_lists_that_members_keys():
-    from lmforge.config import PipelineConfig
-    from lmforge.configbase import validate_config
+    from lmforge.app.config import PipelineConfig
+    from lmforge.core.configbase import validate_config
 
     raw = {
         "name": "x",

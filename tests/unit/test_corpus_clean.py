@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from corpus import CorpusConfig, clean_corpus
-from lmforge.errors import ArtifactError, DataError, EmptyCorpusError
+from lmforge.core.errors import ArtifactError, DataError, EmptyCorpusError
+from lmforge.corpus import CorpusConfig, clean_corpus
 
 pytestmark = pytest.mark.integration
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from corpus import FILTERS, CorpusConfig
-from corpus.filters import AlphaRatio, MaxLength, MinLength, RepeatedLines, first_drop_reason
-from corpus.normalize import normalize_text
-from lmforge.configbase import validate_config
-from lmforge.errors import ConfigError
+from lmforge.core.configbase import validate_config
+from lmforge.core.errors import ConfigError
+from lmforge.corpus import FILTERS, CorpusConfig
+from lmforge.corpus.filters import AlphaRatio, MaxLength, MinLength, RepeatedLines, first_drop_reason
+from lmforge.corpus.normalize import normalize_text
 
 pytestmark = pytest.mark.unit
 

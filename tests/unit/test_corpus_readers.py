@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from corpus import READERS, CorpusConfig, SourceConfig, check_inputs, list_inputs
-from corpus.inputs import InputRef, work_items
-from lmforge.configbase import validate_config
-from lmforge.errors import ConfigError
+from lmforge.core.configbase import validate_config
+from lmforge.core.errors import ConfigError
+from lmforge.corpus import READERS, CorpusConfig, SourceConfig, check_inputs, list_inputs
+from lmforge.corpus.inputs import InputRef, work_items
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from training.config import MaskingConfig
-from training.masking import IGNORE_INDEX, mask_tokens, masking_generator
+from lmforge.training.config import MaskingConfig
+from lmforge.training.masking import IGNORE_INDEX, mask_tokens, masking_generator
 
 pytestmark = pytest.mark.unit
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmforge.errors import ArtifactError, ConfigError
-from tokenization.packing import PACKINGS, CausalPacker, MaskedPacker
-from tokenization.shard_writer import SplitWriter, read_sequences, write_sequences
-from tokenization.split import TRAIN, VALIDATION, split_of
+from lmforge.core.errors import ArtifactError, ConfigError
+from lmforge.tokenization.packing import PACKINGS, CausalPacker, MaskedPacker
+from lmforge.tokenization.shard_writer import SplitWriter, read_sequences, write_sequences
+from lmforge.tokenization.split import TRAIN, VALIDATION, split_of
 
 EOS, CLS, SEP = 0, 2, 3
 SPECIALS = {"eos": EOS, "cls": CLS, "sep": SEP, "pad": 1}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lmforge.report import STAGE_ORDER, report_tables, write_report
+from lmforge.app.report import STAGE_ORDER, report_tables, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -150,7 +150,7 @@ def test_partial_records_render(tmp_path, record):
 
 @pytest.mark.unit
 def test_curves_read_from_stage_files_when_metrics_lack_them(tmp_path):
-    from lmforge.report import stage_curves
+    from lmforge.app.report import stage_curves
 
     pre_dir, ft_dir = tmp_path / "pre", tmp_path / "ft"
     pre_dir.mkdir()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.stage_runner import StageRunner
-from infra.store import ArtifactStore, ExternalFile, format_lineage, hash_external
-from lmforge.cli import main
-from lmforge.errors import ArtifactError
+from lmforge.app.cli import main
+from lmforge.core.errors import ArtifactError
+from lmforge.infra.stage_runner import StageRunner
+from lmforge.infra.store import ArtifactStore, ExternalFile, format_lineage, hash_external
 
 pytestmark = pytest.mark.unit
 

@@ -7,10 +7,15 @@ import sys
 
 import pytest
 
-from lmforge.configbase import validate_config
-from lmforge.errors import ConfigError
-from tasks import EVAL_TASKS, FINETUNE_TASKS, EvaluationConfig, FinetuneConfig, check_inputs
-from tasks.config import MlmAccuracyConfig, Sst2FinetuneConfig, Sst2IclConfig, WikitextPerplexityConfig
+from lmforge.core.configbase import validate_config
+from lmforge.core.errors import ConfigError
+from lmforge.tasks import EVAL_TASKS, FINETUNE_TASKS, EvaluationConfig, FinetuneConfig, check_inputs
+from lmforge.tasks.config import (
+    MlmAccuracyConfig,
+    Sst2FinetuneConfig,
+    Sst2IclConfig,
+    WikitextPerplexityConfig,
+)
 from tests.unit.test_tasks_support import write_sst2, write_wikitext
 
 pytestmark = pytest.mark.unit

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmforge.errors import ArtifactError, ConfigError, DataError
-from tasks.data import load_sst2, load_text, parse_hf_uri, read_validation_sequences, seeded_subset
+from lmforge.core.errors import ArtifactError, ConfigError, DataError
+from lmforge.tasks.data import load_sst2, load_text, parse_hf_uri, read_validation_sequences, seeded_subset
 from tests.unit.test_tasks_support import write_sst2, write_wikitext
 
 pytestmark = pytest.mark.unit
@@ -116,7 +116,7 @@ def test_validation_sequences_follow_manifest_and_limit(tmp_path):
 
 
 def test_real_data_files(shared_data_dir):
-    from tasks import EvaluationConfig, FinetuneConfig, check_inputs
+    from lmforge.tasks import EvaluationConfig, FinetuneConfig, check_inputs
 
     check_inputs(FinetuneConfig(), EvaluationConfig(), shared_data_dir)
     assert len(load_sst2("sst2/train.tsv", shared_data_dir, "k", "train")) == 67349

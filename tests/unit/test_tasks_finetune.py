@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from tasks import FINETUNE_TASKS
-from tasks.config import Sst2FinetuneConfig
-from tasks.data import LabelledText
-from tasks.finetune import build_classifier, encode
-from tasks.modeling import load_tokenizer
+from lmforge.tasks import FINETUNE_TASKS
+from lmforge.tasks.config import Sst2FinetuneConfig
+from lmforge.tasks.data import LabelledText
+from lmforge.tasks.finetune import build_classifier, encode
+from lmforge.tasks.modeling import load_tokenizer
 from tests.unit.test_tasks_support import build_tiny_bert, build_tiny_gpt2, write_sst2
 
 pytestmark = pytest.mark.unit

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from lmforge.report import fmt, summary_rows
-from tasks.config import Sst2IclConfig
-from tasks.data import LabelledText, load_sst2
-from tasks.icl import (
+from lmforge.app.report import fmt, summary_rows
+from lmforge.tasks.config import Sst2IclConfig
+from lmforge.tasks.data import LabelledText, load_sst2
+from lmforge.tasks.icl import (
     DEMONSTRATION_SEPARATOR,
     argmax_labels,
     build_prompt,
@@ -23,8 +23,8 @@ from tasks.icl import (
     sample_demonstrations,
     score_labels,
 )
-from tasks.modeling import load_model, load_tokenizer
-from tasks.scoring import ContinuationRequest, continuation_log_likelihoods, plan_rows, shared_prefix
+from lmforge.tasks.modeling import load_model, load_tokenizer
+from lmforge.tasks.scoring import ContinuationRequest, continuation_log_likelihoods, plan_rows, shared_prefix
 from tests.unit.test_tasks_support import build_tiny_gpt2, write_sst2
 
 pytestmark = pytest.mark.unit

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.errors import ConfigError
-from tasks.config import MlmAccuracyConfig
-from tasks.mlm_accuracy import mask_sequences, masked_logits, run_mlm_accuracy
+from lmforge.core.errors import ConfigError
+from lmforge.tasks.config import MlmAccuracyConfig
+from lmforge.tasks.mlm_accuracy import mask_sequences, masked_logits, run_mlm_accuracy
 from tests.unit.test_tasks_support import build_tiny_bert, write_validation_shards
 
 pytestmark = pytest.mark.unit
@@ -75,7 +75,7 @@ def test_needs_shards(bert, tmp_path):
 def test_special_tokens_missing_from_tokenizer_come_from_meta(tmp_path):
     import json
 
-    from tasks.modeling import load_tokenizer
+    from lmforge.tasks.modeling import load_tokenizer
 
     expected = load_tokenizer(build_tiny_bert(tmp_path)).mask_token_id
     assert expected is not None

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from tasks.config import WikitextPerplexityConfig
-from tasks.modeling import load_model, load_tokenizer
-from tasks.perplexity import plan_windows, run_wikitext_perplexity, total_nll
+from lmforge.tasks.config import WikitextPerplexityConfig
+from lmforge.tasks.modeling import load_model, load_tokenizer
+from lmforge.tasks.perplexity import plan_windows, run_wikitext_perplexity, total_nll
 from tests.unit.test_tasks_support import build_tiny_gpt2, write_wikitext
 
 pytestmark = pytest.mark.unit

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.configbase import validate_config
-from lmforge.errors import ConfigError
-from tokenization import TOKENIZER_ALGORITHMS, ShardConfig, TokenizerConfig
+from lmforge.core.configbase import validate_config
+from lmforge.core.errors import ConfigError
+from lmforge.tokenization import TOKENIZER_ALGORITHMS, ShardConfig, TokenizerConfig
 
 
 @pytest.mark.unit

@@ -9,9 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lmforge.errors import ConfigError, DataError
-from tests.unit.test_tokenization_helpers import enwiki_docs, write_corpus
-from tokenization import (
+from lmforge.core.errors import ConfigError, DataError
+from lmforge.tokenization import (
     ShardConfig,
     TokenizerConfig,
     build_shards,
@@ -21,6 +20,7 @@ from tokenization import (
     split_of,
     train_tokenizer,
 )
+from tests.unit.test_tokenization_helpers import enwiki_docs, write_corpus
 
 SEED = 13
 CONFIG = ShardConfig(seq_len=64, validation_fraction=0.1, sequences_per_shard=300, batch_size=64)

@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmforge.errors import DataError
-from tests.unit.test_tokenization_helpers import enwiki_docs, write_corpus
-from tokenization import TokenizerConfig, load_tokenizer_meta, train_tokenizer
-from tokenization.canonical import (
+from lmforge.core.errors import DataError
+from lmforge.tokenization import TokenizerConfig, load_tokenizer_meta, train_tokenizer
+from lmforge.tokenization.canonical import (
     canonical_unigram_pieces,
     canonical_wordpiece_vocab,
     wordpiece_tokens_from_marked_bpe,
 )
+from tests.unit.test_tokenization_helpers import enwiki_docs, write_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SENTENCE = "The school opened in August 2016 and is the fourth in the family of schools in the region."

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from lmforge.configbase import validate_config
-from lmforge.errors import ConfigError
-from training import OBJECTIVES, MaskingConfig, ModelConfig, PretrainConfig, get_objective
-from training.deepspeed_setup import deepspeed_config
-from training.inputs import resolve_inputs, tokenizer_info
+from lmforge.core.configbase import validate_config
+from lmforge.core.errors import ConfigError
+from lmforge.training import OBJECTIVES, MaskingConfig, ModelConfig, PretrainConfig, get_objective
+from lmforge.training.deepspeed_setup import deepspeed_config
+from lmforge.training.inputs import resolve_inputs, tokenizer_info
 
 pytestmark = pytest.mark.unit
 
@@ -45,7 +45,7 @@ def test_invalid_values_name_the_key():
 
 
 def test_errors_inside_the_pipeline_config_name_the_section():
-    from lmforge.config import PipelineConfig
+    from lmforge.app.config import PipelineConfig
 
     base = {"name": "x", "corpus": {"sources": [{"path": "a.txt"}]}}
     with pytest.raises(ConfigError, match=r"pretrain:.*warmup_steps \(300\) exceeds max_steps"):

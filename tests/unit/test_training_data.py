@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmforge.errors import ArtifactError, ConfigError, DataError
-from training.data import TrainStream, eval_batches, load_split, read_manifest
+from lmforge.core.errors import ArtifactError, ConfigError, DataError
+from lmforge.training.data import TrainStream, eval_batches, load_split, read_manifest
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training import ModelConfig, build_model
-from training.flops import flops_per_token, matmul_parameters, measure_matmul_peak, model_flops_per_token
+from lmforge.training import ModelConfig, build_model
+from lmforge.training.flops import (
+    flops_per_token,
+    matmul_parameters,
+    measure_matmul_peak,
+    model_flops_per_token,
+)
 
 pytestmark = pytest.mark.unit
 

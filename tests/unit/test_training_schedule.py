@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.schedule import lr_lambda, lr_multiplier
+from lmforge.training.schedule import lr_lambda, lr_multiplier
 
 pytestmark = pytest.mark.unit
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from corpus import CorpusConfig
-from infra.data_paths import default_data_dir
-from lmforge.configbase import StrictModel
-from lmforge.errors import ConfigError
-from tasks.config import EvaluationConfig, FinetuneConfig
-from tokenization import ShardConfig, TokenizerConfig
-from training import PretrainConfig, get_objective
+from lmforge.core.configbase import StrictModel
+from lmforge.core.errors import ConfigError
+from lmforge.corpus import CorpusConfig
+from lmforge.infra.data_paths import default_data_dir
+from lmforge.tasks.config import EvaluationConfig, FinetuneConfig
+from lmforge.tokenization import ShardConfig, TokenizerConfig
+from lmforge.training import PretrainConfig, get_objective
 
 
 class RayConfig(StrictModel):
@@ -39,7 +39,7 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _tokenizer_fits_objective(self) -> PipelineConfig:
-        from tokenization import PACKINGS, TOKENIZER_ALGORITHMS
+        from lmforge.tokenization import PACKINGS, TOKENIZER_ALGORITHMS
 
         objective = get_objective(self.pretrain.objective)
         needed = dict.fromkeys(
@@ -72,8 +72,7 @@ class PipelineConfig(StrictModel):
 
 def check_inputs(config: PipelineConfig) -> None:
     """Fail before any work starts when a configured data path does not exist."""
-    import corpus
-    import tasks
+    from lmforge import corpus, tasks
 
     data_dir = config.resolved_data_dir()
     corpus.check_inputs(config.corpus, data_dir)

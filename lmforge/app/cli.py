@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmforge.errors import LmforgeError
+from lmforge.core.errors import LmforgeError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_store(store: str | None):
-    from infra.store import ArtifactStore, default_store_root
+    from lmforge.infra.store import ArtifactStore, default_store_root
 
     return ArtifactStore(store or default_store_root())
 
@@ -74,20 +74,20 @@ def new_run_id(config_name: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from infra.store import default_store_root
-    from lmforge.config import PipelineConfig, check_inputs
-    from lmforge.configbase import load_config
+    from lmforge.app.config import PipelineConfig, check_inputs
+    from lmforge.core.configbase import load_config
+    from lmforge.infra.store import default_store_root
 
     config = load_config(PipelineConfig, args.config, args.overrides)
     check_inputs(config)
-    from flows.steps import forced_stages
+    from lmforge.flows.steps import forced_stages
 
     forced_stages(args.force)  # validate before starting anything
     store = args.store or config.store or str(default_store_root())
     run_id = args.run_id or new_run_id(config.name)
     print(f"run id: {run_id}", flush=True)
     configure_runtime_environment()
-    from flows.pipeline import pipeline_flow
+    from lmforge.flows.pipeline import pipeline_flow
 
     record = pipeline_flow(
         config=config.model_dump(mode="json"), run_id=run_id, store=store, force=args.force
@@ -110,7 +110,7 @@ def configure_runtime_environment() -> None:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from infra.store import format_lineage
+    from lmforge.infra.store import format_lineage
 
     tree = open_store(args.store).lineage(args.artifact_id)
     if args.json:

@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from lmforge.errors import ConfigError
+from lmforge.core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lmforge.errors import ConfigError
+from lmforge.core.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
