@@ -4,6 +4,8 @@ Layout under the store root:
 
     artifacts/<artifact_id>/manifest.json   the record (written last: no manifest, no artifact)
     artifacts/<artifact_id>/data/...        the artifact's files
+    artifacts/<artifact_id>/data/telemetry/ how the run went (timings, throughput, event files):
+                                            hashed and verified, but not part of the content id
     recipes/<recipe_key>.json               recipe -> artifact id, for reuse across runs
     runs/<run_id>/run.json                  one record per pipeline run
     tmp/                                    staging; never read as artifacts
@@ -33,6 +35,10 @@ MANIFEST = "manifest.json"
 DATA_DIR = "data"
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "./lmforge-store"
+# Files below data/telemetry/ describe how an artifact was made (wall-clock times, tokens/s, MFU,
+# TensorBoard event files), not what it is: they are verified like every file but left out of the
+# content id, so recomputing a stage on another day or machine yields the same artifact id.
+TELEMETRY_DIR = "telemetry"
 STORE_ENV = "LMFORGE_STORE"
 
 
@@ -82,6 +88,20 @@ def hash_tree(root: Path) -> list[dict[str, Any]]:
             }
         )
     return records
+
+
+def is_telemetry(relative_path: str) -> bool:
+    return relative_path == TELEMETRY_DIR or relative_path.startswith(TELEMETRY_DIR + "/")
+
+
+def content_id_of(files: list[dict[str, Any]], inputs: list[tuple[Any, Any, Any]]) -> str:
+    """Identity of an artifact: its files' hashes (telemetry excluded) and its raw inputs' hashes."""
+    identity = [
+        {key: record[key] for key in ("path", "sha256", "size")}
+        for record in files
+        if not is_telemetry(record["path"])
+    ]
+    return sha256_json({"files": identity, "inputs": inputs})
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -155,7 +175,7 @@ class ArtifactStore:
         external = list(external_files or [])
         # Paths of raw inputs differ between machines; their identity is the URI and the bytes.
         inputs = [(record["uri"], record["sha256"], record["size"]) for record in external]
-        content_id = sha256_json({"files": files, "inputs": inputs})
+        content_id = content_id_of(files, inputs)
         artifact_id = f"{kind}-{sha256_json([content_id, recipe_key])[:16]}"
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -251,8 +271,7 @@ class ArtifactStore:
         inputs = [
             (record["uri"], record["sha256"], record["size"]) for record in manifest.get("external_files", [])
         ]
-        files = [{k: record[k] for k in ("path", "sha256", "size")} for record in manifest["files"]]
-        if sha256_json({"files": files, "inputs": inputs}) != manifest["content_id"]:
+        if content_id_of(manifest["files"], inputs) != manifest["content_id"]:
             problems.append(
                 f"manifest: {self.root / 'artifacts' / artifact_id / MANIFEST} file list does not match its content_id"
             )

@@ -201,3 +201,24 @@ def test_verify_catches_edited_manifest(tmp_path):
     path.write_text(json.dumps(edited))
     problems = store.verify(manifest["id"])
     assert any("manifest" in p and "content_id" in p for p in problems)
+
+
+def publish_with_telemetry(store: ArtifactStore, weights: bytes, seconds: str) -> dict:
+    with store.staging() as out:
+        (out / "weights.bin").write_bytes(weights)
+        (out / "telemetry").mkdir()
+        (out / "telemetry" / "timings.json").write_text(seconds)
+        return store.publish(out, kind="model", stage="pretrain", parents=[], config={}, recipe_key="r")
+
+
+def test_telemetry_is_verified_but_not_part_of_the_content_id(tmp_path):
+    first = publish_with_telemetry(ArtifactStore(tmp_path / "a"), b"w", '{"seconds": 1.5}')
+    second = publish_with_telemetry(ArtifactStore(tmp_path / "b"), b"w", '{"seconds": 9.25}')
+    changed = publish_with_telemetry(ArtifactStore(tmp_path / "c"), b"W", '{"seconds": 1.5}')
+    assert first["content_id"] == second["content_id"] and first["id"] == second["id"]
+    assert changed["id"] != first["id"]
+    assert "telemetry/timings.json" in {record["path"] for record in first["files"]}
+    store = ArtifactStore(tmp_path / "a")
+    assert store.verify(first["id"]) == []
+    (store.data_path(first["id"]) / "telemetry" / "timings.json").write_text('{"seconds": 0}')
+    assert any("changed file" in problem for problem in store.verify(first["id"]))
