@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 from lmforge.corpus.config import SourceConfig
 from lmforge.corpus.readers import READERS, RawRecord, field_record
-from lmforge.infra.data_paths import HF_PREFIX
+from lmforge.infra.data_paths import hub_dataset_id, is_hf_uri, split_revision
 
 
 def hf_dataset_name(target: str) -> str:
     """The first argument of `datasets.load_dataset`: a Hub id (`owner/name`) or a local path."""
-    return target[len(HF_PREFIX) :] if target.startswith(HF_PREFIX) else target
+    return hub_dataset_id(target) if is_hf_uri(target) else target
 
 
 @READERS.register("hf")
@@ -19,8 +19,10 @@ def read_hf(target: str, source: SourceConfig) -> Iterator[RawRecord]:
     """Streams `source.hf_split` of the dataset, so nothing is downloaded up front."""
     import datasets
 
+    # The flow pins hub URIs to a commit (hf://owner/name@sha) before the recipe is computed.
+    revision = split_revision(target)[1] if is_hf_uri(target) else None
     dataset = datasets.load_dataset(
-        hf_dataset_name(target), source.hf_name, split=source.hf_split, streaming=True
+        hf_dataset_name(target), source.hf_name, split=source.hf_split, streaming=True, revision=revision
     )
     for row_number, row in enumerate(dataset):
         yield field_record(str(row_number), row, source.text_field)

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lmforge.app.config import PipelineConfig, check_inputs
+from lmforge.app.config import PipelineConfig, check_inputs, pin_hub_revisions
 from lmforge.flows import steps
 from lmforge.flows.run_record import RunRecord
 from lmforge.infra.ray_runtime import ensure_ray
@@ -63,6 +63,9 @@ def pipeline_flow(
     logger = get_run_logger()
     pipeline_config = PipelineConfig.model_validate(config)
     check_inputs(pipeline_config)
+    # Hub data sets are pinned to a commit once, here: every stage's recipe and reader see that one.
+    pipeline_config = pin_hub_revisions(pipeline_config)
+    config = pipeline_config.model_dump(mode="json")
     ctx = steps.make_context(pipeline_config, store, run_id, force)
     record = RunRecord(ctx.store, run_id, pipeline_config.name, config)
     logger.info("run %s: record at %s", run_id, record.path)

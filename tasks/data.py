@@ -16,7 +16,7 @@ import numpy as np
 
 from lmforge.core.errors import ArtifactError, ConfigError, DataError
 from lmforge.core.logs import get_logger
-from lmforge.infra.data_paths import HF_PREFIX, is_hf_uri, resolve_file
+from lmforge.infra.data_paths import HF_PREFIX, is_hf_uri, resolve_file, split_revision
 
 log = get_logger(__name__)
 
@@ -35,11 +35,13 @@ class HubDataset:
     dataset: str
     config: str | None
     split: str
+    revision: str | None = None  # a commit sha once the flow has pinned the URI
 
 
 def parse_hf_uri(uri: str, key: str, default_config: str | None, default_split: str) -> HubDataset:
-    """Split `hf://dataset?config=..&split=..` into its parts; unknown query keys are a ConfigError."""
-    body, _, query = uri[len(HF_PREFIX) :].partition("?")
+    """Split `hf://dataset[@revision]?config=..&split=..` into its parts; unknown query keys are a ConfigError."""
+    bare, revision = split_revision(uri)
+    body, _, query = bare[len(HF_PREFIX) :].partition("?")
     params = {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
     unknown = sorted(set(params) - {"config", "split"})
     if not body or unknown:
@@ -47,7 +49,8 @@ def parse_hf_uri(uri: str, key: str, default_config: str | None, default_split: 
             f"{key}: {uri!r} is not hf://<dataset>[?config=<name>&split=<split>]"
             + (f" (unknown parameters: {', '.join(unknown)})" if unknown else "")
         )
-    return HubDataset(body, params.get("config") or default_config, params.get("split") or default_split)
+    config, split = params.get("config") or default_config, params.get("split") or default_split
+    return HubDataset(body, config, split, revision)
 
 
 def load_hub_split(hub: HubDataset) -> Any:
@@ -55,7 +58,7 @@ def load_hub_split(hub: HubDataset) -> Any:
     import datasets
 
     log.info("loading %s (config %s, split %s) with datasets", hub.dataset, hub.config, hub.split)
-    return datasets.load_dataset(hub.dataset, hub.config, split=hub.split)
+    return datasets.load_dataset(hub.dataset, hub.config, split=hub.split, revision=hub.revision)
 
 
 def load_sst2(path: str, data_dir: Path | None, key: str, split: str) -> list[LabelledText]:

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from lmforge.core.configbase import StrictModel
 from lmforge.core.errors import ConfigError
 from lmforge.corpus import CorpusConfig
-from lmforge.infra.data_paths import default_data_dir
+from lmforge.infra.data_paths import RevisionResolver, default_data_dir, hub_commit, pin_hub_uri
 from lmforge.tasks.config import EvaluationConfig, FinetuneConfig
 from lmforge.tokenization import ShardConfig, TokenizerConfig
 from lmforge.training import PretrainConfig, get_objective
@@ -77,3 +77,39 @@ def check_inputs(config: PipelineConfig) -> None:
     data_dir = config.resolved_data_dir()
     corpus.check_inputs(config.corpus, data_dir)
     tasks.check_inputs(config.finetune, config.evaluation, data_dir)
+
+
+def pin_hub_revisions(config: PipelineConfig, resolver: RevisionResolver = hub_commit) -> PipelineConfig:
+    """`config` with every hf:// data set pinned to the hub commit it names now (hf://owner/name@sha),
+    so recipes, lineage and readers all refer to the same bytes. No hf:// input: no network."""
+    from lmforge.tasks.inputs import task_paths
+
+    sources = [
+        source.model_copy(
+            update={"path": pin_hub_uri(source.path, f"corpus.sources[{index}].path", resolver)}
+        )
+        for index, source in enumerate(config.corpus.sources)
+    ]
+
+    def pinned_tasks(section: str, tasks: list) -> list:
+        return [
+            task.model_copy(
+                update={
+                    field: pin_hub_uri(path, f"{section}.tasks[{index}].{field}", resolver)
+                    for field, path in task_paths(task)
+                }
+            )
+            for index, task in enumerate(tasks)
+        ]
+
+    return config.model_copy(
+        update={
+            "corpus": config.corpus.model_copy(update={"sources": sources}),
+            "finetune": config.finetune.model_copy(
+                update={"tasks": pinned_tasks("finetune", config.finetune.tasks)}
+            ),
+            "evaluation": config.evaluation.model_copy(
+                update={"tasks": pinned_tasks("evaluation", config.evaluation.tasks)}
+            ),
+        }
+    )
