@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from lmforge.core.configbase import StrictModel
+from lmforge.core.configbase import StrictModel, operational
 from lmforge.tasks.specs import EVAL_TASKS, FINETUNE_TASKS, TaskRegistry, TaskSpec
 
 
@@ -48,7 +48,7 @@ class Sst2IclConfig(TaskConfig):
     max_examples: int | None = Field(default=None, ge=1)  # None: the full dev set
     template: str = "Review: {text}\nSentiment: {label}"
     label_words: dict[int, str] = Field(default_factory=lambda: {0: "negative", 1: "positive"})
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = operational(16, ge=1)  # throughput only
     max_length: int | None = Field(default=None, ge=8)  # None: the model's n_positions
     # Contextual calibration (Zhao et al. 2021): also report accuracy with the label probabilities
     # divided by their average over these content-free inputs, given the same demonstrations.
@@ -99,17 +99,18 @@ class WikitextPerplexityConfig(TaskConfig):
     name: Literal["wikitext_perplexity"] = "wikitext_perplexity"
     path: str = "wikitext2_raw/valid.txt"  # or hf://Salesforce/wikitext
     max_length: int | None = Field(default=None, ge=2)  # window length; None: the model's n_positions
-    # New tokens scored per window; None: max_length - 1, i.e. windows that share only the one token
-    # the next window's first prediction needs as context (every token is predicted exactly once).
+    # New tokens scored per window, each window moving on by this much; None: max_length // 2.
+    # stride == max_length is the chunked evaluation (disjoint windows); smaller strides give every
+    # token past the first window at least max_length - stride + 1 tokens of context.
     stride: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = operational(8, ge=1)  # throughput only
 
     @model_validator(mode="after")
     def _stride_fits(self) -> WikitextPerplexityConfig:
-        if self.stride is not None and self.max_length is not None and self.stride >= self.max_length:
+        if self.stride is not None and self.max_length is not None and self.stride > self.max_length:
             raise ValueError(
-                f"stride ({self.stride}) must be below max_length ({self.max_length}): each window "
-                "needs at least one token of context before its first scored token"
+                f"stride ({self.stride}) must not exceed max_length ({self.max_length}): a window of "
+                "max_length tokens predicts at most max_length new tokens"
             )
         return self
 
@@ -119,7 +120,7 @@ class MlmAccuracyConfig(TaskConfig):
 
     name: Literal["mlm_accuracy"] = "mlm_accuracy"
     max_sequences: int | None = Field(default=2000, ge=1)
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = operational(32, ge=1)  # throughput only
     mask_probability: float = Field(default=0.15, gt=0, lt=1)
     # Fixed, independent of the run seed, so the metric compares across runs.
     mask_seed: int = 0

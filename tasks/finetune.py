@@ -18,7 +18,7 @@ from lmforge.core.errors import ArtifactError, ConfigError
 from lmforge.core.logs import get_logger
 from lmforge.tasks.config import Sst2FinetuneConfig
 from lmforge.tasks.data import LabelledText, load_sst2, seeded_subset
-from lmforge.tasks.modeling import load_tokenizer, max_positions, write_json
+from lmforge.tasks.modeling import load_tokenizer, max_positions, write_json, write_metrics
 
 log = get_logger(__name__)
 Init = Literal["pretrained", "random"]
@@ -161,7 +161,5 @@ def run_sst2_finetune(
     }
     model.save_pretrained(output_dir / "model")
     tokenizer.save_pretrained(output_dir / "model")
-    metrics["seconds"] = time.perf_counter() - began
     write_json(output_dir / "loss_curve.json", curve)
-    write_json(output_dir / "metrics.json", metrics)
-    return {**metrics, "loss_curve": curve}
+    return {**write_metrics(output_dir, metrics, time.perf_counter() - began), "loss_curve": curve}

@@ -13,7 +13,7 @@ from lmforge.core.errors import DataError
 from lmforge.core.logs import get_logger
 from lmforge.tasks.config import Sst2IclConfig
 from lmforge.tasks.data import LabelledText, load_sst2
-from lmforge.tasks.modeling import boundary_token_id, load_model, load_tokenizer, max_positions, write_json
+from lmforge.tasks.modeling import boundary_token_id, load_model, load_tokenizer, max_positions, write_metrics
 from lmforge.tasks.scoring import ContinuationRequest, continuation_log_likelihoods
 
 log = get_logger(__name__)
@@ -199,7 +199,6 @@ def run_sst2_icl(
         "scoring": "argmax over labels of the label continuation's log-likelihood",
         "majority_label": majority_label,
         "majority_baseline_accuracy": gold.count(majority_label) / len(dev),
-        "seconds": time.perf_counter() - began,
     }
     if config.calibrate:
         metrics["calibration"] = (
@@ -207,5 +206,4 @@ def run_sst2_icl(
             f"divided by their mean over the content-free texts {config.content_free_texts} with the same "
             "demonstrations"
         )
-    write_json(output_dir / "metrics.json", metrics)
-    return metrics
+    return write_metrics(output_dir, metrics, time.perf_counter() - began)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lmforge.core.errors import ArtifactError, ConfigError
 from lmforge.tasks.config import MlmAccuracyConfig
 from lmforge.tasks.data import read_validation_sequences
-from lmforge.tasks.modeling import load_model, load_tokenizer, max_positions, write_json
+from lmforge.tasks.modeling import load_model, load_tokenizer, max_positions, write_metrics
 
 
 def mask_sequences(
@@ -107,7 +107,5 @@ def run_mlm_accuracy(
         "mask_probability": config.mask_probability,
         "mask_seed": config.mask_seed,
         "masking": "selected non-special tokens all replaced by the mask token (no 80/10/10)",
-        "seconds": time.perf_counter() - began,
     }
-    write_json(output_dir / "metrics.json", metrics)
-    return metrics
+    return write_metrics(output_dir, metrics, time.perf_counter() - began)

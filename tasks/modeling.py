@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.core.errors import ArtifactError
+from lmforge.infra.store import TELEMETRY_DIR
 
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
 
@@ -54,6 +55,17 @@ def boundary_token_id(tokenizer: Any) -> int | None:
         if token_id is not None:
             return int(token_id)
     return None
+
+
+def write_metrics(output_dir: Path, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Write metrics.json and telemetry/timings.json; return the metrics plus `seconds` for the manifest.
+
+    metrics.json is part of the artifact's content id, so it holds only what the task computes
+    deterministically; wall-clock time goes under telemetry/, which the store leaves out of the id.
+    """
+    write_json(output_dir / "metrics.json", metrics)
+    write_json(output_dir / TELEMETRY_DIR / "timings.json", {"seconds": seconds})
+    return {**metrics, "seconds": seconds}
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -67,8 +67,8 @@ def test_loading_configs_does_not_import_torch():
         ({"tasks": [{"name": "sst2_icl", "shots": [1, 1]}]}, "tasks.0.shots"),
         ({"tasks": [{"name": "sst2_icl", "label_words": {0: "bad"}}]}, "tasks.0.label_words"),
         (
-            {"tasks": [{"name": "wikitext_perplexity", "max_length": 8, "stride": 8}]},
-            "stride (8) must be below max_length (8)",
+            {"tasks": [{"name": "wikitext_perplexity", "max_length": 8, "stride": 9}]},
+            "tasks.0: Value error, stride (9) must not exceed max_length (8)",
         ),
     ],
 )

@@ -9,7 +9,7 @@ import torch
 
 from lmforge.tasks import FINETUNE_TASKS
 from lmforge.tasks.config import Sst2FinetuneConfig
-from lmforge.tasks.data import LabelledText
+from lmforge.tasks.data import LabelledText, load_sst2
 from lmforge.tasks.finetune import build_classifier, encode
 from lmforge.tasks.modeling import load_tokenizer
 from tests.unit.test_tasks_support import build_tiny_bert, build_tiny_gpt2, write_sst2
@@ -51,6 +51,30 @@ def test_random_and_pretrained_share_config_not_weights(gpt2_dir):
     assert all(torch.equal(a, b) for a, b in zip(random_init.parameters(), again.parameters(), strict=True))
 
 
+def brute_force_dev_metrics(classifier_dir, data_dir) -> tuple[int, float]:
+    """(correct predictions, mean loss) of the saved classifier, one unpadded dev example at a time."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
+    tokenizer = load_tokenizer(classifier_dir)
+    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")
+    correct, loss_sum = 0, 0.0
+    with torch.no_grad():
+        for row in dev:
+            # The tokenizer's own post-processor adds [CLS]/[SEP] for BERT and nothing for GPT-2.
+            ids = tokenizer(row.text, truncation=True, max_length=CONFIG.max_length)["input_ids"]
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+            correct += int(logits.argmax()) == row.label
+            loss_sum -= float(torch.log_softmax(logits, -1)[row.label])
+    return correct, loss_sum / len(dev)
+
+
+def assert_dev_metrics_match_saved_model(metrics, output_dir, data_dir):
+    correct, loss = brute_force_dev_metrics(output_dir / "model", data_dir)
+    assert metrics["dev_accuracy"] == correct / metrics["dev_size"]
+    assert metrics["dev_loss"] == pytest.approx(loss, rel=1e-5)
+
+
 @pytest.mark.parametrize("init", ["pretrained", "random"])
 def test_gpt2_finetune_learns_and_saves(gpt2_dir, data_dir, tmp_path, init):
     from transformers import AutoModelForSequenceClassification
@@ -58,13 +82,24 @@ def test_gpt2_finetune_learns_and_saves(gpt2_dir, data_dir, tmp_path, init):
     metrics = FINETUNE_TASKS["sst2"].run(CONFIG, gpt2_dir, init, data_dir, tmp_path, 0)
     assert metrics["train_size"] == 32 and metrics["num_steps"] == 6 * 4 and len(metrics["loss_curve"]) == 24
     assert metrics["final_train_loss"] < metrics["initial_train_loss"] - 0.1
-    assert 0 <= metrics["dev_accuracy"] <= 1 and metrics["dev_loss"] > 0
+    assert_dev_metrics_match_saved_model(metrics, tmp_path, data_dir)
     assert json.loads((tmp_path / "loss_curve.json").read_text()) == metrics["loss_curve"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["dev_accuracy"] == metrics["dev_accuracy"] and "loss_curve" not in saved
+    # metrics.json is part of the content id: exactly the returned metrics without time or curve.
+    assert saved == {k: v for k, v in metrics.items() if k not in ("seconds", "loss_curve")}
+    assert json.loads((tmp_path / "telemetry" / "timings.json").read_text()) == {
+        "seconds": metrics["seconds"]
+    }
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
     # The tokenizer had no pad token: EOS pads, and the saved config says so.
     assert reloaded.config.pad_token_id == load_tokenizer(tmp_path / "model").pad_token_id is not None
+
+
+def test_finetune_metrics_file_is_identical_on_a_rerun(gpt2_dir, data_dir, tmp_path):
+    for name in ("a", "b"):
+        FINETUNE_TASKS["sst2"].run(CONFIG, gpt2_dir, "random", data_dir, tmp_path / name, 0)
+    for file in ("metrics.json", "loss_curve.json"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
 def test_bert_encoding_and_finetune(bert_dir, data_dir, tmp_path):
@@ -73,4 +108,4 @@ def test_bert_encoding_and_finetune(bert_dir, data_dir, tmp_path):
     assert len(ids) == 10 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     metrics = FINETUNE_TASKS["sst2"].run(CONFIG, bert_dir, "pretrained", data_dir, tmp_path, 0)
     assert metrics["final_train_loss"] < metrics["initial_train_loss"]
-    assert 0 <= metrics["dev_accuracy"] <= 1 and (tmp_path / "model" / "config.json").is_file()
+    assert_dev_metrics_match_saved_model(metrics, tmp_path, data_dir)

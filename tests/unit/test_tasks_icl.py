@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -137,6 +138,21 @@ def test_prefix_cached_scores_equal_brute_force(long_gpt2_dir, data_dir, k):
         assert score == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
 
+def brute_force_label_scores(model, tokenizer, config, demos, text: str, max_length: int) -> torch.Tensor:
+    """log-likelihood of each label's continuation (labels 0, 1), each prompt scored from scratch."""
+    context, continuations = build_prompt(config, demos, text)
+    context_ids = [tokenizer.bos_token_id, *tokenizer(context)["input_ids"]]
+    return torch.tensor(
+        [
+            brute_force_log_likelihood(
+                model, context_ids, tokenizer(continuations[label])["input_ids"], max_length
+            )
+            for label in (0, 1)
+        ],
+        dtype=torch.float64,
+    )
+
+
 def test_calibration_equals_brute_force(gpt2_dir, data_dir):
     model, tokenizer = load_model_and_tokenizer(gpt2_dir)
     config = Sst2IclConfig(batch_size=3)
@@ -145,17 +161,7 @@ def test_calibration_equals_brute_force(gpt2_dir, data_dir):
     demos = [train[i] for i in sample_demonstrations(train, 1, 0, 1)]
 
     def brute_scores(text: str) -> torch.Tensor:
-        context, continuations = build_prompt(config, demos, text)
-        context_ids = [tokenizer.bos_token_id, *tokenizer(context)["input_ids"]]
-        return torch.tensor(
-            [
-                brute_force_log_likelihood(
-                    model, context_ids, tokenizer(continuations[label])["input_ids"], 48
-                )
-                for label in (0, 1)
-            ],
-            dtype=torch.float64,
-        )
+        return brute_force_label_scores(model, tokenizer, config, demos, text, 48)
 
     raw = torch.stack([brute_scores(row.text) for row in dev])
     prior = torch.stack([brute_scores(text).softmax(0) for text in ("N/A", "")]).mean(0)
@@ -192,26 +198,66 @@ def test_calibration_flips_a_one_class_classifier():
     assert calibrated[1] == pytest.approx([math.log(0.4 / 0.3), math.log(0.6 / 0.7)])
 
 
-def test_run_reports_every_k_and_ordering(gpt2_dir, data_dir, tmp_path):
+def brute_force_run(model, tokenizer, config, demos, dev, max_length: int) -> dict:
+    """One ordering's metrics from per-prompt scores, computed independently of the task code."""
+    raw = torch.stack(
+        [brute_force_label_scores(model, tokenizer, config, demos, r.text, max_length) for r in dev]
+    )
+    cf = [
+        brute_force_label_scores(model, tokenizer, config, demos, t, max_length)
+        for t in config.content_free_texts
+    ]
+    prior = torch.stack([scores.softmax(0) for scores in cf]).mean(0)
+    gold = torch.tensor([row.label for row in dev])
+    predicted, calibrated = raw.argmax(1), (raw.softmax(1) / prior).argmax(1)
+    return {
+        "accuracy": int((predicted == gold).sum()) / len(dev),
+        "predicted_positive_fraction": int(predicted.sum()) / len(dev),
+        "calibrated_accuracy": int((calibrated == gold).sum()) / len(dev),
+        "calibrated_predicted_positive_fraction": int(calibrated.sum()) / len(dev),
+        "prior": prior.tolist(),
+    }
+
+
+def test_run_equals_per_prompt_brute_force(gpt2_dir, data_dir, tmp_path):
     config = Sst2IclConfig(shots=[0, 2], num_orderings=3, max_examples=8)
     metrics = run_sst2_icl(config, gpt2_dir, None, data_dir, tmp_path, seed=0)
-    assert json.loads((tmp_path / "metrics.json").read_text())["shots"] == metrics["shots"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    # metrics.json is part of the content id: the returned metrics less the wall-clock time.
+    assert saved == {key: value for key, value in metrics.items() if key != "seconds"}
+    assert json.loads((tmp_path / "telemetry" / "timings.json").read_text()) == {
+        "seconds": metrics["seconds"]
+    }
     assert set(metrics["shots"]) == {"0", "2"} and len(metrics["runs"]) == 6
+    model, tokenizer = load_model_and_tokenizer(gpt2_dir)
+    train = load_sst2("sst2/train.tsv", data_dir, "k", "train")
+    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")[:8]
+    expected = {}
+    for run in metrics["runs"]:
+        assert run["demonstration_indices"] == sample_demonstrations(
+            train, run["k"], 0, run["ordering"] if run["k"] else 0
+        )
+        demos = [train[i] for i in run["demonstration_indices"]]
+        reference = brute_force_run(model, tokenizer, config, demos, dev, max_length=48)
+        for key in (
+            "accuracy",
+            "predicted_positive_fraction",
+            "calibrated_accuracy",
+            "calibrated_predicted_positive_fraction",
+        ):
+            assert run[key] == reference[key], (run["k"], run["ordering"], key)
+        assert list(run["content_free_prior"].values()) == pytest.approx(reference["prior"], rel=1e-5)
+        expected.setdefault(str(run["k"]), []).append(reference)
+    for k, references in expected.items():
+        shot = metrics["shots"][k]
+        for prefix in ("", "calibrated_"):
+            accuracies = [reference[f"{prefix}accuracy"] for reference in references]
+            assert shot[f"{prefix}accuracies"] == accuracies
+            assert shot[f"{prefix}mean_accuracy"] == pytest.approx(statistics.fmean(accuracies))
+            assert shot[f"{prefix}std_accuracy"] == pytest.approx(statistics.pstdev(accuracies))
     zero = metrics["shots"]["0"]
     assert zero["std_accuracy"] == 0 and len(set(zero["accuracies"])) == 1 and "note" in zero
-    for shot in metrics["shots"].values():
-        assert len(shot["accuracies"]) == 3 and all(0 <= a <= 1 for a in shot["accuracies"])
-        assert shot["mean_accuracy"] == pytest.approx(sum(shot["accuracies"]) / 3)
-        assert shot["calibrated_mean_accuracy"] == pytest.approx(sum(shot["calibrated_accuracies"]) / 3)
-        assert shot["calibrated_std_accuracy"] >= 0
-    for run in metrics["runs"]:
-        assert (
-            0 <= run["calibrated_accuracy"] <= 1 and 0 <= run["calibrated_predicted_positive_fraction"] <= 1
-        )
-        assert sum(run["content_free_prior"].values()) == pytest.approx(1.0)
-    two = [run["demonstration_indices"] for run in metrics["runs"] if run["k"] == 2]
-    assert len({tuple(d) for d in two}) == 3
-    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")[:8]
+    assert len({tuple(run["demonstration_indices"]) for run in metrics["runs"] if run["k"] == 2}) == 3
     majority = max(sum(r.label == 1 for r in dev), sum(r.label == 0 for r in dev)) / 8
     assert metrics["num_examples"] == 8 and metrics["majority_baseline_accuracy"] == majority
     summary = dict(summary_rows({"stages": {"eval/sst2_icl": {"metrics": metrics}}}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -60,11 +62,25 @@ def test_accuracy_and_loss_match_reference(bert, tmp_path):
     with torch.no_grad():
         logits = model(input_ids=torch.from_numpy(masked)).logits[torch.from_numpy(selected)]
     targets = torch.from_numpy(ids[selected])
-    assert metrics["num_sequences"] == 7 and metrics["num_masked_tokens"] == int(selected.sum()) > 0
-    assert metrics["accuracy"] == pytest.approx(float((logits.argmax(-1) == targets).float().mean()))
+    count = int(selected.sum())
+    assert metrics["num_sequences"] == 7 and metrics["num_masked_tokens"] == count > 0
+    assert metrics["accuracy"] == int((logits.argmax(-1) == targets).sum()) / count
     assert metrics["masked_loss"] == pytest.approx(
         float(torch.nn.functional.cross_entropy(logits, targets)), rel=1e-5
     )
+
+
+def test_metrics_file_is_deterministic_and_timings_are_telemetry(bert, tmp_path):
+    model_dir, shards_dir, _ = bert
+    config = MlmAccuracyConfig(max_sequences=7, batch_size=3)
+    first = run_mlm_accuracy(config, model_dir, shards_dir, None, tmp_path / "a", seed=0)
+    run_mlm_accuracy(config, model_dir, shards_dir, None, tmp_path / "b", seed=1)  # mask_seed, not seed
+    saved = (tmp_path / "a" / "metrics.json").read_text()
+    assert saved == (tmp_path / "b" / "metrics.json").read_text()
+    assert json.loads(saved) == {key: value for key, value in first.items() if key != "seconds"}
+    assert json.loads((tmp_path / "a" / "telemetry" / "timings.json").read_text()) == {
+        "seconds": first["seconds"]
+    }
 
 
 def test_needs_shards(bert, tmp_path):
@@ -73,8 +89,6 @@ def test_needs_shards(bert, tmp_path):
 
 
 def test_special_tokens_missing_from_tokenizer_come_from_meta(tmp_path):
-    import json
-
     from lmforge.tasks.modeling import load_tokenizer
 
     expected = load_tokenizer(build_tiny_bert(tmp_path)).mask_token_id
