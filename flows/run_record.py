@@ -1,29 +1,48 @@
-"""The run record (<store>/runs/<run_id>/run.json), rewritten atomically as stages finish."""
+"""The run record (<store>/runs/<run_id>/run.json), rewritten atomically as stages finish, and the
+listing `lmforge runs` prints, which tells a live run from one whose process died."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from lmforge.core.errors import ConfigError
 from lmforge.infra.lineage import code_version
+from lmforge.infra.locks import StoreLock, describe_holder, is_held, read_holder
 from lmforge.infra.stage_runner import StageOutcome
 from lmforge.infra.store import ArtifactStore, utc_now
 
+RUNNING = "running"
+# A record still saying "running" whose process is gone (killed, crashed host): it never finishes.
+INTERRUPTED = "interrupted"
+
 
 class RunRecord:
+    """run.json of one pipeline run; holds the run's lock until it finishes, as its sign of life."""
+
     def __init__(self, store: ArtifactStore, run_id: str, config_name: str, config: dict[str, Any]) -> None:
         self.store = store
         self.run_id = run_id
+        self._lock = StoreLock(store.lock_path("run", run_id), run_id)
+        if not self._lock.try_acquire():
+            holder = describe_holder(read_holder(self._lock.path))
+            raise ConfigError(f"run id {run_id!r} is in use by a live run ({holder}); lock {self._lock.path}")
         self._start = time.perf_counter()
         self.data: dict[str, Any] = {
             "run_id": run_id,
             "config_name": config_name,
-            "status": "running",
+            "status": RUNNING,
             "started_at": utc_now(),
             "finished_at": None,
             "wall_seconds": None,
             "store": str(store.root),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
             "code": code_version(),
             "config": config,
             "stages": {},
@@ -42,6 +61,9 @@ class RunRecord:
     def finish(self, status: str, error: str | None = None) -> None:
         self.data.update(self._closing(status), error=error)
         self.save()
+        # A finished record needs no sign of life; unlinked while held (see locks.hold_if_free).
+        self._lock.path.unlink(missing_ok=True)
+        self._lock.release()
 
     def as_completed(self) -> dict[str, Any]:
         """The record as it will read once the run completes (what the report describes)."""
@@ -53,3 +75,73 @@ class RunRecord:
             "finished_at": utc_now(),
             "wall_seconds": round(time.perf_counter() - self._start, 1),
         }
+
+
+def list_runs(store: ArtifactStore) -> list[dict[str, Any]]:
+    """One summary per run.json under the store, oldest first (see `summarize`)."""
+    summaries = []
+    for path in sorted(store.root.glob("runs/*/run.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            summaries.append({"run_id": path.parent.name, "status": "unreadable", "stages": {}})
+            continue
+        summaries.append(summarize(store, record, path))
+    return sorted(summaries, key=lambda summary: summary.get("started_at") or "")
+
+
+def summarize(store: ArtifactStore, record: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Run id, config, status (interrupted when a running record's process is gone), times, stages."""
+    status = record.get("status")
+    wall = record.get("wall_seconds")
+    if status == RUNNING:
+        alive = is_alive(store, record)
+        status = RUNNING if alive else INTERRUPTED
+        # Still running: time so far; interrupted: until the record's last update, its last sign of life.
+        until = time.time() if alive else path.stat().st_mtime
+        wall = _seconds_since(record.get("started_at"), until)
+    return {
+        "run_id": record.get("run_id", path.parent.name),
+        "config_name": record.get("config_name"),
+        "status": status,
+        "started_at": record.get("started_at"),
+        "wall_seconds": wall,
+        "host": record.get("host"),
+        "pid": record.get("pid"),
+        "stages": {
+            name: {"status": stage.get("status"), "artifact_id": stage.get("artifact_id")}
+            for name, stage in record.get("stages", {}).items()
+        },
+    }
+
+
+def is_alive(store: ArtifactStore, record: dict[str, Any]) -> bool:
+    """Whether the process of a record saying "running" still runs it.
+
+    The run lock answers for any host that shares the store's filesystem; without a lock file (records
+    written before run locks existed) the pid is checked when the run was on this host, and a run on
+    another host is taken at its word.
+    """
+    lock_path = store.lock_path("run", str(record.get("run_id")))
+    if lock_path.exists():
+        return is_held(lock_path)
+    pid = record.get("pid")
+    if record.get("host") == socket.gethostname() and isinstance(pid, int):
+        return pid_alive(pid)
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _seconds_since(started_at: str | None, until: float) -> float | None:
+    if not started_at:
+        return None
+    return round(until - dt.datetime.fromisoformat(started_at).timestamp(), 1)

@@ -44,8 +44,9 @@ def make_context(
     return RunContext(config, store, runner, config.resolved_data_dir(), run_id)
 
 
-def dump(section: Any) -> dict[str, Any]:
-    return section.model_dump(mode="json")
+def own_code(step: str, *modules: str) -> tuple[str, ...]:
+    """The code that shapes a stage: its library entry modules and the step function choosing its arguments."""
+    return (*modules, f"{__name__}:{step}")
 
 
 def clean_step(ctx: RunContext) -> StageOutcome:
@@ -54,9 +55,9 @@ def clean_step(ctx: RunContext) -> StageOutcome:
     return ctx.runner.run(
         "clean",
         "corpus",
-        config=dump(cfg),
+        config=cfg,
         parents=[],
-        packages=("corpus",),
+        code=own_code("clean_step", "lmforge.corpus.clean"),
         external_files=inputs,
         compute=lambda out, _work: corpus.clean_corpus(cfg, ctx.data_dir, out),
     )
@@ -67,9 +68,9 @@ def tokenizer_step(ctx: RunContext, cleaned: StageOutcome) -> StageOutcome:
     return ctx.runner.run(
         "tokenizer",
         "tokenizer",
-        config=dump(cfg),
+        config=cfg,
         parents=[cleaned.artifact_id],
-        packages=("tokenization",),
+        code=own_code("tokenizer_step", "lmforge.tokenization.train"),
         compute=lambda out, _work: tokenization.train_tokenizer(cfg, Path(cleaned.path), out),
     )
 
@@ -80,9 +81,9 @@ def shard_step(ctx: RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) 
     return ctx.runner.run(
         "shard",
         "shards",
-        config={**dump(cfg), "packing": packing},
+        config={"shard": cfg, "packing": packing},
         parents=[cleaned.artifact_id, tokenizer.artifact_id],
-        packages=("tokenization",),
+        code=own_code("shard_step", "lmforge.tokenization.shard"),
         seed=ctx.config.seed,
         compute=lambda out, _work: tokenization.build_shards(
             cfg, packing, Path(cleaned.path), Path(tokenizer.path), out, ctx.config.seed
@@ -92,15 +93,16 @@ def shard_step(ctx: RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) 
 
 def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
     cfg = ctx.config.pretrain
-    # Masking settings only matter to objectives that mask; leaving them out of the others' recipe
+    # Masking settings only matter to objectives that mask; recording the defaults for the others
     # keeps an MLM-only edit from retraining a causal model.
     uses_masking = "mask" in training.get_objective(cfg.objective).required_special
+    shaping = cfg if uses_masking else cfg.model_copy(update={"masking": training.MaskingConfig()})
     return ctx.runner.run(
         "pretrain",
         "model",
-        config=cfg.model_dump(mode="json", exclude=None if uses_masking else {"masking"}),
+        config=shaping,
         parents=[shards.artifact_id, tokenizer.artifact_id],
-        packages=("training", "tokenization"),
+        code=own_code("pretrain_step", "lmforge.training.launcher"),
         seed=ctx.config.seed,
         compute=lambda out, work: training.pretrain(
             cfg, Path(shards.path), Path(tokenizer.path), out, ctx.config.seed, work_dir=work
@@ -111,12 +113,20 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
 def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutcome) -> StageOutcome:
     entry = tasks.FINETUNE_TASKS.get(task_config.name)
     model_dir = Path(model.path) / "hf"
+    config: dict[str, Any] = {"task": task_config, "init": init}
+    recipe_parents: list[str] | None = None
+    if init == "random":
+        # A random init reads the architecture and tokenizer files, never the trained weights: its
+        # recipe names those files' hashes instead of the model's content id.
+        config["architecture"] = architecture_files(ctx.store.get(model.artifact_id))
+        recipe_parents = []
     return ctx.runner.run(
         f"finetune/{task_config.name}/{init}",
         "finetune",
-        config={**dump(task_config), "init": init},
+        config=config,
         parents=[model.artifact_id],
-        packages=("tasks", "tokenization"),
+        recipe_parents=recipe_parents,
+        code=own_code("finetune_step", task_module(entry)),
         seed=ctx.config.seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="finetune",
@@ -132,9 +142,9 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
     return ctx.runner.run(
         f"eval/{task_config.name}",
         "evaluation",
-        config=dump(task_config),
+        config=task_config,
         parents=[model.artifact_id, shards.artifact_id],
-        packages=("tasks", "tokenization"),
+        code=own_code("eval_step", task_module(entry)),
         seed=ctx.config.seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="eval",
@@ -149,6 +159,25 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
             num_cpus=1,
         ),
     )
+
+
+# Files of a pre-trained model's hf/ folder that hold what training learned (or how long it ran),
+# as opposed to its architecture and tokenizer.
+TRAINED_FILES = frozenset({"hf/model.safetensors", "hf/pytorch_model.bin", "hf/lmforge_pretrain.json"})
+
+
+def architecture_files(model_manifest: dict[str, Any]) -> dict[str, str]:
+    """sha256 of the model's hf/ files other than its trained weights: config and tokenizer."""
+    return {
+        record["path"]: record["sha256"]
+        for record in model_manifest["files"]
+        if record["path"].startswith("hf/") and record["path"] not in TRAINED_FILES
+    }
+
+
+def task_module(entry: Any) -> str:
+    """The module of a registered task's runner ("module:function")."""
+    return str(entry.runner).partition(":")[0]
 
 
 def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
@@ -180,7 +209,7 @@ def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
         "report",
         config={"run_id": ctx.run_id},
         parents=parents,
-        packages=("flows",),
+        code=own_code("report_step", "lmforge.app.report"),
         compute=compute,
         reuse=False,
     )

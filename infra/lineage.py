@@ -32,17 +32,6 @@ def sha256_json(value: Any) -> str:
 
 # Source trees whose edits make the recorded commit not describe the code that ran.
 SOURCE_PACKAGES = ("lmforge", "corpus", "tokenization", "training", "tasks", "infra", "flows")
-# Third-party packages whose version can change a stage's output; part of every recipe.
-OUTPUT_DEPENDENCIES = (
-    "torch",
-    "deepspeed",
-    "ray",
-    "transformers",
-    "tokenizers",
-    "datasets",
-    "pyarrow",
-    "numpy",
-)
 
 
 @functools.cache
@@ -67,30 +56,6 @@ def code_version() -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": bool(status) if status is not None else None,
     }
-
-
-@functools.cache
-def code_fingerprint(paths: tuple[str, ...]) -> str:
-    """sha256 over the named sources (package folders or single files, relative to the repo) and the
-    versions of OUTPUT_DEPENDENCIES: a stage re-runs when the code it runs changes."""
-    digest = hashlib.sha256()
-    for relative in sorted(paths):
-        root = REPO_ROOT / relative
-        for source in [root] if root.is_file() else sorted(root.rglob("*.py")):
-            digest.update(str(source.relative_to(REPO_ROOT)).encode() + b"\0")
-            digest.update(source.read_bytes() + b"\0")
-    digest.update(sha256_json(dependency_versions()).encode())
-    return digest.hexdigest()
-
-
-def dependency_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in OUTPUT_DEPENDENCIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 @functools.cache

@@ -9,22 +9,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge.core.configbase import full_view, identity_view
 from lmforge.core.logs import get_logger
-from lmforge.infra.lineage import code_fingerprint, recipe_key
+from lmforge.infra.code_identity import code_identity
+from lmforge.infra.lineage import recipe_key, sha256_json
+from lmforge.infra.locks import Holder, describe_holder
 from lmforge.infra.store import ArtifactStore, ExternalFile, hash_external, utc_now
 
 log = get_logger(__name__)
 
-# The shared modules every stage runs; a stage adds its own packages. The CLI, report, store and
-# flow code are left out: editing them does not change what a stage computes.
-CORE_SOURCES = (
-    "lmforge/core",
-    "infra/data_paths.py",
-    "infra/ray_runtime.py",
-)
-
 # compute(output_dir, work_dir): write the artifact's files into output_dir; work_dir is scratch
 # space that survives a crash (keyed by the recipe, so a re-run can resume) and is removed on success.
+# Both belong to one attempt: output_dir is fresh, and work_dir is used only under the recipe's lock.
 Compute = Callable[[Path, Path], dict[str, Any]]
 
 
@@ -48,7 +44,8 @@ class StageRunner:
 
     A stage's recipe is (stage name, resolved stage config, raw inputs' hashes, the parents' content
     ids, a fingerprint of its code and of the library versions, seed). A stored artifact with the
-    same recipe is reused unless the stage is forced.
+    same recipe is reused unless the stage is forced. Runs sharing a store take the recipe's lock
+    (store.recipe_lock) for lookup, compute and publish, so one computes and the others reuse.
     """
 
     def __init__(self, store: ArtifactStore, run_id: str, forced: set[str] | None = None) -> None:
@@ -63,33 +60,60 @@ class StageRunner:
         *,
         config: Any,
         parents: list[str],
-        packages: tuple[str, ...],
+        code: tuple[str, ...],
         compute: Compute,
         seed: int | None = None,
         external_files: list[ExternalFile] | None = None,
         forced_name: str | None = None,
         reuse: bool = True,
+        recipe_parents: list[str] | None = None,
     ) -> StageOutcome:
-        fingerprint = code_fingerprint(tuple(sorted(set(packages) | set(CORE_SOURCES))))
+        """Reuse or compute one stage.
+
+        `code`: entry modules (`lmforge.tokenization.shard`) and composition functions
+        (`lmforge.flows.steps:shard_step`) whose code shapes the output; see infra.code_identity.
+        `recipe_parents`: the parents whose content shapes the output, when that is not all of
+        `parents` (a random-init fine-tune reads the pre-trained model's architecture, not its weights).
+        """
+        fingerprint = sha256_json(code_identity(tuple(sorted(code))))
         # Raw inputs count by content, parents by content too: an identical parent (say, a tokenizer
         # retrained byte-for-byte) does not invalidate what was built on it.
         external = hash_external(external_files or [])
         inputs = [(record["uri"], record["sha256"]) for record in external]
-        parent_contents = [self.store.get(parent)["content_id"] for parent in parents]
-        key = recipe_key(stage, {"config": config, "inputs": inputs}, parent_contents, fingerprint, seed)
-        if reuse and (forced_name or stage) not in self.forced:
-            existing = self.store.find_by_recipe(key)
-            if existing is not None and self._intact(existing):
-                log.info("%s: reusing %s (inputs, config and code unchanged)", stage, existing["id"])
-                return StageOutcome(
-                    stage,
-                    "reused",
-                    existing["id"],
-                    str(self.store.data_path(existing["id"])),
-                    existing["metrics"],
-                )
-        log.info("%s: computing", stage)
-        return self._compute(stage, kind, key, fingerprint, config, parents, seed, external, compute)
+        shaping = parents if recipe_parents is None else recipe_parents
+        parent_contents = [self.store.get(parent)["content_id"] for parent in shaping]
+        identity = {"config": identity_view(config), "inputs": inputs}
+        key = recipe_key(stage, identity, parent_contents, fingerprint, seed)
+        config = full_view(config)
+        # One attempt per recipe at a time, across processes: a second run waits here, then reuses.
+        with self.store.recipe_lock(key, self.run_id).held(on_wait=self._log_wait(stage)):
+            if reuse and (forced_name or stage) not in self.forced:
+                reused = self._reuse(stage, key)
+                if reused is not None:
+                    return reused
+            log.info("%s: computing", stage)
+            return self._compute(stage, kind, key, fingerprint, config, parents, seed, external, compute)
+
+    @staticmethod
+    def _log_wait(stage: str) -> Callable[[Holder | None], None]:
+        def log_wait(holder: Holder | None) -> None:
+            log.info("%s: waiting for another run computing this stage (%s)", stage, describe_holder(holder))
+
+        return log_wait
+
+    def _reuse(self, stage: str, key: str) -> StageOutcome | None:
+        """The recipe's stored artifact if it passes the pre-reuse check; a damaged one is moved aside."""
+        existing = self.store.find_by_recipe(key)
+        if existing is None:
+            return None
+        problems = self.store.check_reusable(existing)
+        if problems:
+            log.warning("%s: stored %s is damaged (%s); recomputing", stage, existing["id"], problems[0])
+            self.store.quarantine(existing["id"], problems)
+            return None
+        log.info("%s: reusing %s (inputs, config and code unchanged)", stage, existing["id"])
+        path = str(self.store.data_path(existing["id"]))
+        return StageOutcome(stage, "reused", existing["id"], path, existing["metrics"])
 
     def _compute(
         self,
@@ -105,7 +129,7 @@ class StageRunner:
     ) -> StageOutcome:
         started, start_time = utc_now(), time.perf_counter()
         work_dir = self.store.work_dir(key)
-        with self.store.staging() as output_dir:
+        with self.store.staging(self.run_id) as output_dir:
             metrics = compute(output_dir, work_dir)
             seconds = time.perf_counter() - start_time
             manifest = self.store.publish(
@@ -126,13 +150,3 @@ class StageRunner:
         log.info("%s: published %s in %.1f s", stage, manifest["id"], seconds)
         path = str(self.store.data_path(manifest["id"]))
         return StageOutcome(stage, "completed", manifest["id"], path, metrics, round(seconds, 3))
-
-    def _intact(self, manifest: dict[str, Any]) -> bool:
-        """Cheap check before reuse: every recorded file is there with its size (`verify` re-hashes)."""
-        root = self.store.data_path(manifest["id"])
-        for record in manifest["files"]:
-            path = root / record["path"]
-            if not path.is_file() or path.stat().st_size != record["size"]:
-                log.warning("%s: stored artifact is damaged (%s); recomputing", manifest["id"], path)
-                return False
-        return True

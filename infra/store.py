@@ -3,16 +3,22 @@
 Layout under the store root:
 
     artifacts/<artifact_id>/manifest.json   the record (written last: no manifest, no artifact)
+    artifacts/<artifact_id>/filestat.json   (size, mtime) per file when hashed: the cheap pre-reuse check
     artifacts/<artifact_id>/data/...        the artifact's files
     artifacts/<artifact_id>/data/telemetry/ how the run went (timings, throughput, event files):
                                             hashed and verified, but not part of the content id
     recipes/<recipe_key>.json               recipe -> artifact id, for reuse across runs
     runs/<run_id>/run.json                  one record per pipeline run
-    tmp/                                    staging; never read as artifacts
-    work/<recipe_key>/                      a stage's scratch space (e.g. resumable training checkpoints)
+    tmp/<attempt>/                          staging, one per attempt; never read as artifacts
+    work/<recipe slot>/                     a stage's scratch space (e.g. resumable training checkpoints)
+    locks/                                  kernel file locks (see infra/locks.py)
+    quarantine/<artifact_id>-<when>/        damaged artifacts moved aside before recomputing them
 
 Publishing stages files under tmp/ and renames the whole directory into artifacts/ in one step, so a
-crash leaves at most an orphaned staging directory, never a partial artifact.
+crash leaves at most an orphaned staging directory, never a partial artifact. Concurrent runs
+coordinate through locks: the stage runner holds a recipe's lock while it looks up, computes and
+publishes it, and that lock also owns the recipe's work directory; `lmforge gc` removes staging and
+work directories whose lock nobody holds.
 """
 
 from __future__ import annotations
@@ -23,23 +29,35 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmforge.core.errors import ArtifactError
+from lmforge.core.logs import get_logger
+from lmforge.infra.integrity import (
+    STAT_RECORD,
+    content_id_of,
+    content_id_problems,
+    file_problems,
+    hash_tree,
+    read_stat_record,
+    stat_record,
+)
+from lmforge.infra.integrity import TELEMETRY_DIR as TELEMETRY_DIR  # re-exported: tasks name it from here
 from lmforge.infra.lineage import code_version, environment, sha256_file, sha256_json
+from lmforge.infra.locks import LOCKS_DIR, StoreLock
+
+log = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 DATA_DIR = "data"
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "./lmforge-store"
-# Files below data/telemetry/ describe how an artifact was made (wall-clock times, tokens/s, MFU,
-# TensorBoard event files), not what it is: they are verified like every file but left out of the
-# content id, so recomputing a stage on another day or machine yields the same artifact id.
-TELEMETRY_DIR = "telemetry"
 STORE_ENV = "LMFORGE_STORE"
+# work/ and locks/ name a recipe by this many hex digits of its key (128 bits: no collisions).
+RECIPE_SLOT_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -76,34 +94,6 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def hash_tree(root: Path) -> list[dict[str, Any]]:
-    """sha256 and size of every file below `root`, sorted by relative path."""
-    records = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        records.append(
-            {
-                "path": path.relative_to(root).as_posix(),
-                "sha256": sha256_file(path),
-                "size": path.stat().st_size,
-            }
-        )
-    return records
-
-
-def is_telemetry(relative_path: str) -> bool:
-    return relative_path == TELEMETRY_DIR or relative_path.startswith(TELEMETRY_DIR + "/")
-
-
-def content_id_of(files: list[dict[str, Any]], inputs: list[tuple[Any, Any, Any]]) -> str:
-    """Identity of an artifact: its files' hashes (telemetry excluded) and its raw inputs' hashes."""
-    identity = [
-        {key: record[key] for key in ("path", "sha256", "size")}
-        for record in files
-        if not is_telemetry(record["path"])
-    ]
-    return sha256_json({"files": identity, "inputs": inputs})
-
-
 def read_json(path: Path, what: str) -> Any:
     """Parse a JSON file an artifact holds; ArtifactError naming the file (and `what` it should be)."""
     try:
@@ -130,23 +120,38 @@ class ArtifactStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser().resolve()
-        for sub in ("artifacts", "recipes", "runs", "tmp", "work"):
+        for sub in ("artifacts", "recipes", "runs", "tmp", "work", LOCKS_DIR):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def lock_path(self, kind: str, name: str) -> Path:
+        """`<store>/locks/<kind>-<name>.lock`; kind is recipe, staging or run."""
+        return self.root / LOCKS_DIR / f"{kind}-{name}.lock"
+
+    def recipe_lock(self, recipe_key: str, run_id: str | None = None) -> StoreLock:
+        """The lock a stage holds while it looks up, computes or publishes this recipe."""
+        return StoreLock(self.lock_path("recipe", recipe_key[:RECIPE_SLOT_CHARS]), run_id)
 
     # -- writing -----------------------------------------------------------------------------------
 
     @contextmanager
-    def staging(self) -> Iterator[Path]:
+    def staging(self, run_id: str | None = None) -> Iterator[Path]:
         """A fresh directory on the store's filesystem to write an artifact's files into.
 
-        Removed afterwards unless it was published (publishing moves it).
+        Removed afterwards unless it was published (publishing moves it). Its staging lock is held
+        throughout, taken before the directory exists, so `gc` never finds it unowned while in use.
         """
-        path = self.root / "tmp" / uuid.uuid4().hex
-        (path / DATA_DIR).mkdir(parents=True)
+        name = uuid.uuid4().hex
+        lock = StoreLock(self.lock_path("staging", name), run_id)
+        lock.acquire()  # a fresh name: never waits
+        path = self.root / "tmp" / name
         try:
+            (path / DATA_DIR).mkdir(parents=True)
             yield path / DATA_DIR
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            with suppress(FileNotFoundError):
+                lock.path.unlink()  # while still held, see locks.hold_if_free
+            lock.release()
 
     def publish(
         self,
@@ -197,25 +202,52 @@ class ArtifactStore:
             "external_files": external,
             "extra": extra or {},
         }
+        write_json_atomic(staged / STAT_RECORD, stat_record(data_dir, files))
         write_json_atomic(staged / MANIFEST, manifest)
-        final = self.root / "artifacts" / artifact_id
-        if not (final / MANIFEST).exists():
-            try:
-                os.rename(staged, final)
-            except OSError as err:
-                # Lost a race with another process publishing the same content from the same recipe.
-                if not (final / MANIFEST).exists():
-                    raise ArtifactError(
-                        f"cannot publish {artifact_id}: {final} exists without a manifest ({err})"
-                    ) from None
+        self._move_into_place(staged, artifact_id)
         # Same content from the same recipe may already have been stored: its record is kept.
         existing = self.get(artifact_id)
+        # The stage runner holds the recipe's lock here, so the pointer has one writer at a time.
         write_json_atomic(self.root / "recipes" / f"{recipe_key}.json", {"artifact_id": artifact_id})
         return existing
 
+    def _move_into_place(self, staged: Path, artifact_id: str) -> None:
+        """Rename a staged artifact to its id, unless an intact artifact already has that id."""
+        final = self.artifact_dir(artifact_id)
+        if (final / MANIFEST).exists():
+            problems = self._problems_of(artifact_id)
+            if not problems:
+                return
+            # Never repair in place: a reader may be inside the damaged copy; move it aside whole.
+            self.quarantine(artifact_id, problems)
+        try:
+            os.rename(staged, final)
+        except OSError as err:
+            # Lost a race with another process publishing the same content from the same recipe.
+            if not (final / MANIFEST).exists():
+                raise ArtifactError(
+                    f"cannot publish {artifact_id}: {final} exists without a manifest ({err})"
+                ) from None
+
+    def quarantine(self, artifact_id: str, problems: list[str]) -> Path | None:
+        """Move a damaged artifact to quarantine/ in one rename, so a recomputed one can take its id."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        target = self.root / "quarantine" / f"{artifact_id}-{stamp}-{uuid.uuid4().hex[:6]}"
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.rename(self.artifact_dir(artifact_id), target)
+        except FileNotFoundError:
+            return None  # another process moved it aside first
+        write_json_atomic(target / "quarantine.json", {"moved_at": utc_now(), "problems": problems})
+        log.warning("%s is damaged (%s); moved aside to %s", artifact_id, problems[0], target)
+        return target
+
     def work_dir(self, recipe_key: str) -> Path:
-        """Scratch space for one recipe; kept when a stage crashes so that its re-run can resume."""
-        path = self.root / "work" / recipe_key[:32]
+        """Scratch space for one recipe; kept when a stage crashes so that its re-run can resume.
+
+        Use it only while holding `recipe_lock(recipe_key)`: the lock is what makes it one attempt's.
+        """
+        path = self.root / "work" / recipe_key[:RECIPE_SLOT_CHARS]
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -230,18 +262,41 @@ class ArtifactStore:
         except json.JSONDecodeError as err:
             raise ArtifactError(f"manifest of {artifact_id} is corrupt ({manifest_path}): {err}") from None
 
+    def artifact_dir(self, artifact_id: str) -> Path:
+        return self.root / "artifacts" / artifact_id
+
     def data_path(self, artifact_id: str) -> Path:
-        return self.root / "artifacts" / artifact_id / DATA_DIR
+        return self.artifact_dir(artifact_id) / DATA_DIR
 
     def find_by_recipe(self, recipe_key: str) -> dict[str, Any] | None:
         pointer = self.root / "recipes" / f"{recipe_key}.json"
-        if not pointer.exists():
-            return None
-        artifact_id = json.loads(pointer.read_text())["artifact_id"]
         try:
+            artifact_id = json.loads(pointer.read_text())["artifact_id"]
             return self.get(artifact_id)
-        except ArtifactError:
-            return None
+        except (OSError, ValueError, KeyError, ArtifactError):
+            return None  # no pointer, or one to an artifact that is gone: compute afresh
+
+    def check_reusable(self, manifest: dict[str, Any]) -> list[str]:
+        """Problems that forbid reusing an artifact (empty = reuse it); see integrity for the cost.
+
+        Files whose size and mtime match the stat record are trusted; the others are re-hashed, and
+        when they hash clean the record is refreshed so the next check is cheap again.
+        """
+        artifact_dir = self.artifact_dir(manifest["id"])
+        trusted = read_stat_record(artifact_dir / STAT_RECORD)
+        problems = file_problems(artifact_dir / DATA_DIR, manifest["files"], trusted)
+        problems += content_id_problems(manifest, artifact_dir / MANIFEST)
+        if not problems:
+            fresh = stat_record(artifact_dir / DATA_DIR, manifest["files"])
+            if fresh != trusted:
+                write_json_atomic(artifact_dir / STAT_RECORD, fresh)
+        return problems
+
+    def _problems_of(self, artifact_id: str) -> list[str]:
+        try:
+            return self.check_reusable(self.get(artifact_id))
+        except ArtifactError as err:
+            return [str(err)]
 
     def manifests(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Manifests of every published artifact (optionally of one kind), sorted by id."""
@@ -255,26 +310,8 @@ class ArtifactStore:
     def verify(self, artifact_id: str) -> list[str]:
         """Re-hash every file; return one problem per changed, missing or unexpected file (empty = intact)."""
         manifest = self.get(artifact_id)
-        root = self.data_path(artifact_id)
-        problems = []
-        recorded = {record["path"] for record in manifest["files"]}
-        for record in manifest["files"]:
-            path = root / record["path"]
-            if not path.is_file():
-                problems.append(f"missing file: {path}")
-            elif path.stat().st_size != record["size"] or sha256_file(path) != record["sha256"]:
-                problems.append(f"changed file: {path} (expected sha256 {record['sha256']})")
-        if root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                if path.relative_to(root).as_posix() not in recorded:
-                    problems.append(f"unexpected file: {path}")
-        inputs = [
-            (record["uri"], record["sha256"], record["size"]) for record in manifest.get("external_files", [])
-        ]
-        if content_id_of(manifest["files"], inputs) != manifest["content_id"]:
-            problems.append(
-                f"manifest: {self.root / 'artifacts' / artifact_id / MANIFEST} file list does not match its content_id"
-            )
+        problems = file_problems(self.data_path(artifact_id), manifest["files"])
+        problems += content_id_problems(manifest, self.artifact_dir(artifact_id) / MANIFEST)
         for record in manifest.get("external_files", []):
             if record["path"] is None:
                 continue
@@ -312,30 +349,3 @@ class ArtifactStore:
         path = self.run_dir(run_id) / "run.json"
         write_json_atomic(path, record)
         return path
-
-
-def format_lineage(
-    node: dict[str, Any], prefix: str = "", is_last: bool = True, is_root: bool = True
-) -> list[str]:
-    """Render a lineage tree as indented text lines."""
-    connector = "" if is_root else ("`-- " if is_last else "|-- ")
-    commit = node["code"].get("git_commit") or "unknown"
-    dirty = "+dirty" if node["code"].get("git_dirty") else ""
-    lines = [
-        f"{prefix}{connector}{node['id']}  [{node['stage']}]  {node['created_at']}  code {commit[:12]}{dirty}"
-    ]
-    child_prefix = prefix if is_root else prefix + ("    " if is_last else "|   ")
-    children: list[tuple[str, Any]] = [("input", item) for item in node["inputs"]]
-    children += [("artifact", parent) for parent in node["parents"]]
-    for index, (kind, child) in enumerate(children):
-        last = index == len(children) - 1
-        if kind == "input":
-            digest = (
-                f"sha256 {child['sha256'][:16]}  {child['size']} bytes"
-                if child["sha256"]
-                else "(remote dataset)"
-            )
-            lines.append(f"{child_prefix}{'`-- ' if last else '|-- '}{child['uri']}  {digest}")
-        else:
-            lines.extend(format_lineage(child, child_prefix, last, is_root=False))
-    return lines

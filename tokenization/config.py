@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.core.configbase import StrictModel
+from lmforge.core.configbase import StrictModel, operational
 from lmforge.tokenization.algorithms import TOKENIZER_ALGORITHMS
 
 
@@ -49,4 +49,4 @@ class ShardConfig(StrictModel):
     validation_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
     sequences_per_shard: int = Field(default=4096, ge=1)
     # Documents per Ray Data tokenize batch: large enough to amortise the call, small enough to stream.
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int = operational(256, ge=1)  # throughput only

@@ -85,9 +85,10 @@ def summary_rows(run_record: dict) -> list[tuple[str, str]]:
         )
     )
     rows.append(("pretrain final val loss", fmt(pre.get("final_val_loss"))))
+    precision, reason = pre.get("precision"), pre.get("precision_reason")
+    rows.append(("pretrain precision", f"{precision} ({reason})" if precision and reason else fmt(precision)))
     rows.append(("pretrain tokens/s", fmt(pre.get("tokens_per_second"))))
-    mfu = pre.get("mfu")
-    rows.append(("pretrain MFU", f"{mfu * 100:.3g}%" if isinstance(mfu, int | float) else NA))
+    rows += mfu_rows(pre)
     rows += finetune_rows(run_record)
     icl = stage_metrics(run_record, "eval/sst2_icl")
     shots = sorted((icl.get("shots") or {}).items(), key=lambda item: int(item[0]))
@@ -108,6 +109,20 @@ def summary_rows(run_record: dict) -> list[tuple[str, str]]:
     if mlm or "eval/mlm_accuracy" in (run_record.get("stages") or {}):
         rows.append(("MLM masked-token accuracy", fmt(mlm.get("accuracy"))))
         rows.append(("MLM masked-token loss", fmt(mlm.get("masked_loss"))))
+    return rows
+
+
+def mfu_rows(pre: dict) -> list[tuple[str, str]]:
+    """MFU named for its denominator: a matmul peak measured in the run, and a nominal one if known."""
+
+    def percent(value: Any) -> str:
+        return f"{value * 100:.3g}%" if isinstance(value, int | float) else NA
+
+    measured = pre.get("mfu_vs_measured_peak", pre.get("mfu"))
+    suspect = " (peak flagged as suspect)" if pre.get("peak_suspect") else ""
+    rows = [("pretrain MFU vs measured matmul peak", percent(measured) + suspect)]
+    if isinstance(pre.get("mfu_vs_nominal_peak"), int | float):
+        rows.append(("pretrain MFU vs nominal peak", percent(pre["mfu_vs_nominal_peak"])))
     return rows
 
 

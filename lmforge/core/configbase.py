@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 from lmforge.core.errors import ConfigError
 
@@ -19,6 +21,48 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+OPERATIONAL = "operational"
+
+
+def operational(default: Any, **constraints: Any) -> Any:
+    """A field that changes how a stage runs (logging cadence, checkpoint cadence, failure budget,
+    CPUs, batch sizes used only for throughput), never what it computes: left out of recipes."""
+    return Field(default, json_schema_extra={OPERATIONAL: True}, **constraints)
+
+
+def is_operational(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(OPERATIONAL))
+
+
+def identity_view(value: Any) -> Any:
+    """`value` as JSON-able data with every operational field of every nested config left out:
+    the part of a config that shapes a stage's output, which is what its recipe hashes."""
+    if isinstance(value, BaseModel):
+        fields = type(value).model_fields
+        return {
+            name: identity_view(getattr(value, name))
+            for name, field in fields.items()
+            if not is_operational(field)
+        }
+    if isinstance(value, dict):
+        return {key: identity_view(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [identity_view(item) for item in value]
+    return to_jsonable_python(value)
+
+
+def full_view(value: Any) -> Any:
+    """`value` as JSON-able data, operational fields included (what the manifest records)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {key: full_view(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [full_view(item) for item in value]
+    return to_jsonable_python(value)
 
 
 def load_config(cls: type[M], path: str | Path, overrides: Sequence[str] = ()) -> M:

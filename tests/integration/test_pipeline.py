@@ -45,6 +45,57 @@ def tiny_runs(tmp_path_factory, shared_data_dir, ray_runtime, prefect_harness):
     return store, first, second
 
 
+@pytest.fixture(scope="module")
+def tiny_fresh_store(tmp_path_factory, tiny_runs):
+    """The same config into a second, empty store: every stage is computed again from the raw data."""
+    store = tmp_path_factory.mktemp("tiny-again") / "store"
+    return store, run_flow(load_config(PipelineConfig, CONFIGS / "tiny.yaml"), store, "tiny-again")
+
+
+def assert_same_artifacts(first: dict, again: dict) -> None:
+    """Recomputed from scratch, every stage has the same artifact id (content and recipe) and metrics.
+
+    The report is left out: it describes one run (its id, timings and statuses).
+    """
+    stages = set(first["stages"]) - {"report"}
+    assert set(again["stages"]) - {"report"} == stages
+    for name in sorted(stages):
+        assert again["stages"][name]["status"] == "completed", name
+        assert again["stages"][name]["artifact_id"] == first["stages"][name]["artifact_id"], name
+
+
+def test_two_fresh_stores_give_identical_artifact_ids(tiny_runs, tiny_fresh_store):
+    _, first, _ = tiny_runs
+    _, again = tiny_fresh_store
+    assert_same_artifacts(first, again)
+    # Deterministic metrics agree exactly between the two independent computations.
+    for name in ("finetune/sst2/pretrained", "finetune/sst2/random"):
+        assert (
+            again["stages"][name]["metrics"]["dev_accuracy"]
+            == first["stages"][name]["metrics"]["dev_accuracy"]
+        )
+    assert (
+        again["stages"]["pretrain"]["metrics"]["final_val_loss"]
+        == first["stages"]["pretrain"]["metrics"]["final_val_loss"]
+    )
+
+
+def test_random_init_finetune_does_not_depend_on_pretrained_weights(tiny_runs, tmp_path):
+    """Pre-training longer changes the weights, not the architecture: the random-init baseline is reused."""
+    store, first, _ = tiny_runs
+    config = load_config(PipelineConfig, CONFIGS / "tiny.yaml", ["pretrain.max_steps=41"])
+    longer = run_flow(config, store, "tiny-longer")
+    stages = longer["stages"]
+    assert stages["pretrain"]["status"] == "completed"
+    assert stages["pretrain"]["artifact_id"] != first["stages"]["pretrain"]["artifact_id"]
+    assert stages["finetune/sst2/pretrained"]["status"] == "completed"
+    assert stages["finetune/sst2/random"]["status"] == "reused"
+    assert (
+        stages["finetune/sst2/random"]["artifact_id"]
+        == first["stages"]["finetune/sst2/random"]["artifact_id"]
+    )
+
+
 def test_run_json_complete(tiny_runs):
     store, first, _ = tiny_runs
     record = json.loads((store / "runs" / "tiny-first" / "run.json").read_text())
@@ -114,12 +165,30 @@ def test_lineage_reaches_raw_inputs(tiny_runs):
     assert any("sst2" in uri for uri in uris)
 
 
-def test_tiny_bert_pipeline_mlm_path(tmp_path, shared_data_dir, ray_runtime, prefect_harness, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_bert_runs(tmp_path_factory, shared_data_dir, ray_runtime, prefect_harness):
+    import os
+
+    os.environ["LMFORGE_DATA_DIR"] = str(shared_data_dir)
+    config = load_config(PipelineConfig, CONFIGS / "tiny-bert.yaml")
+    stores = [tmp_path_factory.mktemp(f"tiny-bert-{index}") / "store" for index in range(2)]
+    return [run_flow(config, store, f"tiny-bert-{index}") for index, store in enumerate(stores)]
+
+
+def test_tiny_bert_two_fresh_stores_give_identical_artifact_ids(tiny_bert_runs):
+    first, again = tiny_bert_runs
+    assert_same_artifacts(first, again)
+    for key in ("accuracy", "num_masked_tokens"):
+        assert (
+            again["stages"]["eval/mlm_accuracy"]["metrics"][key]
+            == first["stages"]["eval/mlm_accuracy"]["metrics"][key]
+        )
+
+
+def test_tiny_bert_pipeline_mlm_path(tiny_bert_runs):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
-    config = load_config(PipelineConfig, CONFIGS / "tiny-bert.yaml")
-    record = run_flow(config, tmp_path / "store", "tiny-bert")
+    record = tiny_bert_runs[0]
     expected = {"clean", "tokenizer", "shard", "pretrain", "finetune/sst2/pretrained", "finetune/sst2/random"}
     assert set(record["stages"]) == expected | {"eval/mlm_accuracy", "report"}
     accuracy = record["stages"]["eval/mlm_accuracy"]["metrics"]

@@ -63,3 +63,31 @@ def test_every_preset_validates(preset):
 
     config = load_config(PipelineConfig, CONFIGS / preset)
     assert config.name
+
+
+def test_gc_cli_dry_run_then_remove_prints_bytes(tmp_path, capsys):
+    import os
+    import time
+
+    store = tmp_path / "store"
+    orphan = store / "tmp" / "abc123"
+    orphan.mkdir(parents=True)
+    (orphan / "f.bin").write_bytes(b"x" * 2048)
+    then = time.time() - 3 * 3600
+    for path in (orphan, orphan / "f.bin"):
+        os.utime(path, (then, then))
+    assert main(["gc", "--older-than", "2h", "--dry-run", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "would remove tmp/abc123 (2048 bytes)" in out and orphan.exists()
+    assert main(["gc", "--older-than", "4h", "--store", str(store)]) == 0
+    assert "freed 0 bytes" in capsys.readouterr().out and orphan.exists()
+    assert main(["gc", "--older-than", "2h", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "removed tmp/abc123 (2048 bytes)" in out and "freed 2048 bytes (2.0 KiB)" in out
+    assert not orphan.exists()
+
+
+def test_gc_cli_bad_duration_exits_2(tmp_path, capsys):
+    assert main(["gc", "--older-than", "soon", "--store", str(tmp_path / "store")]) == 2
+    assert "soon" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()

@@ -11,8 +11,9 @@ import pytest
 
 from lmforge.app.cli import main
 from lmforge.core.errors import ArtifactError
+from lmforge.infra.lineage_text import format_lineage
 from lmforge.infra.stage_runner import StageRunner
-from lmforge.infra.store import ArtifactStore, ExternalFile, format_lineage, hash_external
+from lmforge.infra.store import ArtifactStore, ExternalFile, hash_external
 
 pytestmark = pytest.mark.unit
 
@@ -147,7 +148,9 @@ def test_stage_runner_reuses_then_recomputes_on_change_or_force(tmp_path):
         return {"value": 42}
 
     def run(runner, config):
-        return runner.run("stage", "thing", config=config, parents=[], packages=("infra",), compute=compute)
+        return runner.run(
+            "stage", "thing", config=config, parents=[], code=("lmforge.infra.store",), compute=compute
+        )
 
     first = run(StageRunner(store, "run-1"), {"a": 1})
     second = run(StageRunner(store, "run-2"), {"a": 1})
@@ -173,11 +176,13 @@ def test_children_follow_parent_content_not_parent_recipe(tmp_path):
         return compute
 
     def parent(runner, config, text):
-        return runner.run("parent", "p", config=config, parents=[], packages=("infra",), compute=make(text))
+        return runner.run(
+            "parent", "p", config=config, parents=[], code=("lmforge.infra.store",), compute=make(text)
+        )
 
     def child(runner, parent_id):
         return runner.run(
-            "child", "c", config={}, parents=[parent_id], packages=("infra",), compute=make("child")
+            "child", "c", config={}, parents=[parent_id], code=("lmforge.infra.store",), compute=make("child")
         )
 
     first_parent = parent(StageRunner(store, "r1"), {"v": 1}, "same bytes")
@@ -222,3 +227,66 @@ def test_telemetry_is_verified_but_not_part_of_the_content_id(tmp_path):
     assert store.verify(first["id"]) == []
     (store.data_path(first["id"]) / "telemetry" / "timings.json").write_text('{"seconds": 0}')
     assert any("changed file" in problem for problem in store.verify(first["id"]))
+
+
+def flip_byte_keeping_size(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_reuse_check_rehashes_only_files_whose_stat_changed(tmp_path, monkeypatch):
+    from lmforge.infra import integrity
+
+    store = ArtifactStore(tmp_path / "store")
+    manifest = publish_simple(store, b"abcdef")
+    hashed: list[Path] = []
+    real_sha256 = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda path: hashed.append(path) or real_sha256(path))
+    assert store.check_reusable(manifest) == [] and hashed == [], "unchanged files are trusted by stat"
+    target = store.data_path(manifest["id"]) / "b.txt"
+    os.utime(target, ns=(1, 1))  # same bytes, other mtime (a copied store): re-hashed once, then trusted
+    assert store.check_reusable(manifest) == [] and hashed == [target]
+    assert store.check_reusable(manifest) == [] and hashed == [target]
+    flip_byte_keeping_size(target)
+    assert any("changed file" in p and "b.txt" in p for p in store.check_reusable(manifest))
+    (store.root / "artifacts" / manifest["id"] / "filestat.json").unlink()
+    hashed.clear()
+    assert store.check_reusable(manifest) != [] and len(hashed) == 2, "no stat record: re-hash everything"
+
+
+def test_damaged_artifact_is_moved_aside_and_recomputed_under_the_same_id(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+
+    def compute(out: Path, work: Path):
+        (out / "result.txt").write_text("42")
+        return {}
+
+    def run(run_id):
+        return StageRunner(store, run_id).run(
+            "stage", "thing", config={}, parents=[], code=("lmforge.infra.store",), compute=compute
+        )
+
+    first = run("r1")
+    flip_byte_keeping_size(Path(first.path) / "result.txt")
+    second = run("r2")
+    assert second.status == "completed" and second.artifact_id == first.artifact_id
+    assert store.verify(second.artifact_id) == []
+    (moved,) = (store.root / "quarantine").iterdir()
+    assert moved.name.startswith(first.artifact_id)
+    assert (moved / "data" / "result.txt").read_text() != "42"
+    assert "changed file" in json.loads((moved / "quarantine.json").read_text())["problems"][0]
+    assert run("r3").status == "reused"
+
+
+def test_publishing_over_a_damaged_artifact_replaces_it_whole(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    first = publish_simple(store, b"same")
+    (store.data_path(first["id"]) / "b.txt").unlink()
+    second = publish_simple(store, b"same")
+    assert second["id"] == first["id"] and store.verify(first["id"]) == []
+    assert len(list((store.root / "quarantine").iterdir())) == 1
+    # An intact artifact is never replaced: publishing the same content again keeps the first record.
+    third = publish_simple(store, b"same")
+    assert third["created_at"] == second["created_at"]
+    assert len(list((store.root / "quarantine").iterdir())) == 1

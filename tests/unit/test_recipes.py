@@ -1,0 +1,102 @@
+"""Recipes are right both ways: what shapes an output is in its recipe, what does not is left out."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmforge.core.configbase import full_view, identity_view
+from lmforge.flows.steps import architecture_files
+from lmforge.infra.code_identity import code_identity, import_closure, normalized_source
+from lmforge.infra.stage_runner import StageRunner
+from lmforge.infra.store import ArtifactStore
+from lmforge.training import PretrainConfig
+
+pytestmark = pytest.mark.unit
+
+SOURCE = '''
+"""Module docstring."""
+import math
+
+
+def area(radius):
+    """Area of a circle."""
+    # the usual formula
+    return math.pi * radius ** 2
+'''
+
+
+def test_comments_docstrings_and_layout_do_not_count():
+    edited = SOURCE.replace("the usual formula", "pi r squared").replace("Area of a circle.", "Area.")
+    reformatted = edited.replace("radius ** 2", "radius**2").replace('"""Module docstring."""', "")
+    assert normalized_source(reformatted) == normalized_source(SOURCE)
+
+
+def test_a_changed_line_of_logic_counts():
+    assert normalized_source(SOURCE.replace("** 2", "** 3")) != normalized_source(SOURCE)
+    assert normalized_source(SOURCE.replace("math.pi", "3.14159")) != normalized_source(SOURCE)
+
+
+def test_import_closure_follows_lazy_imports_and_stays_in_its_lane():
+    modules, third_party = import_closure(("lmforge.training.launcher",))
+    assert "lmforge.training.loop" in modules  # imported inside the worker function
+    assert "lmforge.training.objectives" in modules
+    assert not any(name.startswith(("lmforge.app", "lmforge.flows", "lmforge.tasks")) for name in modules)
+    assert {"torch", "deepspeed", "ray"} <= third_party
+    tokenizer_modules, tokenizer_libs = import_closure(("lmforge.tokenization.train",))
+    assert "lmforge.training.loop" not in tokenizer_modules and "deepspeed" not in tokenizer_libs
+
+
+def test_code_identity_names_library_versions_that_matter():
+    import importlib.metadata
+
+    identity = code_identity(("lmforge.tokenization.train", "lmforge.flows.steps:tokenizer_step"))
+    assert identity["libraries"]["tokenizers"] == importlib.metadata.version("tokenizers")
+    assert "deepspeed" not in identity["libraries"]
+    assert identity["functions"] == ["lmforge.flows.steps:tokenizer_step"]
+    other_step = code_identity(("lmforge.tokenization.train", "lmforge.flows.steps:shard_step"))
+    assert other_step["source_sha256"] != identity["source_sha256"]
+
+
+def test_operational_fields_are_recorded_but_not_hashed():
+    config = PretrainConfig(log_every=3, checkpoint_every=7, max_failures=2, cpus_per_worker=2)
+    view = identity_view(config)
+    for name in ("log_every", "checkpoint_every", "max_failures", "cpus_per_worker"):
+        assert name not in view and name in full_view(config)
+    assert view["learning_rate"] == config.learning_rate and view["model"]["size"] == "debug"
+
+
+def run_stage(runner: StageRunner, config: PretrainConfig, calls: list[str]):
+    def compute(out, _work):
+        calls.append(runner.run_id)
+        (out / "weights.txt").write_text(str(config.learning_rate))
+        return {}
+
+    return runner.run(
+        "pretrain", "model", config=config, parents=[], code=("lmforge.training.config",), compute=compute
+    )
+
+
+def test_reuse_ignores_operational_edits_and_recomputes_on_shaping_ones(tmp_path):
+    store = ArtifactStore(tmp_path / "store")
+    calls: list[str] = []
+    first = run_stage(StageRunner(store, "a"), PretrainConfig(), calls)
+    cadence = run_stage(StageRunner(store, "b"), PretrainConfig(log_every=1, checkpoint_every=5), calls)
+    rate = run_stage(StageRunner(store, "c"), PretrainConfig(learning_rate=5e-4), calls)
+    assert calls == ["a", "c"]
+    assert cadence.status == "reused" and cadence.artifact_id == first.artifact_id
+    assert rate.status == "completed" and rate.artifact_id != first.artifact_id
+    # The manifest records the full config the artifact was made with, operational fields included.
+    assert store.get(first.artifact_id)["config"]["log_every"] == PretrainConfig().log_every
+
+
+def test_random_init_recipe_sees_architecture_not_weights():
+    manifest = {
+        "files": [
+            {"path": "hf/config.json", "sha256": "c"},
+            {"path": "hf/tokenizer.json", "sha256": "t"},
+            {"path": "hf/model.safetensors", "sha256": "w"},
+            {"path": "hf/lmforge_pretrain.json", "sha256": "steps"},
+            {"path": "deepspeed/latest", "sha256": "d"},
+        ]
+    }
+    assert architecture_files(manifest) == {"hf/config.json": "c", "hf/tokenizer.json": "t"}
