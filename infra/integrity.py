@@ -1,11 +1,10 @@
-"""Checking an artifact's files against its manifest: in full (re-hash) or before reuse (stat record).
+"""Checking an artifact's files against its manifest: in full (sha256) or before reuse (fast hash).
 
-Reuse trusts a file whose size and modification time (ns) still equal what was recorded when it was
-hashed, and re-hashes only the others. Why not re-hash on every reuse: sha256 reads ~1 GB/s per core,
-every pipeline run reuses up to eight artifacts, and a model artifact is gigabytes, so each run
-would spend minutes reading what it does not need; a stat() costs microseconds. A file rewritten
-in place gets a new mtime (and usually a new size) and is re-hashed. What the stat check cannot see
-(bit rot, or an edit that restores the old mtime) `lmforge verify` finds, which always re-hashes.
+Before reuse every file is read and checked against its size and a fast hash (xxh3-64) recorded at
+publish. Why not sha256: it reads ~1 GB/s per core and every run reuses up to eight artifacts, some
+of them gigabytes; xxh3 runs at memory speed, so the check costs about what reading the files costs,
+and unlike a size + mtime check it sees bit rot and edits that keep the old timestamp. It is not a
+defence against someone forging a file: `lmforge verify` re-hashes with sha256 against the manifest.
 """
 
 from __future__ import annotations
@@ -14,12 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
+from lmforge.core.errors import ArtifactError
 from lmforge.infra.lineage import sha256_file, sha256_json
 
-# Beside manifest.json, outside data/: a cache of (size, mtime_ns) per file, not part of the record;
-# rewritten when a store copied without its timestamps re-hashes clean.
-STAT_RECORD = "filestat.json"
-FileStats = dict[str, list[int]]
+# Beside manifest.json, outside data/: size and xxh3-64 per file, taken when the files were hashed.
+FAST_HASH_RECORD = "fasthash.json"
+FastHashes = dict[str, list[Any]]  # path -> [size, xxh3-64 hex]
 
 # Files below data/telemetry/ describe how an artifact was made (wall-clock times, tokens/s, MFU,
 # TensorBoard event files), not what it is: they are verified like every file but left out of the
@@ -55,22 +56,25 @@ def content_id_of(files: list[dict[str, Any]], inputs: list[tuple[Any, Any, Any]
     return sha256_json({"files": identity, "inputs": inputs})
 
 
-def file_stat(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
+def fast_hash(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def stat_record(data_dir: Path, files: list[dict[str, Any]]) -> FileStats:
-    """(size, mtime_ns) of every recorded file, taken right after the files were hashed."""
-    return {record["path"]: file_stat(data_dir / record["path"]) for record in files}
+def fast_hash_record(data_dir: Path, files: list[dict[str, Any]]) -> FastHashes:
+    """[size, xxh3-64] of every recorded file, taken right after the files were hashed."""
+    return {record["path"]: [record["size"], fast_hash(data_dir / record["path"])] for record in files}
 
 
-def read_stat_record(path: Path) -> FileStats:
-    """The stat record at `path`; empty when missing or unreadable, so that every file is re-hashed."""
+def read_fast_hashes(path: Path) -> FastHashes:
+    """The record at `path`; empty when missing or unreadable, so that every file is checked by sha256."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}  # published before stat records existed, or damaged
+        return {}  # published before fast hashes existed, or damaged
     return value if isinstance(value, dict) else {}
 
 
@@ -84,10 +88,11 @@ def content_id_problems(manifest: dict[str, Any], manifest_path: Path) -> list[s
     return [f"manifest: {manifest_path} file list does not match its content_id"]
 
 
-def file_problems(data_dir: Path, files: list[dict[str, Any]], trusted: FileStats | None = None) -> list[str]:
+def file_problems(data_dir: Path, files: list[dict[str, Any]], fast: FastHashes | None = None) -> list[str]:
     """One problem per missing, changed or unexpected file below `data_dir`.
 
-    A file whose (size, mtime_ns) equals its entry in `trusted` is not read; `trusted=None` re-hashes all.
+    A file with an entry in `fast` is checked by size and xxh3-64, the others by size and sha256
+    (`fast=None`: every file by sha256, as `lmforge verify` does).
     """
     problems = []
     for record in files:
@@ -95,10 +100,12 @@ def file_problems(data_dir: Path, files: list[dict[str, Any]], trusted: FileStat
         if not path.is_file():
             problems.append(f"missing file: {path}")
             continue
-        stat = file_stat(path)
-        if trusted is not None and trusted.get(record["path"]) == stat and stat[0] == record["size"]:
-            continue
-        if stat[0] != record["size"] or sha256_file(path) != record["sha256"]:
+        size, expected_fast = (fast or {}).get(record["path"], [record["size"], None])
+        if path.stat().st_size != record["size"] or size != record["size"]:
+            problems.append(f"changed file: {path} (expected {record['size']} bytes)")
+        elif expected_fast is not None and fast_hash(path) != expected_fast:
+            problems.append(f"changed file: {path} (expected xxh3 {expected_fast})")
+        elif expected_fast is None and sha256_file(path) != record["sha256"]:
             problems.append(f"changed file: {path} (expected sha256 {record['sha256']})")
     return problems + unexpected_files(data_dir, files)
 
@@ -113,3 +120,15 @@ def unexpected_files(data_dir: Path, files: list[dict[str, Any]]) -> list[str]:
         for path in sorted(p for p in data_dir.rglob("*") if p.is_file())
         if path.relative_to(data_dir).as_posix() not in recorded
     ]
+
+
+# Domain packages read artifact files through this module, not the store: a stage's code identity
+# (infra.code_identity) then does not change with the store's locking or garbage collection.
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file an artifact holds; ArtifactError naming the file (and `what` it should be)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} does not exist; is {Path(path).parent} {what}?") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from None

@@ -3,7 +3,7 @@
 Layout under the store root:
 
     artifacts/<artifact_id>/manifest.json   the record (written last: no manifest, no artifact)
-    artifacts/<artifact_id>/filestat.json   (size, mtime) per file when hashed: the cheap pre-reuse check
+    artifacts/<artifact_id>/fasthash.json   size + xxh3-64 per file when hashed: the pre-reuse check
     artifacts/<artifact_id>/data/...        the artifact's files
     artifacts/<artifact_id>/data/telemetry/ how the run went (timings, throughput, event files):
                                             hashed and verified, but not part of the content id
@@ -37,15 +37,16 @@ from typing import Any
 from lmforge.core.errors import ArtifactError
 from lmforge.core.logs import get_logger
 from lmforge.infra.integrity import (
-    STAT_RECORD,
+    FAST_HASH_RECORD,
     content_id_of,
     content_id_problems,
+    fast_hash_record,
     file_problems,
     hash_tree,
-    read_stat_record,
-    stat_record,
+    read_fast_hashes,
 )
-from lmforge.infra.integrity import TELEMETRY_DIR as TELEMETRY_DIR  # re-exported: tasks name it from here
+from lmforge.infra.integrity import TELEMETRY_DIR as TELEMETRY_DIR  # noqa: F401  (re-exported)
+from lmforge.infra.integrity import read_json as read_json  # noqa: F401  (re-exported)
 from lmforge.infra.lineage import code_version, environment, sha256_file, sha256_json
 from lmforge.infra.locks import LOCKS_DIR, StoreLock
 
@@ -92,16 +93,6 @@ def default_store_root() -> Path:
 
 def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file an artifact holds; ArtifactError naming the file (and `what` it should be)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist; is {Path(path).parent} {what}?") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from None
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -202,7 +193,7 @@ class ArtifactStore:
             "external_files": external,
             "extra": extra or {},
         }
-        write_json_atomic(staged / STAT_RECORD, stat_record(data_dir, files))
+        write_json_atomic(staged / FAST_HASH_RECORD, fast_hash_record(data_dir, files))
         write_json_atomic(staged / MANIFEST, manifest)
         self._move_into_place(staged, artifact_id)
         # Same content from the same recipe may already have been stored: its record is kept.
@@ -279,17 +270,17 @@ class ArtifactStore:
     def check_reusable(self, manifest: dict[str, Any]) -> list[str]:
         """Problems that forbid reusing an artifact (empty = reuse it); see integrity for the cost.
 
-        Files whose size and mtime match the stat record are trusted; the others are re-hashed, and
-        when they hash clean the record is refreshed so the next check is cheap again.
+        Every file is read: by size and xxh3-64 where the fast-hash record has it, else by sha256
+        (and the record is then written, so the next check is fast).
         """
         artifact_dir = self.artifact_dir(manifest["id"])
-        trusted = read_stat_record(artifact_dir / STAT_RECORD)
-        problems = file_problems(artifact_dir / DATA_DIR, manifest["files"], trusted)
+        fast = read_fast_hashes(artifact_dir / FAST_HASH_RECORD)
+        problems = file_problems(artifact_dir / DATA_DIR, manifest["files"], fast)
         problems += content_id_problems(manifest, artifact_dir / MANIFEST)
-        if not problems:
-            fresh = stat_record(artifact_dir / DATA_DIR, manifest["files"])
-            if fresh != trusted:
-                write_json_atomic(artifact_dir / STAT_RECORD, fresh)
+        if not problems and any(record["path"] not in fast for record in manifest["files"]):
+            write_json_atomic(
+                artifact_dir / FAST_HASH_RECORD, fast_hash_record(artifact_dir / DATA_DIR, manifest["files"])
+            )
         return problems
 
     def _problems_of(self, artifact_id: str) -> list[str]:

@@ -11,8 +11,8 @@ import numpy as np
 
 from lmforge.core.errors import ArtifactError, ConfigError, DataError
 from lmforge.core.logs import get_logger
+from lmforge.infra.integrity import read_json
 from lmforge.infra.lineage import sha256_file
-from lmforge.infra.store import read_json
 from lmforge.tokenization.config import ShardConfig
 from lmforge.tokenization.corpus_files import list_corpus_files
 from lmforge.tokenization.packing import PACKINGS, missing_specials

@@ -235,24 +235,25 @@ def flip_byte_keeping_size(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_reuse_check_rehashes_only_files_whose_stat_changed(tmp_path, monkeypatch):
+def test_reuse_check_reads_every_file_by_fast_hash_and_sees_what_mtime_hides(tmp_path, monkeypatch):
     from lmforge.infra import integrity
 
     store = ArtifactStore(tmp_path / "store")
     manifest = publish_simple(store, b"abcdef")
-    hashed: list[Path] = []
+    slow: list[Path] = []
     real_sha256 = integrity.sha256_file
-    monkeypatch.setattr(integrity, "sha256_file", lambda path: hashed.append(path) or real_sha256(path))
-    assert store.check_reusable(manifest) == [] and hashed == [], "unchanged files are trusted by stat"
+    monkeypatch.setattr(integrity, "sha256_file", lambda path: slow.append(path) or real_sha256(path))
+    assert store.check_reusable(manifest) == [] and slow == [], "checked by xxh3, not sha256"
     target = store.data_path(manifest["id"]) / "b.txt"
-    os.utime(target, ns=(1, 1))  # same bytes, other mtime (a copied store): re-hashed once, then trusted
-    assert store.check_reusable(manifest) == [] and hashed == [target]
-    assert store.check_reusable(manifest) == [] and hashed == [target]
+    before = target.stat()
     flip_byte_keeping_size(target)
-    assert any("changed file" in p and "b.txt" in p for p in store.check_reusable(manifest))
-    (store.root / "artifacts" / manifest["id"] / "filestat.json").unlink()
-    hashed.clear()
-    assert store.check_reusable(manifest) != [] and len(hashed) == 2, "no stat record: re-hash everything"
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime, other bytes
+    assert any("changed file" in p and "b.txt" in p and "xxh3" in p for p in store.check_reusable(manifest))
+    flip_byte_keeping_size(target)  # restored
+    (store.root / "artifacts" / manifest["id"] / "fasthash.json").unlink()
+    assert store.check_reusable(manifest) == [] and len(slow) == 2, "no fast hashes: sha256 every file"
+    slow.clear()
+    assert store.check_reusable(manifest) == [] and slow == [], "the record was written again"
 
 
 def test_damaged_artifact_is_moved_aside_and_recomputed_under_the_same_id(tmp_path):
