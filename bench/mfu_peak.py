@@ -5,7 +5,9 @@
 
 SHARDS_DIR / TOKENIZER_DIR are outputs of the shard and tokenizer stages (clm packing for clm); without
 them, data is built from a few enwiki files. Prints one JSON object per size; start-up is split into
-Ray (call to worker code) and DeepSpeed (worker code to first step, minus the fixed peak benchmark).
+Ray (call to worker code) and DeepSpeed (worker code to first step, minus the fixed peak benchmark),
+read from the run's telemetry/speed.jsonl. `--precision auto` (default) trains in bf16 only where the
+hardware has it natively.
 For ours-vs-baseline numbers use bench/pretrain_throughput.py.
 """
 
@@ -21,6 +23,7 @@ import common
 
 from lmforge.infra.ray_runtime import ensure_ray
 from lmforge.training import ModelConfig, PretrainConfig, pretrain
+from lmforge.training.artifact import SPEED_FILE
 
 
 def measure(args: argparse.Namespace, size: str, work: Path) -> dict:
@@ -40,16 +43,21 @@ def measure(args: argparse.Namespace, size: str, work: Path) -> dict:
     called = time.time()
     summary = pretrain(config, args.shards, args.tokenizer, work / size, seed=0)
     wall = time.time() - called
-    start = [json.loads(line) for line in (work / size / "metrics.jsonl").read_text().splitlines()][0]
+    telemetry = [json.loads(line) for line in (work / size / SPEED_FILE).read_text().splitlines()]
+    start = next(record for record in telemetry if record["event"] == "start")
     curve = summary["loss_curve"]
     return {
         "size": size,
+        "precision": summary["precision"],
+        "precision_reason": summary["precision_reason"],
         "num_parameters": summary["num_parameters"],
         "flops_per_token": summary["flops_per_token"],
         "tokens_per_second": round(summary["tokens_per_second"]),
-        "mfu": round(summary["mfu"], 4),
+        "mfu_vs_measured_peak": round(summary["mfu_vs_measured_peak"], 4),
+        "mfu_vs_nominal_peak": summary["mfu_vs_nominal_peak"],
         "peak_flops_per_second": summary["peak_flops_per_second"],
         "peak_flops_per_worker": summary["peak_flops_per_worker"],
+        "peak_suspect": summary["peak_suspect"],
         "train_seconds": round(summary["train_seconds"], 2),
         "pretrain_wall_seconds": round(wall, 1),
         "ray_startup_seconds": round(start["worker_start_time"] - called, 1),
@@ -71,7 +79,7 @@ def main() -> None:
     parser.add_argument("--objective", default="clm")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--zero-stage", type=int, default=1)
-    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--micro-batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()

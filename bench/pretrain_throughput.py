@@ -24,6 +24,7 @@ import common
 import torch
 
 from lmforge.training import ModelConfig, PretrainConfig, get_objective, pretrain
+from lmforge.training.artifact import METRICS_FILE, SPEED_FILE
 from lmforge.training.data import TrainStream, load_split
 from lmforge.training.deepspeed_setup import parameter_groups
 from lmforge.training.flops import measure_matmul_peak, model_flops_per_token
@@ -35,13 +36,18 @@ def run_ours(config: PretrainConfig, shards: Path, tokenizer: Path, work: Path) 
     called = time.time()
     summary = pretrain(config, shards, tokenizer, work / "out", seed=0, work_dir=work / "ray")
     wall = time.time() - called
-    events = [json.loads(line) for line in (work / "out" / "metrics.jsonl").read_text().splitlines()]
-    start = next(event for event in events if event["event"] == "start")
-    train_events = [event for event in events if event["event"] == "train"]
-    first, last = train_events[0], train_events[-1]  # step 1 and step N (log_every = N)
+
+    def events(name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in (work / "out" / name).read_text().splitlines() if line.strip()]
+
+    speed = events(SPEED_FILE)
+    start = next(event for event in speed if event["event"] == "start")
+    intervals = [event for event in speed if event["event"] == "speed"]
+    first, last = intervals[0], intervals[-1]  # step 1 and step N (log_every = N)
     tokens_per_second = (last["num_tokens"] - first["num_tokens"]) / (
         last["train_seconds"] - first["train_seconds"]
     )
+    losses = {event["step"]: event["loss"] for event in events(METRICS_FILE) if event["event"] == "train"}
     return {
         "tokens_per_second": tokens_per_second,
         "flops_per_token": summary["flops_per_token"],
@@ -50,8 +56,9 @@ def run_ours(config: PretrainConfig, shards: Path, tokenizer: Path, work: Path) 
         "ray_startup_seconds": start["worker_start_time"] - called,
         "deepspeed_setup_seconds": start["ready_time"] - start["worker_start_time"] - start["peak_seconds"],
         "wall_seconds": wall,
-        "loss_step1": first["loss"],
-        "loss_final": last["loss"],  # mean over steps 2..N, over ranks
+        "precision": summary["precision"],
+        "loss_step1": losses[1],
+        "loss_final": sum(losses[step] for step in range(2, last["step"] + 1)) / (last["step"] - 1),
     }
 
 
@@ -70,7 +77,8 @@ def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     stream = TrainStream(len(train), 0, 1, config.micro_batch_size * num_workers, inputs.seed)
     startup_seconds = time.perf_counter() - started
-    peak = measure_matmul_peak(torch.bfloat16, 2.0)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[inputs.precision]
+    peak = measure_matmul_peak(dtype, 2.0)
     generator = torch.Generator().manual_seed(inputs.seed)  # unused by clm; masks for mlm
     model.train()
     losses, step_seconds = [], []
@@ -80,7 +88,7 @@ def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str
         batch = objective.prepare_batch(
             train[torch.from_numpy(indices)], inputs.special_ids, inputs.vocab_size, config.masking, generator
         )
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inputs.precision == "bf16"):
             loss_sum, count = objective.loss_sum(model, batch)
         loss = loss_sum / count.clamp(min=1)
         loss.backward()
@@ -108,7 +116,7 @@ def measure_size(args: argparse.Namespace, size: str, shards: Path, tokenizer: P
         model=ModelConfig(size=size),
         num_workers=args.workers,
         zero_stage=1,
-        precision="bf16",
+        precision=args.precision,
         micro_batch_size=args.micro_batch_size,
         learning_rate=1e-3,
         warmup_steps=min(10, args.steps),
@@ -152,6 +160,9 @@ def main() -> None:
     )
     parser.add_argument("--sizes", nargs="+", default=["small"])
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument(
+        "--precision", choices=["auto", "bf16", "fp32"], default="auto", help="as pretrain.precision"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--micro-batch-size", type=int, default=8, help="per worker, as in configs/demo.yaml")

@@ -97,15 +97,24 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
     # keeps an MLM-only edit from retraining a causal model.
     uses_masking = "mask" in training.get_objective(cfg.objective).required_special
     shaping = cfg if uses_masking else cfg.model_copy(update={"masking": training.MaskingConfig()})
+    # "auto" names a choice, not a precision: the recipe holds what the workers' hardware resolves
+    # it to, so a store shared by machines of both CPU kinds never hands a bf16 model to an fp32 one.
+    precision = training.worker_precision(cfg)
     return ctx.runner.run(
         "pretrain",
         "model",
-        config=shaping,
+        config={"pretrain": shaping, "resolved_precision": precision.precision},
         parents=[shards.artifact_id, tokenizer.artifact_id],
         code=own_code("pretrain_step", "lmforge.training.launcher"),
         seed=ctx.config.seed,
         compute=lambda out, work: training.pretrain(
-            cfg, Path(shards.path), Path(tokenizer.path), out, ctx.config.seed, work_dir=work
+            cfg,
+            Path(shards.path),
+            Path(tokenizer.path),
+            out,
+            ctx.config.seed,
+            work_dir=work,
+            precision=precision,
         ),
     )
 

@@ -1,7 +1,7 @@
 """Pre-training: model builders, objectives (clm, mlm), DeepSpeed setup, loop, Ray Train launcher, MFU."""
 
 from lmforge.training.config import MaskingConfig, ModelConfig, PretrainConfig
-from lmforge.training.launcher import pretrain
+from lmforge.training.launcher import pretrain, worker_precision
 from lmforge.training.masking import mask_tokens
 from lmforge.training.objectives import OBJECTIVES, build_model, get_objective
 
@@ -14,4 +14,5 @@ __all__ = [
     "get_objective",
     "mask_tokens",
     "pretrain",
+    "worker_precision",
 ]

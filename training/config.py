@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.core.configbase import StrictModel
+from lmforge.core.configbase import StrictModel, operational
 
 ModelSize = Literal["debug", "tiny", "small", "custom"]
 
@@ -85,9 +85,10 @@ class PretrainConfig(StrictModel):
     num_workers: int = Field(default=2, ge=1)
     # "auto": use CUDA when the Ray cluster reports GPUs.
     use_gpu: Literal["auto"] | bool = "auto"
-    cpus_per_worker: int = Field(default=1, ge=1)
+    cpus_per_worker: int = operational(1, ge=1)
     zero_stage: int = Field(default=1, ge=0, le=3)
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # "auto": bf16 where the workers' hardware computes it natively, else fp32 (training/precision.py).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     micro_batch_size: int = Field(default=16, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0.0)
@@ -98,12 +99,14 @@ class PretrainConfig(StrictModel):
     lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     gradient_clipping: float = Field(default=1.0, ge=0.0)
-    log_every: int = Field(default=10, ge=1)
+    log_every: int = operational(10, ge=1)
     eval_every: int = Field(default=50, ge=1)
     # None evaluates the whole validation split; otherwise at most this many micro-batches per worker.
     eval_batches: int | None = Field(default=None, ge=1)
-    checkpoint_every: int | None = Field(default=None, ge=1)
-    max_failures: int = Field(default=0, ge=-1)
+    checkpoint_every: int | None = operational(None, ge=1)
+    max_failures: int = operational(0, ge=-1)
+    # Metric sinks by registered name (training/callbacks.py LOGGERS); W&B or MLflow register beside them.
+    loggers: tuple[str, ...] = operational(("tensorboard",))
 
     @field_validator("objective")
     @classmethod
@@ -114,6 +117,16 @@ class PretrainConfig(StrictModel):
         if name not in OBJECTIVES:
             raise ValueError(OBJECTIVES.unknown_message(name))
         return name
+
+    @field_validator("loggers")
+    @classmethod
+    def _known_loggers(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from lmforge.training.callbacks import LOGGERS
+
+        for name in names:
+            if name not in LOGGERS:
+                raise ValueError(f"loggers: {LOGGERS.unknown_message(name)}")
+        return names
 
     @field_validator("adam_betas")
     @classmethod

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lmforge.core.errors import ArtifactError
+from lmforge.training.artifact import EXPORT_META_FILE
 from lmforge.training.config import PretrainConfig
 from lmforge.training.schedule import lr_lambda
 
@@ -22,8 +23,9 @@ MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "py
 CHECKPOINT_TAG = "latest-step"
 
 
-def deepspeed_config(config: PretrainConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config for `config` on `world_size` data-parallel ranks."""
+def deepspeed_config(config: PretrainConfig, world_size: int, precision: str) -> dict[str, Any]:
+    """The DeepSpeed JSON config for `config` on `world_size` data-parallel ranks in the resolved `precision`."""
+    assert precision in ("fp32", "bf16", "fp16"), f"unresolved precision {precision!r}"
     ds_config: dict[str, Any] = {
         "train_batch_size": config.micro_batch_size * config.gradient_accumulation_steps * world_size,
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
@@ -32,8 +34,8 @@ def deepspeed_config(config: PretrainConfig, world_size: int) -> dict[str, Any]:
         "zero_optimization": {"stage": config.zero_stage},
         # We pass a torch AdamW: DeepSpeed's own "AdamW" JIT-builds FusedAdam on CPU (~40 s).
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": config.precision == "bf16"},
-        "fp16": {"enabled": config.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         # Our loop logs; DeepSpeed's own step prints would interleave with it.
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -51,7 +53,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def initialize(model: nn.Module, config: PretrainConfig, world_size: int):
+def initialize(model: nn.Module, config: PretrainConfig, world_size: int, precision: str):
     """Wrap `model` in a DeepSpeed engine with a client AdamW and warmup + decay LambdaLR."""
     import deepspeed
 
@@ -65,7 +67,7 @@ def initialize(model: nn.Module, config: PretrainConfig, world_size: int):
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(config, world_size),
+        config=deepspeed_config(config, world_size, precision),
         dist_init_required=False,
     )
     return engine, optimizer, scheduler
@@ -116,4 +118,4 @@ def export_hf(
     for source in sorted(Path(tokenizer_dir).iterdir()):
         if source.is_file() and source.name not in MODEL_FILES:
             shutil.copy2(source, hf_dir / source.name)
-    (hf_dir / "lmforge_pretrain.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    (hf_dir / EXPORT_META_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")

@@ -1,8 +1,10 @@
-"""Model FLOPs per token (PaLM-style 6N + attention) and a measured matmul peak for MFU."""
+"""Model FLOPs per token (PaLM-style 6N + attention), a measured matmul peak and nominal GPU peaks for MFU."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -62,8 +64,9 @@ def _matmul_flops_per_second(
     dtype: torch.dtype, seconds: float, device: torch.device, size: int | None
 ) -> float:
     size = size or (8192 if device.type == "cuda" else 1024)
-    left = torch.randn(size, size, device=device).to(dtype)
-    right = torch.randn(size, size, device=device).to(dtype)
+    # A private generator: the global one drives dropout, and a re-measured peak must not shift it.
+    generator = torch.Generator().manual_seed(0)
+    left, right = (torch.randn(size, size, generator=generator).to(device, dtype) for _ in range(2))
     for _ in range(2):  # warm-up: kernel selection, caches
         torch.matmul(left, right)
     _synchronize(device)
@@ -83,3 +86,51 @@ def _matmul_flops_per_second(
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# A measured peak below these is not the hardware's: another process held the cores, or the dtype is
+# emulated. CPU, per thread: any x86-64 core since AVX (2011) retires >= 8 fp32 FLOP/cycle at >= 2 GHz
+# (16 GFLOP/s; ~90 GFLOP/s seen on AVX2 Zen 3), so 1 GFLOP/s leaves 16x room for an old, busy core and
+# still catches emulated bf16 (0.7 GFLOP/s seen on AVX2-only Zen 3). CUDA, per GPU: every GPU current
+# PyTorch supports does > 5 TFLOP/s fp32, so 1 TFLOP/s catches a shared or throttled device.
+MIN_PLAUSIBLE_PEAK = {"cpu": 1e9, "cuda": 1e12}
+
+
+def plausible_peak_floor(device: torch.device) -> float:
+    """The lowest believable matmul FLOP/s for this process on `device` (CPU: per torch thread)."""
+    if device.type == "cuda":
+        return MIN_PLAUSIBLE_PEAK["cuda"]
+    return MIN_PLAUSIBLE_PEAK["cpu"] * torch.get_num_threads()
+
+
+def checked_peak(measure: Callable[[], float], floor: float) -> tuple[float, bool]:
+    """`measure()`, measured once more if below `floor`; returns (best peak, still below floor)."""
+    peak = measure()
+    if peak < floor:
+        peak = max(peak, measure())
+    return peak, peak < floor
+
+
+# Dense (no sparsity) datasheet peaks in FLOP/s per GPU. fp32 is the non-tensor-core rate: PyTorch
+# leaves TF32 matmuls off by default. Matched on whole name tokens, first match wins, so the more
+# specific names come first ("H100 PCIe" before "H100").
+NOMINAL_GPU_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51.2e12}),
+    ("H100 NVL", {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12}),
+    ("H100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
+    ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
+    ("A100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
+    ("L40S", {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12}),
+    ("L4", {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12}),
+    ("V100", {"fp16": 125e12, "fp32": 15.7e12}),
+    ("T4", {"fp16": 65e12, "fp32": 8.1e12}),
+)
+
+
+def nominal_peak(device_name: str, precision: str) -> float | None:
+    """Datasheet peak of a GPU named `device_name` in `precision`, None when not in the table (CPUs)."""
+    tokens = set(re.findall(r"[A-Za-z0-9]+", device_name))
+    for key, peaks in NOMINAL_GPU_PEAKS:
+        if set(key.split()) <= tokens:
+            return peaks.get(precision)
+    return None

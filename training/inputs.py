@@ -1,4 +1,4 @@
-"""Driver-side resolution of pretrain inputs: tokenizer meta, shard manifest, their agreement."""
+"""Driver-side resolution of pretrain inputs: tokenizer meta, shard manifest, their agreement, precision."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.core.errors import ArtifactError, ConfigError
+from lmforge.core.logs import get_logger
 from lmforge.training.config import PretrainConfig
 from lmforge.training.data import MANIFEST, read_manifest
 from lmforge.training.objectives import get_objective
+from lmforge.training.precision import DeviceProber, ResolvedPrecision, probe_device, resolve_precision
+
+log = get_logger(__name__)
 
 SPECIAL_NAMES = ("pad", "eos", "bos", "unk", "cls", "sep", "mask")
 
@@ -23,7 +27,12 @@ class LoopInputs:
     seed: int
     vocab_size: int
     seq_len: int
+    # The precision the workers train in ("auto" resolved for their hardware) and why.
+    precision: str
+    precision_reason: str
     special_ids: dict[str, int] = field(default_factory=dict)
+    # Where rank 0 writes TensorBoard event files while training (None: a temporary folder).
+    tensorboard_dir: str | None = None
 
 
 def tokenizer_info(tokenizer_dir: Path) -> tuple[int, dict[str, int]]:
@@ -57,8 +66,21 @@ def tokenizer_info(tokenizer_dir: Path) -> tuple[int, dict[str, int]]:
     return vocab_size, special_ids
 
 
-def resolve_inputs(config: PretrainConfig, shards_dir: Path, tokenizer_dir: Path, seed: int) -> LoopInputs:
-    """Check that shards and tokenizer fit the objective before any worker starts."""
+def resolve_inputs(
+    config: PretrainConfig,
+    shards_dir: Path,
+    tokenizer_dir: Path,
+    seed: int,
+    probe: DeviceProber | None = None,
+    tensorboard_dir: Path | None = None,
+    precision: ResolvedPrecision | None = None,
+) -> LoopInputs:
+    """Check that shards and tokenizer fit the objective, and resolve the precision, before any worker starts.
+
+    `probe` inspects the workers' device (the launcher runs it as a Ray task with the workers'
+    resources); by default this process's CPU is probed. `precision`, when the caller has resolved
+    it already (the flow does, to put it in the stage's recipe), skips the probe.
+    """
     manifest = read_manifest(Path(shards_dir))
     objective = get_objective(config.objective)
     if manifest["packing"] != objective.packing:
@@ -77,6 +99,7 @@ def resolve_inputs(config: PretrainConfig, shards_dir: Path, tokenizer_dir: Path
             f"objective {config.objective!r} needs special tokens {missing_special}; "
             f"tokenizer {tokenizer_dir} defines {sorted(special_ids)}"
         )
+    resolved = precision or choose_precision(config, probe or (lambda measure: probe_device("cpu", measure)))
     return LoopInputs(
         config=config,
         shards_dir=str(Path(shards_dir).resolve()),
@@ -84,5 +107,18 @@ def resolve_inputs(config: PretrainConfig, shards_dir: Path, tokenizer_dir: Path
         seed=seed,
         vocab_size=vocab_size,
         seq_len=manifest["seq_len"],
+        precision=resolved.precision,
+        precision_reason=resolved.reason,
         special_ids=special_ids,
+        tensorboard_dir=str(tensorboard_dir) if tensorboard_dir else None,
     )
+
+
+def choose_precision(config: PretrainConfig, probe: DeviceProber) -> ResolvedPrecision:
+    """Probe the workers' device and resolve `config.precision` for it; logs the choice and why."""
+    # Timing bf16 against fp32 confirms the CPU flags (auto) or says what an explicit bf16 costs.
+    resolved = resolve_precision(config.precision, probe(config.precision in ("bf16", "auto")))
+    log.info("training precision %s (%s)", resolved.precision, resolved.reason)
+    if resolved.warning:
+        log.warning("%s", resolved.warning)
+    return resolved

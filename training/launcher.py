@@ -15,14 +15,15 @@ import torch
 
 from lmforge.core.errors import ArtifactError
 from lmforge.core.logs import ROOT_LOGGER, get_logger
+from lmforge.training.artifact import OUTPUT_ITEMS, SUMMARY_FILE
 from lmforge.training.config import PretrainConfig
-from lmforge.training.inputs import LoopInputs, resolve_inputs
+from lmforge.training.inputs import LoopInputs, choose_precision, resolve_inputs
+from lmforge.training.precision import DeviceProbe, DeviceProber, ResolvedPrecision, probe_device
 
 log = get_logger(__name__)
 
 EXTENSIONS_ENV = "TORCH_EXTENSIONS_DIR"
 DEFAULT_EXTENSIONS_DIR = Path("~/.cache/lmforge/torch_extensions").expanduser()
-OUTPUT_ITEMS = ("hf", "deepspeed", "metrics.jsonl")
 
 
 def pretrain(
@@ -32,31 +33,43 @@ def pretrain(
     output_dir: Path,
     seed: int,
     work_dir: Path | None = None,
+    precision: ResolvedPrecision | None = None,
 ) -> dict[str, Any]:
     """Pre-train with DeepSpeed on `config.num_workers` Ray Train workers; see docs/architecture.md.
 
-    Writes `output_dir/hf/`, `output_dir/deepspeed/`, `output_dir/metrics.jsonl` and returns the
-    run summary. Ray Train's run folder (periodic checkpoints) lives in `work_dir`, default
-    `output_dir/../ray_train`, and is deleted after success; a re-run with the same `work_dir`
-    resumes from its last checkpoint (the flow passes a directory keyed by the stage's recipe).
+    Writes the artifact laid out in `training/artifact.py` (hf/, deepspeed/, loop_state/,
+    metrics.jsonl, telemetry/) and returns the run summary. Ray Train's run folder (periodic
+    checkpoints, live TensorBoard files) lives in `work_dir`, default `output_dir/../ray_train`, and
+    is deleted after success; a re-run with the same `work_dir` resumes from its last checkpoint (the
+    flow passes a directory keyed by the stage's recipe). `precision`: as `worker_precision` resolved
+    it (default: resolved here).
     """
     from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray
 
     output_dir = Path(output_dir).resolve()
-    inputs = resolve_inputs(config, Path(shards_dir), Path(tokenizer_dir), seed)
     ensure_ray()
     use_gpu = cuda_available_on_cluster() if config.use_gpu == "auto" else bool(config.use_gpu)
-    # Cache DeepSpeed's JIT-built ops (the CPU shm comm op takes 20-40 s to compile).
-    os.environ.setdefault(EXTENSIONS_ENV, str(DEFAULT_EXTENSIONS_DIR))
     storage = Path(work_dir or output_dir.parent / "ray_train").resolve()
     run_name = f"pretrain-{output_dir.name}"
+    inputs = resolve_inputs(
+        config,
+        Path(shards_dir),
+        Path(tokenizer_dir),
+        seed,
+        probe=worker_prober(config, use_gpu),
+        tensorboard_dir=storage / run_name / "tensorboard",
+        precision=precision,
+    )
+    # Cache DeepSpeed's JIT-built ops (the CPU shm comm op takes 20-40 s to compile).
+    os.environ.setdefault(EXTENSIONS_ENV, str(DEFAULT_EXTENSIONS_DIR))
     trainer = _build_trainer(config, inputs, use_gpu, storage, run_name)
     log.info(
-        "pre-training %s (%s) on %d %s worker(s), run %s",
+        "pre-training %s (%s) on %d %s worker(s) in %s, run %s",
         config.objective,
         config.model.size,
         config.num_workers,
         "GPU" if use_gpu else "CPU",
+        inputs.precision,
         storage / run_name,
     )
     result = trainer.fit()
@@ -66,6 +79,31 @@ def pretrain(
         summary = _materialize(Path(final), output_dir)
     shutil.rmtree(storage / run_name, ignore_errors=True)
     return summary
+
+
+def worker_precision(config: PretrainConfig) -> ResolvedPrecision:
+    """The precision `config` trains in on the cluster's workers ("auto" resolved for their device)."""
+    from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray
+
+    ensure_ray()
+    use_gpu = cuda_available_on_cluster() if config.use_gpu == "auto" else bool(config.use_gpu)
+    return choose_precision(config, worker_prober(config, use_gpu))
+
+
+def worker_prober(config: PretrainConfig, use_gpu: bool) -> DeviceProber:
+    """Probe the device as a Ray task with one worker's resources, i.e. where the workers will run."""
+    from lmforge.infra.ray_runtime import run_remote
+
+    def probe(measure_bf16: bool) -> DeviceProbe:
+        return run_remote(
+            probe_device,
+            "cuda" if use_gpu else "cpu",
+            measure_bf16,
+            num_cpus=config.cpus_per_worker,
+            num_gpus=1 if use_gpu else 0,
+        )
+
+    return probe
 
 
 def _build_trainer(config: PretrainConfig, inputs: LoopInputs, use_gpu: bool, storage: Path, run_name: str):
@@ -105,7 +143,7 @@ def _materialize(final: Path, output_dir: Path) -> dict[str, Any]:
             shutil.copytree(source, output_dir / item, dirs_exist_ok=True)
         else:
             shutil.copy2(source, output_dir / item)
-    return json.loads((final / "summary.json").read_text())
+    return json.loads((final / SUMMARY_FILE).read_text())
 
 
 class RayWorkerEnv:

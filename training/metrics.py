@@ -1,17 +1,19 @@
-"""Cross-rank reductions, the train clock, and the metrics event log (metrics.jsonl + run summary)."""
+"""Cross-rank reductions, the train clock, event logs (metrics.jsonl, telemetry) and the run summary."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-METRICS_FILE = "metrics.jsonl"
+# A step's records in a fixed order, so a log's bytes do not depend on when records were flushed.
+EVENT_ORDER = ("start", "resume", "train", "speed", "eval")
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -28,6 +30,14 @@ def all_gather_float(value: float, device: torch.device) -> list[float]:
     gathered = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, torch.tensor([value], dtype=torch.float64, device=device))
     return [item.item() for item in gathered]
+
+
+def all_gather_object(value: Any) -> list[Any]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier() -> None:
@@ -60,57 +70,82 @@ class TrainClock:
         return self.elapsed + running
 
 
-class MetricsLog:
-    """Events in memory (rank 0), saved as metrics.jsonl inside each checkpoint and restored on resume."""
+class EventLog:
+    """Records in memory (rank 0), written as JSON lines into each checkpoint and restored on resume."""
 
     def __init__(self, events: list[dict[str, Any]] | None = None) -> None:
         self.events = list(events or [])
 
     @classmethod
-    def load(cls, directory: Path, up_to_step: int) -> MetricsLog:
-        path = directory / METRICS_FILE
+    def load(cls, path: Path, up_to_step: int) -> EventLog:
+        """The records of `path` up to `up_to_step`: the resumed run re-does the steps after it."""
         if not path.exists():
             return cls()
         events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        # A start event is re-written by the resumed run; later events are replayed from the step.
-        return cls([event for event in events if event["event"] != "start" and event["step"] <= up_to_step])
+        return cls([event for event in events if event["step"] <= up_to_step])
 
     def add(self, event: str, step: int, **values: Any) -> dict[str, Any]:
         record = {"event": event, "step": step, **values}
         self.events.append(record)
         return record
 
-    def write(self, directory: Path) -> None:
-        lines = [json.dumps(event, sort_keys=True) for event in self.events]
-        (directory / METRICS_FILE).write_text("".join(line + "\n" for line in lines))
+    def canonical(self) -> list[dict[str, Any]]:
+        """Records by step, then event kind (stable within a kind)."""
+        rank = {name: index for index, name in enumerate(EVENT_ORDER)}
+        return sorted(self.events, key=lambda e: (e["step"], rank.get(e["event"], len(rank))))
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps(event, sort_keys=True) for event in self.canonical()]
+        path.write_text("".join(line + "\n" for line in lines))
 
     def of(self, event: str) -> list[dict[str, Any]]:
-        return [record for record in self.events if record["event"] == event]
+        return [record for record in self.canonical() if record["event"] == event]
 
-    def summary(self, clm: bool) -> dict[str, Any]:
-        """The pretrain() result: curves and the last/first values of the logged events."""
-        train, evals, starts = self.of("train"), self.of("eval"), self.of("start")
-        start = starts[-1] if starts else {}
-        last = train[-1] if train else {}
-        train_seconds = last.get("train_seconds", 0.0)
-        num_tokens = last.get("num_tokens", 0)
-        tokens_per_second = num_tokens / train_seconds if train_seconds else 0.0
-        peak = start.get("peak_flops_per_second", 0.0)
-        summary: dict[str, Any] = {
-            "num_parameters": start.get("num_parameters"),
-            "initial_train_loss": train[0]["loss"] if train else None,
-            "final_train_loss": last.get("loss"),
-            "final_val_loss": evals[-1]["val_loss"] if evals else None,
-            "tokens_per_second": tokens_per_second,
-            "mfu": start.get("flops_per_token", 0) * tokens_per_second / peak if peak else None,
-            "peak_flops_per_second": peak,
-            "peak_flops_per_worker": start.get("peak_flops_per_worker"),
-            "flops_per_token": start.get("flops_per_token"),
-            "train_seconds": train_seconds,
-            "num_tokens_trained": num_tokens,
-            "loss_curve": [[record["step"], record["loss"]] for record in train],
-            "val_curve": [[record["step"], record["val_loss"]] for record in evals],
-        }
-        if clm:
-            summary["val_perplexity"] = math.exp(summary["final_val_loss"]) if evals else None
-        return summary
+    def last(self, event: str) -> dict[str, Any]:
+        records = self.of(event)
+        return records[-1] if records else {}
+
+
+def run_summary(
+    metrics: EventLog, telemetry: EventLog, clm: bool, curve_step: Callable[[int], bool]
+) -> dict[str, Any]:
+    """The pretrain() result: first/last losses, curves at `curve_step` steps, speed and MFU."""
+    train, evals = metrics.of("train"), metrics.of("eval")
+    start, last = metrics.last("start"), (train[-1] if train else {})
+    summary: dict[str, Any] = {
+        "num_parameters": start.get("num_parameters"),
+        "flops_per_token": start.get("flops_per_token"),
+        "initial_train_loss": train[0]["loss"] if train else None,
+        "final_train_loss": last.get("loss"),
+        "final_val_loss": evals[-1]["val_loss"] if evals else None,
+        "num_tokens_trained": last.get("num_tokens", 0),
+        "loss_curve": [[record["step"], record["loss"]] for record in train if curve_step(record["step"])],
+        "val_curve": [[record["step"], record["val_loss"]] for record in evals],
+    }
+    if clm:
+        summary["val_perplexity"] = math.exp(summary["final_val_loss"]) if evals else None
+    summary.update(speed_summary(telemetry, summary["num_tokens_trained"], summary["flops_per_token"]))
+    return summary
+
+
+def speed_summary(telemetry: EventLog, num_tokens: int, flops_per_token: int | None) -> dict[str, Any]:
+    """tokens/s over all training time and MFU against the measured and (GPU) nominal peaks."""
+    start, speed = telemetry.last("start"), telemetry.last("speed")
+    train_seconds = speed.get("train_seconds", 0.0)
+    tokens_per_second = num_tokens / train_seconds if train_seconds else None
+    achieved = flops_per_token * tokens_per_second if flops_per_token and tokens_per_second else None
+    peak = start.get("peak_flops_per_second")
+    nominal = start.get("nominal_peak_flops_per_second")
+    mfu = achieved / peak if achieved and peak else None
+    return {
+        "tokens_per_second": tokens_per_second,
+        "train_seconds": train_seconds,
+        "mfu_vs_measured_peak": mfu,
+        "mfu": mfu,  # alias of mfu_vs_measured_peak, kept for readers of older summaries
+        "mfu_vs_nominal_peak": achieved / nominal if achieved and nominal else None,
+        "peak_flops_per_second": peak,
+        "peak_flops_per_worker": start.get("peak_flops_per_worker"),
+        "peak_suspect": start.get("peak_suspect"),
+        "nominal_peak_flops_per_second": nominal,
+    }

@@ -11,6 +11,7 @@ from lmforge.core.errors import ConfigError
 from lmforge.training import OBJECTIVES, MaskingConfig, ModelConfig, PretrainConfig, get_objective
 from lmforge.training.deepspeed_setup import deepspeed_config
 from lmforge.training.inputs import resolve_inputs, tokenizer_info
+from lmforge.training.precision import DeviceProbe
 
 pytestmark = pytest.mark.unit
 
@@ -60,13 +61,16 @@ def test_objectives_registry():
     assert get_objective("mlm").auto_model_class == "AutoModelForMaskedLM"
 
 
-def test_deepspeed_config():
-    config = PretrainConfig(micro_batch_size=4, gradient_accumulation_steps=3, zero_stage=2, precision="bf16")
-    ds = deepspeed_config(config, world_size=2)
+def test_deepspeed_config_uses_the_resolved_precision():
+    config = PretrainConfig(micro_batch_size=4, gradient_accumulation_steps=3, zero_stage=2)
+    assert config.precision == "auto"  # resolved per machine by training.precision
+    ds = deepspeed_config(config, world_size=2, precision="bf16")
     assert ds["train_batch_size"] == 24 and ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["gradient_accumulation_steps"] == 3 and ds["zero_optimization"] == {"stage": 2}
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
     assert "optimizer" not in ds and "scheduler" not in ds  # client AdamW + LambdaLR
+    fp32 = deepspeed_config(config, world_size=2, precision="fp32")
+    assert not fp32["bf16"]["enabled"] and not fp32["fp16"]["enabled"]
 
 
 def save_tokenizer(directory, meta: dict | None):
@@ -113,5 +117,10 @@ def test_resolve_inputs_checks_packing_and_special_tokens(tmp_path):
     with pytest.raises(ConfigError, match="mask"):
         resolve_inputs(PretrainConfig(objective="mlm"), shards_dir, tokenizer_dir, 0)
     write_manifest(shards_dir, "clm")
-    inputs = resolve_inputs(PretrainConfig(objective="clm"), shards_dir, tokenizer_dir, 3)
+    inputs = resolve_inputs(PretrainConfig(objective="clm"), shards_dir, tokenizer_dir, 3, probe=amx_cpu)
     assert (inputs.vocab_size, inputs.seq_len, inputs.seed) == (7, 8, 3)
+    assert (inputs.precision, inputs.precision_reason) == ("bf16", "auto: CPU has amx_bf16, native bf16")
+
+
+def amx_cpu(measure_bf16: bool) -> DeviceProbe:
+    return DeviceProbe("cpu", cpu_flags=frozenset({"avx512f", "amx_bf16"}))

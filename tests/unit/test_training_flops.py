@@ -1,4 +1,4 @@
-"""FLOPs per token against a hand count of the debug GPT-2, and the matmul peak benchmark."""
+"""FLOPs per token against a hand count of the debug GPT-2, the matmul peak and its sanity check, nominal peaks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import torch
 
 from lmforge.training import ModelConfig, build_model
 from lmforge.training.flops import (
+    MIN_PLAUSIBLE_PEAK,
+    checked_peak,
     flops_per_token,
     matmul_parameters,
     measure_matmul_peak,
     model_flops_per_token,
+    nominal_peak,
+    plausible_peak_floor,
 )
 
 pytestmark = pytest.mark.unit
@@ -60,3 +64,47 @@ def test_matmul_peak_is_plausible_for_cpu():
     peak = measure_matmul_peak(torch.float32, seconds=0.3, size=256)
     # Any CPU core does more than 1 GFLOP/s and less than 10 TFLOP/s of fp32 matmul.
     assert 1e9 < peak < 1e13
+
+
+def test_peak_benchmark_leaves_global_rng_alone():
+    # Dropout draws from the global generator: a re-measured peak must not change the masks.
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    measure_matmul_peak(torch.float32, seconds=0.01, size=32, repeats=2)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_low_peak_is_measured_again_then_flagged():
+    readings = iter([0.5e9, 40e9])
+    assert checked_peak(lambda: next(readings), floor=1e9) == (40e9, False)
+    readings = iter([0.7e9, 0.6e9])  # emulated bf16 on an AVX2-only CPU stays low
+    assert checked_peak(lambda: next(readings), floor=1e9) == (0.7e9, True)
+    calls = []
+    assert checked_peak(lambda: calls.append(1) or 90e9, floor=1e9) == (90e9, False)
+    assert len(calls) == 1  # a plausible peak is measured once
+
+
+def test_peak_floor_scales_with_threads():
+    threads = torch.get_num_threads()
+    assert plausible_peak_floor(torch.device("cpu")) == MIN_PLAUSIBLE_PEAK["cpu"] * threads
+    assert plausible_peak_floor(torch.device("cuda")) == MIN_PLAUSIBLE_PEAK["cuda"]
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "expected"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989e12),
+        ("NVIDIA H100 PCIe", "bf16", 756e12),
+        ("NVIDIA H200", "fp32", 67e12),
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+        ("NVIDIA L4", "bf16", 121e12),
+        ("NVIDIA L40S", "bf16", 362e12),
+        ("NVIDIA L40", "bf16", None),  # not "L4": names match on whole tokens
+        ("Tesla V100-SXM2-16GB", "bf16", None),  # no bf16 units
+        ("Tesla V100-SXM2-16GB", "fp16", 125e12),
+        ("cpu", "fp32", None),
+    ],
+)
+def test_nominal_peaks_by_device_name(name, precision, expected):
+    assert nominal_peak(name, precision) == expected

@@ -1,0 +1,78 @@
+"""Event logs (canonical order, resume cut) and the run summary's speed and MFU numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lmforge.training.metrics import EventLog, run_summary
+
+pytestmark = pytest.mark.unit
+
+
+def filled(order: list[tuple[str, int]]) -> EventLog:
+    log = EventLog()
+    for event, step in order:
+        log.add(event, step, value=step)
+    return log
+
+
+def test_file_bytes_do_not_depend_on_flush_timing(tmp_path):
+    # Train losses flushed at every step vs. only at step 4 (after the step-2 eval was recorded).
+    every_step = [("start", 0), ("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("train", 4)]
+    batched = [("start", 0), ("eval", 2), ("train", 1), ("train", 2), ("train", 3), ("train", 4)]
+    filled(every_step).write(tmp_path / "a.jsonl")
+    filled(batched).write(tmp_path / "b.jsonl")
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_load_keeps_records_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    filled([("start", 0), ("train", 1), ("train", 2), ("eval", 2), ("train", 3)]).write(path)
+    restored = EventLog.load(path, up_to_step=2)
+    assert [(e["event"], e["step"]) for e in restored.events] == [
+        ("start", 0),
+        ("train", 1),
+        ("train", 2),
+        ("eval", 2),
+    ]
+    assert EventLog.load(tmp_path / "absent.jsonl", 5).events == []
+
+
+def summary_logs() -> tuple[EventLog, EventLog]:
+    metrics, telemetry = EventLog(), EventLog()
+    metrics.add("start", 0, num_parameters=1000, flops_per_token=600)
+    for step, loss in [(1, 6.0), (2, 5.0), (3, 4.5), (4, 4.0)]:
+        metrics.add("train", step, loss=loss, lr=1e-3, epoch=0, num_tokens=100 * step)
+    metrics.add("eval", 4, val_loss=4.2, num_eval_tokens=50)
+    telemetry.add("start", 0, peak_flops_per_second=1e6, peak_flops_per_worker=[5e5, 5e5], peak_suspect=False)
+    telemetry.add("speed", 4, tokens_per_second=90.0, train_seconds=2.0)
+    return metrics, telemetry
+
+
+def test_summary_curves_speed_and_mfu():
+    metrics, telemetry = summary_logs()
+    summary = run_summary(metrics, telemetry, clm=True, curve_step=lambda step: step % 2 == 0)
+    assert (summary["initial_train_loss"], summary["final_train_loss"]) == (6.0, 4.0)
+    assert summary["loss_curve"] == [[2, 5.0], [4, 4.0]] and summary["val_curve"] == [[4, 4.2]]
+    assert summary["val_perplexity"] == math.exp(4.2)
+    # 400 tokens in 2 training seconds; 600 FLOPs per token against a 1e6 FLOP/s peak.
+    assert summary["tokens_per_second"] == 200.0
+    assert summary["mfu_vs_measured_peak"] == pytest.approx(600 * 200 / 1e6, rel=1e-15)
+    assert summary["mfu"] == summary["mfu_vs_measured_peak"]
+    assert summary["mfu_vs_nominal_peak"] is None and summary["peak_suspect"] is False
+
+
+def test_summary_nominal_mfu_where_a_datasheet_peak_is_known():
+    metrics, telemetry = summary_logs()
+    telemetry.events[0]["nominal_peak_flops_per_second"] = 4e6
+    summary = run_summary(metrics, telemetry, clm=False, curve_step=lambda step: True)
+    assert summary["mfu_vs_nominal_peak"] == pytest.approx(600 * 200 / 4e6, rel=1e-15)
+    assert "val_perplexity" not in summary and len(summary["loss_curve"]) == 4
+
+
+def test_summary_without_speed_records_has_no_mfu():
+    metrics, _ = summary_logs()
+    summary = run_summary(metrics, EventLog(), clm=False, curve_step=lambda step: True)
+    assert summary["tokens_per_second"] is None and summary["mfu"] is None

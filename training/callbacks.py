@@ -1,0 +1,100 @@
+"""The loop's standard callbacks, and `build_callbacks`: the one place the callback list comes from config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmforge.core.logs import get_logger
+from lmforge.training import deepspeed_setup
+from lmforge.training.artifact import HF_DIR, model_recipe
+from lmforge.training.hooks import LOGGERS, Callback
+from lmforge.training.speed import PEAK_SECONDS, SpeedMonitor
+from lmforge.training.tensorboard import TensorBoardLogger
+
+if TYPE_CHECKING:
+    from lmforge.training.inputs import LoopInputs
+    from lmforge.training.loop import PretrainLoop
+
+__all__ = ["LOGGERS", "Callback", "TensorBoardLogger", "build_callbacks"]
+
+log = get_logger(__name__)
+
+
+class ConsoleLogger(Callback):
+    """One log line per record; per-step train records only at log steps."""
+
+    def on_record(self, loop: PretrainLoop, record: dict[str, Any]) -> None:
+        if record["event"] == "train" and not loop.is_log_step(record["step"]):
+            return
+        shown = " ".join(f"{key}={_short(value)}" for key, value in record.items() if key != "event")
+        log.info("%s %s", record["event"], shown)
+
+
+class Evaluation(Callback):
+    """Validation loss every `eval_every` steps; the last step scores the whole split (the reported loss)."""
+
+    def __init__(self, eval_every: int, eval_batches: int | None) -> None:
+        self.eval_every, self.eval_batches = eval_every, eval_batches
+
+    def on_step_end(self, loop: PretrainLoop) -> None:
+        if loop.step == loop.config.max_steps:
+            loop.evaluate(None)
+        elif loop.step % self.eval_every == 0:
+            loop.evaluate(self.eval_batches)
+
+
+class PeriodicCheckpoint(Callback):
+    """A resumable checkpoint every `every` steps (the loop itself saves the final one)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_step_end(self, loop: PretrainLoop) -> None:
+        if loop.step % self.every == 0 and loop.step < loop.config.max_steps:
+            loop.save(final=False)
+
+
+class HFExport(Callback):
+    """The final checkpoint's `hf/`: a save_pretrained model, the tokenizer, and what shaped the weights."""
+
+    def on_save(self, loop: PretrainLoop, directory: Path, final: bool) -> None:
+        if not final:
+            return
+        inputs = loop.inputs
+        metadata = {
+            "objective": loop.config.objective,
+            "auto_model_class": loop.objective.auto_model_class,
+            "seq_len": inputs.seq_len,
+            "seed": inputs.seed,
+            "steps": loop.step,
+            "special_ids": inputs.special_ids,
+            "pretrain_config": model_recipe(loop.config, inputs.precision),
+        }
+        deepspeed_setup.export_hf(
+            loop.engine,
+            loop.config.zero_stage,
+            Path(inputs.tokenizer_dir),
+            directory / HF_DIR,
+            loop.is_writer,
+            metadata,
+        )
+
+
+def build_callbacks(inputs: LoopInputs, peak_seconds: float = PEAK_SECONDS) -> list[Callback]:
+    """The loop's callbacks from `inputs.config`, in call order (the speed monitor first)."""
+    config = inputs.config
+    callbacks: list[Callback] = [
+        SpeedMonitor(peak_seconds),
+        ConsoleLogger(),
+        Evaluation(config.eval_every, config.eval_batches),
+    ]
+    callbacks += [LOGGERS.get(name)(inputs) for name in config.loggers]
+    if config.checkpoint_every:
+        callbacks.append(PeriodicCheckpoint(config.checkpoint_every))
+    callbacks.append(HFExport())
+    return callbacks
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
