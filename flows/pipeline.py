@@ -100,6 +100,9 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:
     record.stage_done(model)
     # Fan out: submitted together; each does its heavy work in a Ray task, so they run concurrently.
     objective = ctx.config.pretrain.objective
+    # Their recipes parse source code; do it here, once, not in the fan-out's threads (CPython
+    # 3.11.7's ast.parse is not thread-safe).
+    steps.prepare_fan_out(ctx)
     futures = [
         finetune_task.submit(ctx, task_config, init, model)
         for task_config in ctx.config.finetune.tasks_for(objective)

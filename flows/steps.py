@@ -9,6 +9,7 @@ from typing import Any
 from lmforge import corpus, tasks, tokenization, training
 from lmforge.app.config import PipelineConfig
 from lmforge.core.errors import ConfigError
+from lmforge.infra.code_identity import code_identity
 from lmforge.infra.data_paths import is_hf_uri, resolve_file
 from lmforge.infra.ray_runtime import run_remote
 from lmforge.infra.stage_runner import StageOutcome, StageRunner
@@ -57,7 +58,7 @@ def clean_step(ctx: RunContext) -> StageOutcome:
         "corpus",
         config=cfg,
         parents=[],
-        code=own_code("clean_step", "lmforge.corpus.clean"),
+        code=own_code("clean_step", "lmforge.corpus"),
         external_files=inputs,
         compute=lambda out, _work: corpus.clean_corpus(cfg, ctx.data_dir, out),
     )
@@ -173,6 +174,15 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
 # Files of a pre-trained model's hf/ folder that hold what training learned (or how long it ran),
 # as opposed to its architecture and tokenizer.
 TRAINED_FILES = frozenset({"hf/model.safetensors", "hf/pytorch_model.bin", "hf/lmforge_pretrain.json"})
+
+
+def prepare_fan_out(ctx: RunContext) -> None:
+    """Compute (and cache) the code identity of every fan-out stage on the calling thread."""
+    objective = ctx.config.pretrain.objective
+    for task_config in ctx.config.finetune.tasks_for(objective):
+        code_identity(own_code("finetune_step", task_module(tasks.FINETUNE_TASKS.get(task_config.name))))
+    for task_config in ctx.config.evaluation.tasks_for(objective):
+        code_identity(own_code("eval_step", task_module(tasks.EVAL_TASKS.get(task_config.name))))
 
 
 def architecture_files(model_manifest: dict[str, Any]) -> dict[str, str]:

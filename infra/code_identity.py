@@ -20,7 +20,9 @@ import threading
 from pathlib import Path
 
 PACKAGE = "lmforge"
-PACKAGE_ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+# The installed package folder (site-packages/lmforge in a wheel, the checkout's lmforge/ in an
+# editable install, whose stage folders are symlinks): not resolved, so both layouts map alike.
+PACKAGE_ROOT = Path(__file__).parents[1]
 # Distributions that shape outputs without being imported by our code (they are used through
 # the ones we import): safetensors writes transformers' weights, tokenizers backs fast tokenizers.
 INDIRECT_DEPENDENCIES: dict[str, tuple[str, ...]] = {
@@ -74,25 +76,37 @@ def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
 
 
 def import_closure(entry_modules: tuple[str, ...]) -> tuple[dict[str, Path], set[str]]:
-    """(lmforge module -> file, top-level third-party names) reachable from `entry_modules`."""
-    found: dict[str, Path] = {}
-    third_party: set[str] = set()
+    """(lmforge module -> file, top-level third-party names) reachable from `entry_modules`.
+
+    A package `__init__` that runs only because one of its submodules is imported counts as source,
+    but its own imports are followed only when code imports from the package itself (or names it as
+    an entry, as the clean stage does for the corpus readers and filters its `__init__` registers):
+    otherwise editing the packer would recompute the tokenizer, whose module merely shares a package.
+    """
     pending = [_qualified(name) for name in entry_modules]
-    while pending:
-        name = pending.pop()
-        if name in found:
-            continue
+    missing = [name for name in pending if module_path(name) is None]
+    if missing:
+        # An empty closure would make every edit invisible to the recipe: refuse instead.
+        raise ValueError(f"no lmforge module {', '.join(missing)} below {PACKAGE_ROOT}")
+    found: dict[str, Path] = {}
+    followed: set[str] = set()
+    third_party: set[str] = set()
+    queue = [(name, True) for name in pending]
+    while queue:
+        name, follow = queue.pop()
         path = module_path(name)
         if path is None:
             if not name.startswith(PACKAGE):
                 third_party.add(name.split(".")[0])
             continue
         found[name] = path
+        if not follow or name in followed:
+            continue
+        followed.add(name)
         # Importing a.b.c runs a/__init__ and a/b/__init__ first.
-        parents = [".".join(name.split(".")[:i]) for i in range(2, name.count(".") + 1)]
+        queue.extend((".".join(name.split(".")[:i]), False) for i in range(2, name.count(".") + 1))
         tree = parse(path.read_text(encoding="utf-8"), str(path))
-        pending.extend(parents)
-        pending.extend(imported_names(tree, name, path.name == "__init__.py"))
+        queue.extend((imported, True) for imported in imported_names(tree, name, path.name == "__init__.py"))
     return found, {name for name in third_party if name and name not in sys.stdlib_module_names}
 
 
@@ -138,12 +152,17 @@ def distribution_versions(import_names: set[str]) -> dict[str, str]:
     return versions
 
 
-@functools.cache
 def code_identity(code: tuple[str, ...]) -> dict[str, object]:
     """The code a stage runs, summarized for its recipe: source digest, modules, library versions.
 
-    `code` names entry modules (`lmforge.tokenization.shard`) and functions (`module:function`).
+    `code` names entry modules (`lmforge.tokenization.shard`) and functions (`module:function`), in
+    any order. Computed once per process and set of names.
     """
+    return _code_identity(tuple(sorted(set(code))))
+
+
+@functools.cache
+def _code_identity(code: tuple[str, ...]) -> dict[str, object]:
     functions = tuple(item for item in code if ":" in item)
     modules, third_party = import_closure(tuple(item for item in code if ":" not in item))
     digest = hashlib.sha256()

@@ -15,17 +15,12 @@ from typing import Any
 
 import xxhash
 
-from lmforge.core.errors import ArtifactError
-from lmforge.infra.lineage import sha256_file, sha256_json
+from lmforge.infra.artifact_files import TELEMETRY_DIR, read_json, sha256_file  # noqa: F401 (re-exported)
+from lmforge.infra.lineage import sha256_json
 
 # Beside manifest.json, outside data/: size and xxh3-64 per file, taken when the files were hashed.
 FAST_HASH_RECORD = "fasthash.json"
 FastHashes = dict[str, list[Any]]  # path -> [size, xxh3-64 hex]
-
-# Files below data/telemetry/ describe how an artifact was made (wall-clock times, tokens/s, MFU,
-# TensorBoard event files), not what it is: they are verified like every file but left out of the
-# content id, so recomputing a stage on another day or machine yields the same artifact id.
-TELEMETRY_DIR = "telemetry"
 
 
 def hash_tree(root: Path) -> list[dict[str, Any]]:
@@ -120,15 +115,3 @@ def unexpected_files(data_dir: Path, files: list[dict[str, Any]]) -> list[str]:
         for path in sorted(p for p in data_dir.rglob("*") if p.is_file())
         if path.relative_to(data_dir).as_posix() not in recorded
     ]
-
-
-# Domain packages read artifact files through this module, not the store: a stage's code identity
-# (infra.code_identity) then does not change with the store's locking or garbage collection.
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file an artifact holds; ArtifactError naming the file (and `what` it should be)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} does not exist; is {Path(path).parent} {what}?") from None
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from None

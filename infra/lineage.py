@@ -13,15 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmforge.infra.artifact_files import sha256_file as sha256_file  # re-exported
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sha256_json(value: Any) -> str:

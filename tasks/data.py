@@ -117,7 +117,7 @@ def load_text(path: str, data_dir: Path | None, key: str) -> str:
 
 def read_validation_sequences(shards_dir: Path, max_sequences: int | None) -> np.ndarray:
     """Validation `input_ids` (num_sequences, seq_len), the first `max_sequences` of them."""
-    from lmforge.tokenization import load_split
+    from lmforge.tokenization.shard import load_split
 
     sequences = load_split(Path(shards_dir), "validation")[:max_sequences]
     if len(sequences) == 0:

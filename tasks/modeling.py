@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.core.errors import ArtifactError
-from lmforge.infra.integrity import TELEMETRY_DIR
+from lmforge.infra.artifact_files import TELEMETRY_DIR
 
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
 

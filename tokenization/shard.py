@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.core.configbase import identity_view
 from lmforge.core.errors import ArtifactError, ConfigError, DataError
 from lmforge.core.logs import get_logger
-from lmforge.infra.integrity import read_json
-from lmforge.infra.lineage import sha256_file
+from lmforge.infra.artifact_files import read_json, sha256_file
 from lmforge.tokenization.config import ShardConfig
 from lmforge.tokenization.corpus_files import list_corpus_files
 from lmforge.tokenization.packing import PACKINGS, missing_specials
@@ -72,7 +72,8 @@ def build_shards(
         "packing": packing,
         "seq_len": config.seq_len,
         "seed": seed,
-        "config": config.model_dump(mode="json"),
+        # Only the fields that shape the shards: this file is part of the artifact's content id.
+        "config": identity_view(config),
         "special_ids": special_ids,
         "tokenizer": {
             "algorithm": meta["algorithm"],

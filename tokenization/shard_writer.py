@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.core.errors import ArtifactError
-from lmforge.infra.lineage import sha256_file
+from lmforge.infra.artifact_files import sha256_file
 from lmforge.tokenization.packing import TOKEN_DTYPE, Packer
 
 INPUT_IDS = "input_ids"

@@ -9,8 +9,7 @@ from typing import Any
 
 from lmforge.core.errors import ArtifactError, DataError
 from lmforge.core.logs import get_logger
-from lmforge.infra.integrity import read_json
-from lmforge.infra.lineage import sha256_file
+from lmforge.infra.artifact_files import read_json, sha256_file
 from lmforge.tokenization.algorithms import TOKENIZER_ALGORITHMS, TokenizerAlgorithm
 from lmforge.tokenization.config import TokenizerConfig
 from lmforge.tokenization.corpus_files import iter_text_batches, list_corpus_files

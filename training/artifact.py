@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.core.configbase import identity_view
-from lmforge.infra.integrity import TELEMETRY_DIR
+from lmforge.infra.artifact_files import TELEMETRY_DIR
 from lmforge.training.config import PretrainConfig
 from lmforge.training.objectives import get_objective
 from lmforge.training.resume import LOOP_STATE_DIR

@@ -17,7 +17,7 @@ MANIFEST = "dataset_manifest.json"
 
 def read_manifest(shards_dir: Path) -> dict:
     """The shard manifest (tokenization's format), checked for the keys training relies on."""
-    from lmforge.tokenization import read_dataset_manifest
+    from lmforge.tokenization.shard import read_dataset_manifest
 
     manifest = read_dataset_manifest(shards_dir)
     path = Path(shards_dir) / MANIFEST
@@ -32,7 +32,7 @@ def read_manifest(shards_dir: Path) -> dict:
 
 def load_split(shards_dir: Path, split: str) -> torch.Tensor:
     """All sequences of `split` in manifest order, as an int32 tensor (num_sequences, seq_len)."""
-    from lmforge.tokenization import load_split as load_split_array
+    from lmforge.tokenization.shard import load_split as load_split_array
 
     read_manifest(shards_dir)
     sequences = load_split_array(shards_dir, split)

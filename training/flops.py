@@ -90,17 +90,26 @@ def _synchronize(device: torch.device) -> None:
 
 # A measured peak below these is not the hardware's: another process held the cores, or the dtype is
 # emulated. CPU, per thread: any x86-64 core since AVX (2011) retires >= 8 fp32 FLOP/cycle at >= 2 GHz
-# (16 GFLOP/s; ~90 GFLOP/s seen on AVX2 Zen 3), so 1 GFLOP/s leaves 16x room for an old, busy core and
-# still catches emulated bf16 (0.7 GFLOP/s seen on AVX2-only Zen 3). CUDA, per GPU: every GPU current
-# PyTorch supports does > 5 TFLOP/s fp32, so 1 TFLOP/s catches a shared or throttled device.
-MIN_PLAUSIBLE_PEAK = {"cpu": 1e9, "cuda": 1e12}
+# (16 GFLOP/s; ~90 GFLOP/s seen on AVX2 Zen 3), so 1 GFLOP/s leaves 16x room for an old, busy core.
+# Native bf16 (AVX512-BF16, AMX) ran at 100-200 GFLOP/s per thread on Zen 5 and emulated bf16 at
+# 0.7-1.2 GFLOP/s, so the bf16 floor is 10 GFLOP/s: 10x under native, 8x over emulated. CUDA, per
+# GPU: 10% of the datasheet peak where it is known (nominal_peak), else 1 TFLOP/s fp32 and 10 TFLOP/s
+# for the 16-bit types (every GPU current PyTorch supports exceeds 5 and 60 TFLOP/s respectively).
+MIN_PLAUSIBLE_PEAK = {
+    ("cpu", "fp32"): 1e9,
+    ("cpu", "bf16"): 1e10,
+    ("cuda", "fp32"): 1e12,
+    ("cuda", "bf16"): 1e13,
+    ("cuda", "fp16"): 1e13,
+}
+MIN_FRACTION_OF_NOMINAL = 0.1
 
 
-def plausible_peak_floor(device: torch.device) -> float:
-    """The lowest believable matmul FLOP/s for this process on `device` (CPU: per torch thread)."""
+def plausible_peak_floor(device: torch.device, precision: str, nominal: float | None = None) -> float:
+    """The lowest believable matmul FLOP/s in `precision` for this process on `device` (CPU: per torch thread)."""
     if device.type == "cuda":
-        return MIN_PLAUSIBLE_PEAK["cuda"]
-    return MIN_PLAUSIBLE_PEAK["cpu"] * torch.get_num_threads()
+        return MIN_FRACTION_OF_NOMINAL * nominal if nominal else MIN_PLAUSIBLE_PEAK[("cuda", precision)]
+    return MIN_PLAUSIBLE_PEAK[("cpu", precision)] * torch.get_num_threads()
 
 
 def checked_peak(measure: Callable[[], float], floor: float) -> tuple[float, bool]:

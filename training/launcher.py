@@ -21,6 +21,9 @@ from lmforge.training.inputs import LoopInputs, choose_precision, resolve_inputs
 from lmforge.training.precision import DeviceProbe, DeviceProber, ResolvedPrecision, probe_device
 
 log = get_logger(__name__)
+# Ray Train's run folder inside `work_dir`: a fixed name, so a re-run of the same recipe (whose lock
+# owns `work_dir`) finds the crashed attempt's checkpoints and resumes from them.
+RAY_RUN_NAME = "pretrain"
 
 EXTENSIONS_ENV = "TORCH_EXTENSIONS_DIR"
 DEFAULT_EXTENSIONS_DIR = Path("~/.cache/lmforge/torch_extensions").expanduser()
@@ -50,7 +53,7 @@ def pretrain(
     ensure_ray()
     use_gpu = cuda_available_on_cluster() if config.use_gpu == "auto" else bool(config.use_gpu)
     storage = Path(work_dir or output_dir.parent / "ray_train").resolve()
-    run_name = f"pretrain-{output_dir.name}"
+    run_name = RAY_RUN_NAME
     inputs = resolve_inputs(
         config,
         Path(shards_dir),

@@ -73,7 +73,8 @@ class SpeedMonitor(Callback):
     def _measure_peak(self, loop: PretrainLoop) -> tuple[float, bool]:
         """This rank's matmul peak in the training dtype, and whether it is implausibly low."""
         device, precision = loop.env.device, loop.inputs.precision
-        floor = plausible_peak_floor(device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        floor = plausible_peak_floor(device, precision, nominal_peak(name, precision))
         peak, suspect = checked_peak(
             lambda: measure_matmul_peak(
                 DTYPES[precision], self.peak_seconds, device, repeats=self.peak_repeats

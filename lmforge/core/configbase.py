@@ -28,7 +28,8 @@ OPERATIONAL = "operational"
 
 def operational(default: Any, **constraints: Any) -> Any:
     """A field that changes how a stage runs (logging cadence, checkpoint cadence, failure budget,
-    CPUs, batch sizes used only for throughput), never what it computes: left out of recipes."""
+    CPUs, batch sizes used only for throughput), not what it computes (up to float rounding):
+    left out of recipes."""
     return Field(default, json_schema_extra={OPERATIONAL: True}, **constraints)
 
 

@@ -42,3 +42,54 @@ def test_the_bare_check_catches_a_bare_import():
     assert BARE_IMPORT.search("from training.loop import PretrainLoop\n")
     assert BARE_IMPORT.search("    import tasks\n")
     assert not BARE_IMPORT.search("from lmforge.training.loop import PretrainLoop\n")
+
+
+@pytest.mark.integration
+def test_a_wheel_installs_only_lmforge_and_knows_its_code(tmp_path):
+    """A plain (non-editable) install: one top-level name, and recipes still see the stage code."""
+    import subprocess
+    import sys
+
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheel_dir),
+            str(REPO_ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheel_dir.glob("lmforge-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    top_level = {path.name for path in target.iterdir() if not path.name.endswith(".dist-info")}
+    assert top_level - {"bin", "__pycache__"} == {"lmforge"}
+    code = (
+        "import lmforge.infra.code_identity as c;"
+        "i = c.code_identity(('lmforge.tokenization.shard', 'lmforge.flows.steps:shard_step'));"
+        "print(c.PACKAGE_ROOT, len(i['modules']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    root, count = result.stdout.split()
+    assert root == str(target / "lmforge") and int(count) > 10

@@ -100,3 +100,31 @@ def test_random_init_recipe_sees_architecture_not_weights():
         ]
     }
     assert architecture_files(manifest) == {"hf/config.json": "c", "hf/tokenizer.json": "t"}
+
+
+def test_sibling_modules_of_a_package_do_not_count():
+    """Importing tokenization.train runs tokenization/__init__, but the packer does not shape a tokenizer."""
+    modules, libraries = import_closure(("lmforge.tokenization.train",))
+    assert "lmforge.tokenization" in modules  # the __init__ source itself counts
+    assert "lmforge.tokenization.shard" not in modules and "lmforge.tokenization.packing" not in modules
+    for entry in (
+        "lmforge.corpus",
+        "lmforge.tokenization.shard",
+        "lmforge.training.launcher",
+        "lmforge.tasks.icl",
+    ):
+        modules, libraries = import_closure((entry,))
+        assert not any(name.startswith(("lmforge.infra.store", "lmforge.infra.locks")) for name in modules)
+        assert "xxhash" not in libraries and "filelock" not in libraries, entry
+
+
+def test_an_entry_that_names_a_package_follows_what_its_init_registers():
+    modules, _ = import_closure(("lmforge.corpus",))
+    assert {"lmforge.corpus.wikiextractor", "lmforge.corpus.hf_reader", "lmforge.corpus.filters"} <= set(
+        modules
+    )
+
+
+def test_an_unknown_entry_module_is_an_error_not_an_empty_closure():
+    with pytest.raises(ValueError, match="no lmforge module lmforge.tokenization.nope"):
+        import_closure(("lmforge.tokenization.nope",))

@@ -85,10 +85,14 @@ def test_low_peak_is_measured_again_then_flagged():
     assert len(calls) == 1  # a plausible peak is measured once
 
 
-def test_peak_floor_scales_with_threads():
+def test_peak_floor_depends_on_dtype_threads_and_nominal_peak():
     threads = torch.get_num_threads()
-    assert plausible_peak_floor(torch.device("cpu")) == MIN_PLAUSIBLE_PEAK["cpu"] * threads
-    assert plausible_peak_floor(torch.device("cuda")) == MIN_PLAUSIBLE_PEAK["cuda"]
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert plausible_peak_floor(cpu, "fp32") == MIN_PLAUSIBLE_PEAK[("cpu", "fp32")] * threads
+    # Emulated bf16 (0.7-1.2 GFLOP/s per thread on AVX2) is below the bf16 floor; native is far above.
+    assert 1.2e9 * threads < plausible_peak_floor(cpu, "bf16") < 1e11 * threads
+    assert plausible_peak_floor(cuda, "bf16") == MIN_PLAUSIBLE_PEAK[("cuda", "bf16")]
+    assert plausible_peak_floor(cuda, "bf16", nominal=989e12) == pytest.approx(98.9e12)
 
 
 @pytest.mark.parametrize(
