@@ -20,12 +20,16 @@ from lmforge.core.errors import ArtifactError
 TELEMETRY_DIR = "telemetry"
 
 
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def digest_file(path: Path, digest: Any, chunk_size: int = 1 << 20) -> str:
+    """Feed the file to `digest` (any hashlib-style object) in chunks; its hex digest."""
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
-    return digest.hexdigest()
+    return str(digest.hexdigest())
+
+
+def sha256_file(path: Path) -> str:
+    return digest_file(path, hashlib.sha256())
 
 
 def read_json(path: Path, what: str) -> Any:

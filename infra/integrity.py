@@ -15,7 +15,7 @@ from typing import Any
 
 import xxhash
 
-from lmforge.infra.artifact_files import TELEMETRY_DIR, read_json, sha256_file  # noqa: F401 (re-exported)
+from lmforge.infra.artifact_files import TELEMETRY_DIR, digest_file, read_json, sha256_file  # noqa: F401 (re-exported)
 from lmforge.infra.lineage import sha256_json
 
 # Beside manifest.json, outside data/: size and xxh3-64 per file, taken when the files were hashed.
@@ -51,12 +51,8 @@ def content_id_of(files: list[dict[str, Any]], inputs: list[tuple[Any, Any, Any]
     return sha256_json({"files": identity, "inputs": inputs})
 
 
-def fast_hash(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = xxhash.xxh3_64()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def fast_hash(path: Path) -> str:
+    return digest_file(path, xxhash.xxh3_64())
 
 
 def fast_hash_record(data_dir: Path, files: list[dict[str, Any]]) -> FastHashes:
