@@ -96,8 +96,11 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
     cfg = ctx.config.pretrain
     # Masking settings only matter to objectives that mask; recording the defaults for the others
     # keeps an MLM-only edit from retraining a causal model.
-    uses_masking = "mask" in training.get_objective(cfg.objective).required_special
-    shaping = cfg if uses_masking else cfg.model_copy(update={"masking": training.MaskingConfig()})
+    shaping = (
+        cfg
+        if training.get_objective(cfg.objective).uses_masking
+        else cfg.model_copy(update={"masking": training.MaskingConfig()})
+    )
     # "auto" names a choice, not a precision: the recipe holds what the workers' hardware resolves
     # it to, so a store shared by machines of both CPU kinds never hands a bf16 model to an fp32 one.
     precision = training.worker_precision(cfg)
@@ -136,7 +139,7 @@ def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutc
         config=config,
         parents=[model.artifact_id],
         recipe_parents=recipe_parents,
-        code=own_code("finetune_step", task_module(entry)),
+        code=finetune_code(task_config),
         seed=ctx.config.seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="finetune",
@@ -154,7 +157,7 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
         "evaluation",
         config=task_config,
         parents=[model.artifact_id, shards.artifact_id],
-        code=own_code("eval_step", task_module(entry)),
+        code=eval_code(task_config),
         seed=ctx.config.seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="eval",
@@ -180,9 +183,9 @@ def prepare_fan_out(ctx: RunContext) -> None:
     """Compute (and cache) the code identity of every fan-out stage on the calling thread."""
     objective = ctx.config.pretrain.objective
     for task_config in ctx.config.finetune.tasks_for(objective):
-        code_identity(own_code("finetune_step", task_module(tasks.FINETUNE_TASKS.get(task_config.name))))
+        code_identity(finetune_code(task_config))
     for task_config in ctx.config.evaluation.tasks_for(objective):
-        code_identity(own_code("eval_step", task_module(tasks.EVAL_TASKS.get(task_config.name))))
+        code_identity(eval_code(task_config))
 
 
 def architecture_files(model_manifest: dict[str, Any]) -> dict[str, str]:
@@ -197,6 +200,14 @@ def architecture_files(model_manifest: dict[str, Any]) -> dict[str, str]:
 def task_module(entry: Any) -> str:
     """The module of a registered task's runner ("module:function")."""
     return str(entry.runner).partition(":")[0]
+
+
+def finetune_code(task_config: Any) -> tuple[str, ...]:
+    return own_code("finetune_step", task_module(tasks.FINETUNE_TASKS.get(task_config.name)))
+
+
+def eval_code(task_config: Any) -> tuple[str, ...]:
+    return own_code("eval_step", task_module(tasks.EVAL_TASKS.get(task_config.name)))
 
 
 def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import xxhash
 
-from lmforge.infra.artifact_files import TELEMETRY_DIR, digest_file, read_json, sha256_file  # noqa: F401 (re-exported)
+from lmforge.infra.artifact_files import TELEMETRY_DIR, digest_file, sha256_file
 from lmforge.infra.lineage import sha256_json
 
 # Beside manifest.json, outside data/: size and xxh3-64 per file, taken when the files were hashed.

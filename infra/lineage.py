@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmforge.infra.artifact_files import sha256_file as sha256_file  # re-exported
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -75,7 +75,7 @@ class StageRunner:
         `recipe_parents`: the parents whose content shapes the output, when that is not all of
         `parents` (a random-init fine-tune reads the pre-trained model's architecture, not its weights).
         """
-        fingerprint = sha256_json(code_identity(tuple(sorted(code))))
+        fingerprint = sha256_json(code_identity(code))
         # Raw inputs count by content, parents by content too: an identical parent (say, a tokenizer
         # retrained byte-for-byte) does not invalidate what was built on it.
         external = hash_external(external_files or [])

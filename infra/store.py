@@ -36,6 +36,7 @@ from typing import Any
 
 from lmforge.core.errors import ArtifactError
 from lmforge.core.logs import get_logger
+from lmforge.infra.artifact_files import sha256_file
 from lmforge.infra.integrity import (
     FAST_HASH_RECORD,
     content_id_of,
@@ -45,9 +46,7 @@ from lmforge.infra.integrity import (
     hash_tree,
     read_fast_hashes,
 )
-from lmforge.infra.integrity import TELEMETRY_DIR as TELEMETRY_DIR  # noqa: F401  (re-exported)
-from lmforge.infra.integrity import read_json as read_json  # noqa: F401  (re-exported)
-from lmforge.infra.lineage import code_version, environment, sha256_file, sha256_json
+from lmforge.infra.lineage import code_version, environment, sha256_json
 from lmforge.infra.locks import LOCKS_DIR, StoreLock
 
 log = get_logger(__name__)

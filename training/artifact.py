@@ -38,6 +38,6 @@ def model_recipe(config: PretrainConfig, precision: str) -> dict[str, Any]:
     """The config fields that shape the weights: operational ones left out, precision as resolved."""
     recipe = identity_view(config)
     recipe["precision"] = precision
-    if "mask" not in get_objective(config.objective).required_special:
+    if not get_objective(config.objective).uses_masking:
         recipe.pop("masking", None)  # a causal model never reads the masking settings
     return recipe

@@ -29,6 +29,11 @@ class Objective:
     auto_model_class: str
     required_special: tuple[str, ...] = ()
 
+    @property
+    def uses_masking(self) -> bool:
+        """Whether `pretrain.masking` shapes this objective's training (it needs a mask token)."""
+        return "mask" in self.required_special
+
     def _build(self, model_config: ModelConfig, vocab_size: int, seq_len: int, special_ids):
         raise NotImplementedError
 

@@ -284,7 +284,8 @@ def test_pretrain_mlm_zero3_exports_masked_lm(ray_runtime, wiki_inputs, tmp_path
 @pytest.mark.slow
 def test_identical_runs_share_a_content_id(ray_runtime, wiki_inputs, tmp_path):
     """Two 2-worker ZeRO-3 runs differing only in log cadence: every file outside telemetry/ matches."""
-    from lmforge.infra.store import TELEMETRY_DIR, content_id_of, hash_tree
+    from lmforge.infra.artifact_files import TELEMETRY_DIR
+    from lmforge.infra.integrity import content_id_of, hash_tree
 
     config = run_config("mlm", zero_stage=3).model_copy(update={"max_steps": 12, "eval_every": 6})
     hashes = []
