@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from lmforge.core.configbase import StrictModel
+from lmforge.core.configbase import StrictModel, operational
 from lmforge.corpus.filters import FILTERS, DocumentFilter, MinLength
 from lmforge.corpus.normalize import NormalizationForm
 from lmforge.infra.data_paths import is_hf_uri
@@ -31,8 +31,32 @@ def infer_format(path: str) -> str | None:
     return EXTENSION_FORMATS.get(PurePosixPath(path).suffix.lower())
 
 
+class HubSourceConfig(StrictModel):
+    """A hub data set that a source reads instead when its local path finds nothing."""
+
+    path: str = Field(min_length=1)  # hf://owner/name[@revision]
+    hf_name: str | None = None  # the data set's config, e.g. 20231101.en
+    hf_split: str = "train"
+    text_field: str = "text"
+    # Hub sources are streamed: only the rows read are downloaded, even from a multi-GB dump.
+    max_documents: int | None = Field(default=None, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _names_a_hub_data_set(cls, path: str) -> str:
+        if not is_hf_uri(path):
+            raise ValueError(f"a hub fallback names a hub data set (hf://owner/name), got {path!r}")
+        return path
+
+
 class SourceConfig(StrictModel):
-    """One input: a file, a glob, a local dataset directory (format hf) or `hf://owner/name`."""
+    """One input: a file, a glob, a local dataset directory (format hf) or `hf://owner/name`.
+
+    `hf_name` is the hub data set's config (`20231101.en`), `hf_split` its split. `hf://` sources are
+    streamed, so with `max_documents` only the first N rows are downloaded, even from a large dump.
+    `hub` is read instead when `path` finds nothing locally (no data directory, or no match), e.g.
+    `{path: "hf://wikimedia/wikipedia", hf_name: 20231101.en, max_documents: 1000}`.
+    """
 
     path: str = Field(min_length=1)
     format: Format = "auto"
@@ -41,6 +65,9 @@ class SourceConfig(StrictModel):
     hf_name: str | None = None
     hf_split: str = "train"
     max_documents: int | None = Field(default=None, ge=1)
+    # Swapped in for the whole source before any stage runs, so the recipe holds the source that
+    # was read (the hub one, pinned to a commit), never this field itself.
+    hub: HubSourceConfig | None = operational(None)
 
     @model_validator(mode="before")
     @classmethod
@@ -63,7 +90,17 @@ class SourceConfig(StrictModel):
             raise ValueError(
                 f"path {self.path!r} is a Hugging Face dataset; format must be hf, not {self.format}"
             )
+        if is_hf_uri(self.path) and self.hub is not None:
+            raise ValueError(
+                f"hub: path {self.path!r} is a hub data set already; a fallback is for local paths"
+            )
         return self
+
+    def hub_source(self) -> SourceConfig | None:
+        """The source to read instead of this one when its path finds nothing (None: no fallback)."""
+        if self.hub is None:
+            return None
+        return SourceConfig(format="hf", **self.hub.model_dump())
 
 
 def _filter_tag(value: Any) -> str | None:

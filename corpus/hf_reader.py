@@ -16,7 +16,9 @@ def hf_dataset_name(target: str) -> str:
 
 @READERS.register("hf")
 def read_hf(target: str, source: SourceConfig) -> Iterator[RawRecord]:
-    """Streams `source.hf_split` of the dataset, so nothing is downloaded up front."""
+    """Streams `source.hf_split` of the dataset, so nothing is downloaded up front; with
+    `source.max_documents` it stops after that many rows, having fetched only the data files (for
+    Parquet, the row groups) those rows lie in, not the whole dump."""
     import datasets
 
     # The flow pins hub URIs to a commit (hf://owner/name@sha) before the recipe is computed.
@@ -24,5 +26,7 @@ def read_hf(target: str, source: SourceConfig) -> Iterator[RawRecord]:
     dataset = datasets.load_dataset(
         hf_dataset_name(target), source.hf_name, split=source.hf_split, streaming=True, revision=revision
     )
+    if source.max_documents is not None:
+        dataset = dataset.take(source.max_documents)
     for row_number, row in enumerate(dataset):
         yield field_record(str(row_number), row, source.text_field)

@@ -1,32 +1,80 @@
 """Typed configs for downstream tasks; the task lists accept exactly the names in the registries.
 
-Adding a task: a config class here with `name: Literal["..."]`, one `TaskSpec` registry entry, and
-the runner module. The `FinetuneConfig` / `EvaluationConfig` list types are built from the registries.
+Adding a task: a config class here with `name: Literal["..."]` (its data-path fields named in
+`data_fields`, their default hub fallbacks in `hub`), one `TaskSpec` registry entry, and the runner
+module. The `FinetuneConfig` / `EvaluationConfig` list types are built from the registries.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+import difflib
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from lmforge.core.configbase import StrictModel, operational
+from lmforge.core.errors import ConfigError
+from lmforge.infra.data_paths import is_hf_uri
+from lmforge.tasks.data import SST2_HF_CONFIG, WIKITEXT_HF_CONFIG, parse_hf_uri
 from lmforge.tasks.specs import EVAL_TASKS, FINETUNE_TASKS, TaskRegistry, TaskSpec
+
+SST2_HUB = {
+    "train_path": f"hf://nyu-mll/glue?config={SST2_HF_CONFIG}&split=train",
+    "dev_path": f"hf://nyu-mll/glue?config={SST2_HF_CONFIG}&split=validation",
+}
+WIKITEXT2_HUB = {"path": f"hf://Salesforce/wikitext?config={WIKITEXT_HF_CONFIG}&split=validation"}
+
+
+def hub_fallbacks(defaults: dict[str, str]) -> Any:
+    """The `hub` field of a task: data field -> hf:// data set read when that field's local path
+    finds nothing (no data directory, or no match). `hub: {}` turns the fallbacks off.
+
+    Applied to the data field before any stage runs, so the recipe holds the data set that was read
+    (pinned to a commit), never this field itself.
+    """
+    return operational(defaults)
 
 
 class TaskConfig(StrictModel):
     """Base of every task config; subclasses narrow `name` to their registry key."""
 
+    # The fields naming a data file (relative to the data dir) or an hf:// data set.
+    data_fields: ClassVar[tuple[str, ...]] = ()
+
     name: str
+    hub: dict[str, str] = hub_fallbacks({})
+
+    @field_validator("hub")
+    @classmethod
+    def _hub_names_data_fields(cls, hub: dict[str, str]) -> dict[str, str]:
+        for field, uri in hub.items():
+            if field not in cls.data_fields:
+                close = difflib.get_close_matches(field, cls.data_fields, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"unknown data field {field!r}{hint} (data fields: {', '.join(cls.data_fields) or 'none'})"
+                )
+            if not is_hf_uri(uri):
+                raise ValueError(
+                    f"{field}: a hub fallback is hf://<dataset>[?config=..&split=..], got {uri!r}"
+                )
+            try:
+                parse_hf_uri(uri, field, None, "validation")
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        return hub
 
 
 class Sst2FinetuneConfig(TaskConfig):
     """SST-2 sequence classification; the same budget for the pretrained and the random-init model."""
 
+    data_fields = ("train_path", "dev_path")
+
     name: Literal["sst2"] = "sst2"
     # Local paths resolve against the data dir; `hf://nyu-mll/glue` loads GLUE sst2 from the hub.
     train_path: str = "sst2/train.tsv"
     dev_path: str = "sst2/dev.tsv"
+    hub: dict[str, str] = hub_fallbacks(SST2_HUB)
     train_size: int | None = Field(default=2000, ge=1)  # seeded random subset; None = all rows
     max_length: int = Field(default=64, ge=2)
     epochs: int = Field(default=3, ge=1)
@@ -40,9 +88,12 @@ class Sst2FinetuneConfig(TaskConfig):
 class Sst2IclConfig(TaskConfig):
     """SST-2 in-context learning: k demonstrations, label scored by continuation log-likelihood."""
 
+    data_fields = ("train_path", "dev_path")
+
     name: Literal["sst2_icl"] = "sst2_icl"
     train_path: str = "sst2/train.tsv"
     dev_path: str = "sst2/dev.tsv"
+    hub: dict[str, str] = hub_fallbacks(SST2_HUB)
     shots: list[int] = Field(default_factory=lambda: [0, 1, 5], min_length=1)
     num_orderings: int = 3
     max_examples: int | None = Field(default=None, ge=1)  # None: the full dev set
@@ -96,8 +147,11 @@ class Sst2IclConfig(TaskConfig):
 class WikitextPerplexityConfig(TaskConfig):
     """Token-level perplexity and bits per byte on WikiText-2 (raw) validation."""
 
+    data_fields = ("path",)
+
     name: Literal["wikitext_perplexity"] = "wikitext_perplexity"
     path: str = "wikitext2_raw/valid.txt"  # or hf://Salesforce/wikitext
+    hub: dict[str, str] = hub_fallbacks(WIKITEXT2_HUB)
     max_length: int | None = Field(default=None, ge=2)  # window length; None: the model's n_positions
     # New tokens scored per window, each window moving on by this much; None: max_length // 2.
     # stride == max_length is the chunked evaluation (disjoint windows); smaller strides give every

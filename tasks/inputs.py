@@ -9,13 +9,11 @@ from lmforge.infra.data_paths import is_hf_uri, resolve_file
 from lmforge.tasks.config import EvaluationConfig, FinetuneConfig
 from lmforge.tasks.data import SST2_HF_CONFIG, WIKITEXT_HF_CONFIG, parse_hf_uri
 
-# Config fields that name a data file (or an hf:// dataset), per task name.
-_PATH_FIELDS = {"train_path", "dev_path", "path"}
-
 
 def task_paths(task: StrictModel) -> list[tuple[str, str]]:
-    """(field, path-or-uri) of every data file one task config reads."""
-    return [(field, getattr(task, field)) for field in sorted(_PATH_FIELDS & set(type(task).model_fields))]
+    """(field, path-or-uri) of every data file one task config reads, fields in name order."""
+    fields: tuple[str, ...] = getattr(type(task), "data_fields", ())
+    return [(field, getattr(task, field)) for field in sorted(fields)]
 
 
 def task_inputs(finetune: FinetuneConfig, evaluation: EvaluationConfig) -> list[tuple[str, str]]:

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
 from lmforge.core.configbase import StrictModel
 from lmforge.core.errors import ConfigError
-from lmforge.corpus import CorpusConfig
-from lmforge.infra.data_paths import RevisionResolver, default_data_dir, hub_commit, pin_hub_uri
-from lmforge.tasks.config import EvaluationConfig, FinetuneConfig
+from lmforge.core.logs import get_logger
+from lmforge.corpus import CorpusConfig, SourceConfig
+from lmforge.corpus.inputs import source_key
+from lmforge.infra.data_paths import (
+    DATA_DIR_ENV,
+    RevisionResolver,
+    default_data_dir,
+    hub_commit,
+    hub_endpoint,
+    is_hf_uri,
+    local_data_found,
+    pin_hub_uri,
+    pin_hub_uris,
+)
+from lmforge.tasks.config import EvaluationConfig, FinetuneConfig, TaskConfig
 from lmforge.tokenization import ShardConfig, TokenizerConfig
 from lmforge.training import PretrainConfig, get_objective
+
+log = get_logger(__name__)
 
 
 class RayConfig(StrictModel):
@@ -79,23 +95,121 @@ def check_inputs(config: PipelineConfig) -> None:
     tasks.check_inputs(config.finetune, config.evaluation, data_dir)
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """A data path that found nothing locally, and the hub data set read instead."""
+
+    key: str
+    local: str
+    hub: str
+
+
+def resolve_inputs(config: PipelineConfig, resolver: RevisionResolver | None = None) -> PipelineConfig:
+    """`config` ready to run: each data path that finds nothing locally replaced by its hub fallback,
+    local inputs checked, and every hub data set pinned to the commit it names now. A data set it
+    cannot provide is a ConfigError, one for all of them. Idempotent: a resolved config comes back
+    unchanged without network."""
+    data_dir = config.resolved_data_dir()
+    config, fallbacks = apply_hub_fallbacks(config, data_dir)
+    check_inputs(config)
+    uris = dict(input_paths(config))
+    pinned, failed = pin_hub_uris(uris, resolver or hub_commit)
+    if failed:
+        raise ConfigError(unreachable_message(failed, uris, fallbacks, data_dir))
+    return _rewrite_paths(config, lambda key, path: pinned.get(key, path))
+
+
+def apply_hub_fallbacks(
+    config: PipelineConfig, data_dir: Path | None
+) -> tuple[PipelineConfig, list[Fallback]]:
+    """`config` with every local data path that matches nothing replaced by its `hub` fallback."""
+    fallbacks: list[Fallback] = []
+
+    def fall_back(key: str, local: str, hub: str) -> None:
+        where = f"in {data_dir}" if data_dir is not None else f"no data directory set ({DATA_DIR_ENV})"
+        log.info("%s: %r finds nothing (%s); reading the hub data set %s", key, local, where, hub)
+        fallbacks.append(Fallback(key, local, hub))
+
+    def source_or_hub(key: str, source: SourceConfig) -> SourceConfig:
+        hub = source.hub_source()
+        if hub is None or local_data_found(source.path, data_dir):
+            return source
+        fall_back(key, source.path, source_uri(hub))
+        return hub
+
+    def path_or_hub(key: str, task: TaskConfig, field: str, path: str) -> str:
+        hub = task.hub.get(field)
+        if hub is None or is_hf_uri(path) or local_data_found(path, data_dir):
+            return path
+        fall_back(key, path, hub)
+        return hub
+
+    return _rewrite_inputs(config, source_or_hub, path_or_hub), fallbacks
+
+
 def pin_hub_revisions(config: PipelineConfig, resolver: RevisionResolver = hub_commit) -> PipelineConfig:
     """`config` with every hf:// data set pinned to the hub commit it names now (hf://owner/name@sha),
     so recipes, lineage and readers all refer to the same bytes. No hf:// input: no network."""
+    return _rewrite_paths(config, lambda key, path: pin_hub_uri(path, key, resolver))
+
+
+def input_paths(config: PipelineConfig) -> list[tuple[str, str]]:
+    """(config key, path or hf:// URI) of every data input: corpus sources, then task data fields."""
+    from lmforge.tasks.inputs import task_inputs
+
+    sources = [(source_key(index), source.path) for index, source in enumerate(config.corpus.sources)]
+    return sources + task_inputs(config.finetune, config.evaluation)
+
+
+def source_uri(source: SourceConfig) -> str:
+    """A hub source as one URI, in the task syntax: hf://owner/name?config=..&split=.."""
+    config_part = f"config={source.hf_name}&" if source.hf_name else ""
+    return f"{source.path}?{config_part}split={source.hf_split}"
+
+
+def unreachable_message(
+    failed: dict[str, str], uris: dict[str, str], fallbacks: list[Fallback], data_dir: Path | None
+) -> str:
+    """One message for every input whose hub data set could not be pinned: its key, the hub name
+    tried, the hub's error, and how to use local copies instead."""
+    fell_back = {fallback.key: fallback for fallback in fallbacks if fallback.key in failed}
+    reasons = set(failed.values())
+    lines = [
+        f"cannot read {len(failed)} input(s): the Hugging Face hub at {hub_endpoint()} could not be used"
+    ]
+    for key, reason in failed.items():
+        fallback = fell_back.get(key)
+        tried = f"{fallback.local!r} not found; tried {fallback.hub}" if fallback else f"tried {uris[key]}"
+        lines.append(f"  {key}: {tried}" + (f" ({reason})" if len(reasons) > 1 else ""))
+    if len(reasons) == 1:
+        lines.append(f"  hub error: {reasons.pop()}")
+    if fell_back:
+        local = ", ".join(dict.fromkeys(fallback.local for fallback in fell_back.values()))
+        where = f"the data directory is {data_dir}" if data_dir else "no data directory is set"
+        lines.append(
+            f"Without the hub: put local copies in one folder, at the paths the config names ({local}), "
+            f"and set {DATA_DIR_ENV}=/path/to/that/folder or the config's data_dir ({where} now)."
+        )
+    if failed.keys() - fell_back.keys():
+        lines.append("An hf:// input without a local copy: give its commit yourself, hf://owner/name@<sha>.")
+    return "\n".join(lines)
+
+
+def _rewrite_inputs(
+    config: PipelineConfig,
+    source_fn: Callable[[str, SourceConfig], SourceConfig],
+    path_fn: Callable[[str, TaskConfig, str, str], str],
+) -> PipelineConfig:
+    """`config` with each corpus source and each task data field passed through the given function."""
     from lmforge.tasks.inputs import task_paths
 
-    sources = [
-        source.model_copy(
-            update={"path": pin_hub_uri(source.path, f"corpus.sources[{index}].path", resolver)}
-        )
-        for index, source in enumerate(config.corpus.sources)
-    ]
+    sources = [source_fn(source_key(index), source) for index, source in enumerate(config.corpus.sources)]
 
-    def pinned_tasks(section: str, tasks: list) -> list:
+    def rewritten(section: str, tasks: list[TaskConfig]) -> list[TaskConfig]:
         return [
             task.model_copy(
                 update={
-                    field: pin_hub_uri(path, f"{section}.tasks[{index}].{field}", resolver)
+                    field: path_fn(f"{section}.tasks[{index}].{field}", task, field, path)
                     for field, path in task_paths(task)
                 }
             )
@@ -106,10 +220,19 @@ def pin_hub_revisions(config: PipelineConfig, resolver: RevisionResolver = hub_c
         update={
             "corpus": config.corpus.model_copy(update={"sources": sources}),
             "finetune": config.finetune.model_copy(
-                update={"tasks": pinned_tasks("finetune", config.finetune.tasks)}
+                update={"tasks": rewritten("finetune", config.finetune.tasks)}
             ),
             "evaluation": config.evaluation.model_copy(
-                update={"tasks": pinned_tasks("evaluation", config.evaluation.tasks)}
+                update={"tasks": rewritten("evaluation", config.evaluation.tasks)}
             ),
         }
+    )
+
+
+def _rewrite_paths(config: PipelineConfig, path_fn: Callable[[str, str], str]) -> PipelineConfig:
+    """`config` with every data path (corpus source or task field) passed through `path_fn(key, path)`."""
+    return _rewrite_inputs(
+        config,
+        lambda key, source: source.model_copy(update={"path": path_fn(key, source.path)}),
+        lambda key, _task, _field, path: path_fn(key, path),
     )

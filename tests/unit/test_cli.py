@@ -16,6 +16,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def empty_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LMFORGE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("LMFORGE_STORE", str(tmp_path / "store"))
+    # Missing data falls back to the hub; a unit test must not reach it (or run the pipeline).
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return tmp_path
 
 
@@ -40,6 +44,7 @@ def test_missing_data_path_exits_2_naming_key(empty_data_dir, capsys):
     code, err = run_cli(capsys)
     assert code == 2
     assert "corpus.sources[0].path" in err and "enwiki_extract/wiki_00.txt" in err
+    assert "hf://wikimedia/wikipedia" in err and "LMFORGE_DATA_DIR" in err
 
 
 def test_bad_force_stage_exits_2(empty_data_dir, shared_data_dir, monkeypatch, capsys):

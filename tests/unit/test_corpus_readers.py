@@ -197,3 +197,29 @@ def test_list_inputs_and_work_item_names(tmp_path):
         (2, "owner/name/en/validation"),
         (3, "ds/default/train"),
     ]
+
+
+def test_hf_reader_streams_only_the_first_max_documents_rows(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    pulled: list[int] = []
+    asked: list[tuple] = []
+
+    def rows():
+        for number in range(10_000):
+            pulled.append(number)
+            yield {"text": f"article {number}"}
+
+    def fake_load_dataset(name, config_name, **kwargs):
+        asked.append((name, config_name, kwargs))
+        return datasets.IterableDataset.from_generator(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    target = f"hf://wikimedia/wikipedia@{sha}"
+    source = SourceConfig(path=target, hf_name="20231101.en", max_documents=3)
+    records = list(READERS.get("hf")(target, source))
+    assert records == [(str(n), f"article {n}", None) for n in range(3)]
+    assert asked == [
+        ("wikimedia/wikipedia", "20231101.en", {"split": "train", "streaming": True, "revision": sha})
+    ]
+    assert len(pulled) <= 4, "the stream (one row of read-ahead) must stop once max_documents are read"
