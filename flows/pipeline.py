@@ -1,85 +1,170 @@
-"""The end-to-end Prefect flow. Tasks are thin wrappers over `flows.steps`."""
+"""The end-to-end Prefect flow. Tasks are thin wrappers over `flows.steps`.
+
+The flow's parameters are typed (`config: PipelineConfig`), so a deployment's "Custom run" form in
+the Prefect UI shows the config's sections and fields. Prefect does not validate them
+(`validate_parameters=False`): the flow validates the config itself, so a bad value fails the run with
+the same message `lmforge run` prints for it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 
-from lmforge.app.config import PipelineConfig, check_inputs, pin_hub_revisions
+from lmforge.app.config import PipelineConfig, resolve_inputs
+from lmforge.core.configbase import validate_config
+from lmforge.core.logs import get_logger, log_to_file
 from lmforge.flows import steps
-from lmforge.flows.run_record import RunRecord
-from lmforge.infra.ray_runtime import ensure_ray
+from lmforge.flows.run_record import CANCELLED, COMPLETED, FAILED, RunRecord, new_run_id
+from lmforge.infra import progress
+from lmforge.infra.progress import ProgressListener, ProgressRelay, ProgressUpdate
+from lmforge.infra.ray_runtime import ensure_ray, shutdown_ray
 from lmforge.infra.stage_runner import StageOutcome
+from lmforge.infra.store import default_store_root
+
+log = get_logger(__name__)
+FLOW_NAME = "lmforge-pipeline"
+# Stages that report progress while they run; each gets a progress artifact in the UI.
+PROGRESS_STAGES = ("pretrain", "finetune/")
+# How often a stage's progress artifact is updated at most (each update is an API call).
+ARTIFACT_UPDATE_SECONDS = 2.0
+
+
+def _watched(
+    stage: str, step: Callable[..., StageOutcome], ctx: steps.RunContext, *args: Any
+) -> StageOutcome:
+    """Run one step, telling progress listeners when it starts and ends; then its UI artifacts."""
+    progress.stage_started(stage)
+    try:
+        outcome = step(ctx, *args)
+    except BaseException as err:
+        progress.stage_finished(stage, FAILED, f"{type(err).__name__}: {err}")
+        raise
+    if ctx.progress is not None:
+        ctx.progress.flush()  # the stage's last report before its end
+    progress.stage_finished(stage, outcome.status, outcome.artifact_id)
+    _publish_stage_artifacts(ctx.config.name, outcome)
+    return outcome
 
 
 # Reuse is decided by the artifact store's recipe lookup (content hashes), not Prefect's cache,
 # whose default policy never hits across runs: every stage task has cache_policy=NO_CACHE.
 @task(name="clean", cache_policy=NO_CACHE)
 def clean_task(ctx: steps.RunContext) -> StageOutcome:
-    return steps.clean_step(ctx)
+    return _watched("clean", steps.clean_step, ctx)
 
 
 @task(name="train-tokenizer", cache_policy=NO_CACHE)
 def tokenizer_task(ctx: steps.RunContext, cleaned: StageOutcome) -> StageOutcome:
-    return steps.tokenizer_step(ctx, cleaned)
+    return _watched("tokenizer", steps.tokenizer_step, ctx, cleaned)
 
 
 @task(name="shard", cache_policy=NO_CACHE)
 def shard_task(ctx: steps.RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
-    return steps.shard_step(ctx, cleaned, tokenizer)
+    return _watched("shard", steps.shard_step, ctx, cleaned, tokenizer)
 
 
 @task(name="pretrain", cache_policy=NO_CACHE)
 def pretrain_task(ctx: steps.RunContext, shards: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
-    return steps.pretrain_step(ctx, shards, tokenizer)
+    return _watched("pretrain", steps.pretrain_step, ctx, shards, tokenizer)
 
 
 @task(name="finetune", task_run_name="finetune-{task_config.name}-{init}", cache_policy=NO_CACHE)
 def finetune_task(ctx: steps.RunContext, task_config: Any, init: str, model: StageOutcome) -> StageOutcome:
-    return steps.finetune_step(ctx, task_config, init, model)
+    stage = f"finetune/{task_config.name}/{init}"
+    return _watched(stage, steps.finetune_step, ctx, task_config, init, model)
 
 
 @task(name="evaluate", task_run_name="eval-{task_config.name}", cache_policy=NO_CACHE)
 def eval_task(
     ctx: steps.RunContext, task_config: Any, model: StageOutcome, shards: StageOutcome
 ) -> StageOutcome:
-    return steps.eval_step(ctx, task_config, model, shards)
+    return _watched(f"eval/{task_config.name}", steps.eval_step, ctx, task_config, model, shards)
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(ctx: steps.RunContext, record: dict[str, Any]) -> StageOutcome:
-    return steps.report_step(ctx, record)
+    return _watched("report", steps.report_step, ctx, record)
 
 
-@flow(name="lmforge-pipeline", flow_run_name="{run_id}")
+def _flow_run_name() -> str:
+    """The run id: given, or `<config name>-<UTC time>-<random>` (also for scheduled runs)."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    if parameters.get("run_id"):
+        return str(parameters["run_id"])
+    config = parameters.get("config")
+    name = config.get("name") if isinstance(config, dict) else getattr(config, "name", None)
+    return new_run_id(str(name or "run"))
+
+
+@flow(name=FLOW_NAME, flow_run_name=_flow_run_name, validate_parameters=False)
 def pipeline_flow(
-    config: dict[str, Any], run_id: str, store: str, force: str | None = None
+    config: PipelineConfig,
+    run_id: str | None = None,
+    store: str | None = None,
+    force: str | None = None,
 ) -> dict[str, Any]:
-    """Clean -> tokenizer -> shards -> pre-train -> (fine-tune x inits, evals) -> report."""
+    """Clean -> tokenizer -> shards -> pre-train -> (fine-tune x inits, evals) -> report.
+
+    config: the pipeline config (as `lmforge run` reads it from YAML).
+    run_id: the run's id in the store (default: the flow run's name).
+    store: the artifact store root (default: config.store, $LMFORGE_STORE, ./lmforge-store).
+    force: recompute this stage and every stage after it.
+    """
+    from prefect.runtime import flow_run
+
     logger = get_run_logger()
-    pipeline_config = PipelineConfig.model_validate(config)
-    check_inputs(pipeline_config)
+    pipeline_config = as_pipeline_config(config)
+    steps.forced_stages(force)
     # Hub data sets are pinned to a commit once, here: every stage's recipe and reader see that one.
-    pipeline_config = pin_hub_revisions(pipeline_config)
-    config = pipeline_config.model_dump(mode="json")
-    ctx = steps.make_context(pipeline_config, store, run_id, force)
-    record = RunRecord(ctx.store, run_id, pipeline_config.name, config)
+    pipeline_config = resolve_inputs(pipeline_config)
+    run_id = run_id or flow_run.get_name() or new_run_id(pipeline_config.name)
+    store_root = store or pipeline_config.store or str(default_store_root())
+    ctx = steps.make_context(pipeline_config, store_root, run_id, force)
+    record = RunRecord(ctx.store, run_id, pipeline_config.name, pipeline_config.model_dump(mode="json"))
+    listener = PrefectArtifacts(pipeline_config.name, flow_run.get_id())
+    progress.add_listener(listener)
     logger.info("run %s: record at %s", run_id, record.path)
     try:
-        ensure_ray(pipeline_config.ray.address, pipeline_config.ray.num_cpus)
-        _run_stages(ctx, record)
-        report = report_task(ctx, record.as_completed())
-        record.stage_done(report)
-        record.data["report"] = {name: str(Path(report.path) / file) for name, file in report.metrics.items()}
-        _publish_prefect_artifacts(run_id, record.data)
+        with log_to_file(record.path.parent / "flow.log"):
+            ensure_ray(pipeline_config.ray.address, pipeline_config.ray.num_cpus)
+            with ProgressRelay(run_id) as relay:
+                ctx.progress = relay
+                _run_stages(ctx, record)
+                report = report_task(ctx, record.as_completed())
+            record.stage_done(report)
+            record.data["report"] = {
+                name: str(Path(report.path) / file) for name, file in report.metrics.items()
+            }
+            _publish_report_artifacts(run_id, record.data)
     except BaseException as err:
-        record.finish("failed", f"{type(err).__name__}: {err}")
+        cancelled = is_cancellation(err)
+        record.finish(CANCELLED if cancelled else FAILED, f"{type(err).__name__}: {err}")
+        if cancelled:
+            # Ends this driver's Ray work: a local runtime stops, a cluster drops the job's tasks.
+            shutdown_ray()
         raise
-    record.finish("completed")
+    finally:
+        progress.remove_listener(listener)
+    record.finish(COMPLETED)
     logger.info(
         "run %s completed in %.0f s; report: %s",
         run_id,
@@ -87,6 +172,23 @@ def pipeline_flow(
         record.data["report"]["markdown"],
     )
     return record.data
+
+
+def as_pipeline_config(config: Any) -> PipelineConfig:
+    """The flow's `config` parameter as a PipelineConfig, validated with the messages `lmforge run`
+    prints (a UI form or API call passes a plain mapping)."""
+    if isinstance(config, PipelineConfig):
+        return config
+    if not isinstance(config, dict):
+        from lmforge.core.errors import ConfigError
+
+        raise ConfigError(f"flow parameter config: expected a mapping, got {type(config).__name__}")
+    return validate_config(PipelineConfig, config, source="flow parameter config")
+
+
+def is_cancellation(err: BaseException) -> bool:
+    """Ctrl-C in a terminal, or the SIGTERM Prefect's runner sends when a run is cancelled."""
+    return isinstance(err, KeyboardInterrupt | TerminationSignal | asyncio.CancelledError)
 
 
 def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:
@@ -122,10 +224,109 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:
         raise errors[0]
 
 
-def _publish_prefect_artifacts(run_id: str, record: dict[str, Any]) -> None:
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from free-form parts."""
+    text = "-".join(parts).lower()
+    return "-".join(filter(None, "".join(ch if ch.isalnum() else "-" for ch in text).split("-")))
+
+
+class PrefectArtifacts(ProgressListener):
+    """Progress artifacts of the long stages of one flow run, and its notes in the run's log.
+
+    Each artifact is created in its stage's task (so the UI shows it on that task run) and updated
+    from the progress relay's thread by id, at most every ARTIFACT_UPDATE_SECONDS.
+    """
+
+    def __init__(self, config_name: str, flow_run_id: str | None) -> None:
+        self.config_name = config_name
+        self.flow_run_id = flow_run_id
+        self.artifacts: dict[str, UUID] = {}
+        self.updated: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def stage_started(self, stage: str) -> None:
+        if not stage.startswith(PROGRESS_STAGES):
+            return
+        artifact = cast(
+            UUID,
+            create_progress_artifact(
+                0.0, key=artifact_key(self.config_name, stage, "progress"), description=f"{stage}: starting"
+            ),
+        )
+        with self.lock:
+            self.artifacts[stage] = artifact
+
+    def progress(self, update: ProgressUpdate) -> None:
+        with self.lock:
+            artifact = self.artifacts.get(update.stage)
+            now = time.monotonic()
+            if artifact is None or now - self.updated.get(update.stage, -1e9) < ARTIFACT_UPDATE_SECONDS:
+                return
+            self.updated[update.stage] = now
+        update_progress_artifact(artifact, update.percent, description=f"{update.stage}: {update.describe()}")
+
+    def stage_finished(self, stage: str, status: str, detail: str) -> None:
+        with self.lock:
+            artifact = self.artifacts.pop(stage, None)
+        if artifact is not None and status != FAILED:
+            update_progress_artifact(artifact, 100.0, description=f"{stage}: {status} {detail}")
+
+    def note(self, stage: str, text: str) -> None:
+        # From the relay's thread, outside any run context: name the flow run for Prefect's log handler.
+        if self.flow_run_id:
+            get_logger("lmforge.flows.notes").info(
+                "%s: %s", stage, text, extra={"flow_run_id": self.flow_run_id}
+            )
+
+
+def _publish_stage_artifacts(config_name: str, outcome: StageOutcome) -> None:
+    """In the stage's task: a table of its key metrics and a markdown note of where its artifact is.
+
+    Keys are per config and stage, so the UI's Artifacts page keeps each one's history across runs."""
+    rows = [
+        {"metric": "status", "value": outcome.status},
+        {"metric": "artifact_id", "value": outcome.artifact_id},
+        {"metric": "seconds", "value": f"{outcome.seconds:.1f}"},
+    ]
+    rows += [{"metric": name, "value": value} for name, value in key_metrics(outcome.metrics).items()]
+    stage_key = artifact_key(config_name, outcome.stage)
+    create_table_artifact(
+        key=artifact_key(stage_key, "metrics"), table=rows, description=f"{outcome.stage}: key metrics"
+    )
+    create_markdown_artifact(
+        key=artifact_key(stage_key, "artifact"),
+        markdown=(
+            f"### {outcome.stage}: `{outcome.artifact_id}` ({outcome.status})\n\n"
+            f"Store path: `{outcome.path}`\n\n"
+            f"Ancestry: `lmforge lineage {outcome.artifact_id}`; "
+            f"integrity: `lmforge verify {outcome.artifact_id}`\n"
+        ),
+        description=f"{outcome.stage}: artifact {outcome.artifact_id}",
+    )
+
+
+def key_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalar metrics, nested dicts flattened with dots; lists (curves, per-shot rows) left out."""
+    flat: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(key_metrics(value, f"{prefix}{name}."))
+        elif isinstance(value, float):
+            flat[prefix + name] = f"{value:.6g}"
+        elif isinstance(value, int | str | bool) or value is None:
+            flat[prefix + name] = value
+    return flat
+
+
+def _publish_report_artifacts(run_id: str, record: dict[str, Any]) -> None:
     from lmforge.app.report import report_tables
 
     markdown, rows = report_tables(record)
-    key = "".join(ch if ch.isalnum() else "-" for ch in run_id.lower())
+    png = record["report"].get("png")
+    if png and Path(png).is_file():
+        # Inline, so the UI shows the curve without reaching the store's filesystem.
+        data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+        markdown += f"\n## Loss curves\n\n![loss curves](data:image/png;base64,{data})\n"
+    key = artifact_key(str(record["config_name"]))
     create_markdown_artifact(key=f"{key}-report", markdown=markdown, description=f"lmforge run {run_id}")
     create_table_artifact(key=f"{key}-stages", table=rows, description=f"lmforge run {run_id}: stages")

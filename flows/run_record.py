@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,18 @@ from lmforge.infra.stage_runner import StageOutcome
 from lmforge.infra.store import ArtifactStore, utc_now
 
 RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+# Stopped on purpose: Ctrl-C, or a cancel from the Prefect UI (the runner's SIGTERM).
+CANCELLED = "cancelled"
 # A record still saying "running" whose process is gone (killed, crashed host): it never finishes.
 INTERRUPTED = "interrupted"
+
+
+def new_run_id(config_name: str) -> str:
+    """`<config name>-<UTC time>-<6 hex>`: sorts by start time, unique across hosts."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{config_name}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 class RunRecord:
@@ -67,7 +78,7 @@ class RunRecord:
 
     def as_completed(self) -> dict[str, Any]:
         """The record as it will read once the run completes (what the report describes)."""
-        return {**self.data, **self._closing("completed")}
+        return {**self.data, **self._closing(COMPLETED)}
 
     def _closing(self, status: str) -> dict[str, Any]:
         return {

@@ -11,6 +11,7 @@ from lmforge.app.config import PipelineConfig
 from lmforge.core.errors import ConfigError
 from lmforge.infra.code_identity import code_identity
 from lmforge.infra.data_paths import is_hf_uri, resolve_file
+from lmforge.infra.progress import ProgressRelay, ProgressTarget
 from lmforge.infra.ray_runtime import run_remote
 from lmforge.infra.stage_runner import StageOutcome, StageRunner
 from lmforge.infra.store import ArtifactStore, ExternalFile
@@ -27,6 +28,11 @@ class RunContext:
     runner: StageRunner
     data_dir: Path | None
     run_id: str
+    # The run's progress board (None: long stages report to this process's listeners).
+    progress: ProgressRelay | None = None
+
+    def progress_target(self, stage: str) -> ProgressTarget:
+        return self.progress.target(stage) if self.progress is not None else ProgressTarget(stage)
 
 
 def forced_stages(force: str | None) -> set[str]:
@@ -119,6 +125,7 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
             ctx.config.seed,
             work_dir=work,
             precision=precision,
+            progress=ctx.progress_target("pretrain"),
         ),
     )
 
@@ -133,8 +140,9 @@ def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutc
         # recipe names those files' hashes instead of the model's content id.
         config["architecture"] = architecture_files(ctx.store.get(model.artifact_id))
         recipe_parents = []
+    stage = f"finetune/{task_config.name}/{init}"
     return ctx.runner.run(
-        f"finetune/{task_config.name}/{init}",
+        stage,
         "finetune",
         config=config,
         parents=[model.artifact_id],
@@ -144,7 +152,15 @@ def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutc
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="finetune",
         compute=lambda out, _work: run_remote(
-            entry.run, task_config, model_dir, init, ctx.data_dir, out, ctx.config.seed, num_cpus=1
+            entry.run,
+            task_config,
+            model_dir,
+            init,
+            ctx.data_dir,
+            out,
+            ctx.config.seed,
+            progress=ctx.progress_target(stage),
+            num_cpus=1,
         ),
     )
 

@@ -46,6 +46,15 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ctx.enable_progress_bars = False
 
 
+def shutdown_ray() -> None:
+    """Disconnect this driver: a runtime it started stops; on a cluster, the job's tasks and actors end."""
+    import ray
+
+    if ray.is_initialized():
+        log.info("stopping this run's Ray work")
+        ray.shutdown()
+
+
 def run_remote(
     fn: Callable[..., R], *args: Any, num_cpus: float = 1, num_gpus: float = 0, **kwargs: Any
 ) -> R:

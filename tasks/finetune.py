@@ -16,6 +16,7 @@ import torch
 
 from lmforge.core.errors import ArtifactError, ConfigError
 from lmforge.core.logs import get_logger
+from lmforge.infra.progress import ProgressReporter, ProgressTarget
 from lmforge.tasks.config import Sst2FinetuneConfig
 from lmforge.tasks.data import LabelledText, load_sst2, seeded_subset
 from lmforge.tasks.modeling import load_tokenizer, max_positions, write_json, write_metrics
@@ -95,9 +96,11 @@ def train(
     pad_id: int,
     config: Sst2FinetuneConfig,
     seed: int,
+    progress: ProgressTarget | None = None,
 ) -> list[list[float]]:
-    """The optimisation loop; returns the loss curve as [step, loss] pairs."""
+    """The optimisation loop; returns the loss curve as [step, loss] pairs. Reports steps to `progress`."""
     steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
+    reporter = ProgressReporter(progress, config.epochs * steps_per_epoch)
     optimizer, scheduler = make_optimizer(model, config, config.epochs * steps_per_epoch)
     # Own RNG for the data order, so it does not depend on how much torch RNG the init consumed.
     order_rng = random.Random(seed)
@@ -117,6 +120,7 @@ def train(
             step += 1
             if step % config.log_every == 0 or step == config.epochs * steps_per_epoch:
                 curve.append([step, loss.item()])
+                reporter.update(step, epoch=epoch + 1, loss=curve[-1][1])
         log.info("sst2 fine-tune epoch %d/%d: last loss %.4f", epoch + 1, config.epochs, curve[-1][1])
     return curve
 
@@ -128,8 +132,11 @@ def run_sst2_finetune(
     data_dir: Path | None,
     output_dir: Path,
     seed: int,
+    progress: ProgressTarget | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune on a seeded SST-2 subset, score the dev set, save the classifier to output_dir/model."""
+    """Fine-tune on a seeded SST-2 subset, score the dev set, save the classifier to output_dir/model.
+
+    `progress`: where optimizer steps done are reported (the run's progress board)."""
     began = time.perf_counter()
     key = f"finetune.tasks[{config.name}]"
     train_rows = seeded_subset(
@@ -144,7 +151,9 @@ def run_sst2_finetune(
     model = build_classifier(model_dir, init, tokenizer.pad_token_id, seed)
     max_length = min(config.max_length, max_positions(model.config))
     train_ids, dev_ids = encode(tokenizer, train_rows, max_length), encode(tokenizer, dev_rows, max_length)
-    curve = train(model, train_ids, [r.label for r in train_rows], tokenizer.pad_token_id, config, seed)
+    curve = train(
+        model, train_ids, [r.label for r in train_rows], tokenizer.pad_token_id, config, seed, progress
+    )
     dev_labels = [r.label for r in dev_rows]
     metrics: dict[str, Any] = {
         "init": init,

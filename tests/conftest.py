@@ -1,4 +1,4 @@
-"""Shared fixtures: one Ray runtime and one Prefect harness per test session (both are slow to start)."""
+"""Shared fixtures: one Ray runtime and one Prefect server per test session (both are slow to start)."""
 
 from __future__ import annotations
 
@@ -34,10 +34,23 @@ def ray_runtime():
 
 
 @pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    """Prefect's test harness (temporary server, SQLite), once per session; never nest another."""
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory):
+    """A real `prefect server start` on a free loopback port with a temporary home (SQLite), once per
+    session; every flow run, deployment and runner in the tests talks to it."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+    from lmforge.infra.prefect_server import PrefectServer, free_port
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with PrefectServer(home, port=free_port()) as server:
+        saved = {name: os.environ.get(name) for name in server.environment()}
+        os.environ.update(server.environment())  # for subprocesses (lmforge serve, the CLI)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_HOME: str(home)}):
+                yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.core.configbase import StrictModel, operational
+from lmforge.core.configbase import StrictModel, choice, operational
 from lmforge.tokenization.algorithms import TOKENIZER_ALGORITHMS
 
 
 class TokenizerConfig(StrictModel):
     """How to train the tokenizer (`tokenizer:` section)."""
 
-    algorithm: str = "bpe"
+    algorithm: str = choice("bpe", TOKENIZER_ALGORITHMS.names)
     vocab_size: int = 8192
     # Ignored by unigram, whose trainer prunes by likelihood instead of pair counts.
     min_frequency: int = Field(default=2, ge=1)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.core.logs import get_logger
+from lmforge.infra.progress import ProgressReporter
 from lmforge.training import deepspeed_setup
 from lmforge.training.artifact import HF_DIR, model_recipe
 from lmforge.training.hooks import LOGGERS, Callback
@@ -29,6 +30,31 @@ class ConsoleLogger(Callback):
             return
         shown = " ".join(f"{key}={_short(value)}" for key, value in record.items() if key != "event")
         log.info("%s %s", record["event"], shown)
+
+
+class ProgressReport(Callback):
+    """Steps done, train loss and tokens/s to the run's progress board (writer rank; no collectives)."""
+
+    def __init__(self) -> None:
+        self.reporter: ProgressReporter | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_start(self, loop: PretrainLoop) -> None:
+        if not loop.is_writer or loop.inputs.progress is None:
+            return
+        self.reporter = ProgressReporter(loop.inputs.progress, loop.config.max_steps, start_done=loop.step)
+        if loop.step:
+            self.reporter.note(f"resumed pre-training from step {loop.step} (last checkpoint)")
+
+    def on_record(self, loop: PretrainLoop, record: dict[str, Any]) -> None:
+        if record["event"] == "train":
+            self.metrics["loss"] = record["loss"]
+        elif record["event"] == "speed":
+            self.metrics["tokens_per_s"] = record["tokens_per_second"]
+
+    def on_step_end(self, loop: PretrainLoop) -> None:
+        if self.reporter is not None:
+            self.reporter.update(loop.step, **self.metrics)
 
 
 class Evaluation(Callback):
@@ -90,6 +116,7 @@ def build_callbacks(inputs: LoopInputs, peak_seconds: float = PEAK_SECONDS) -> l
         Evaluation(config.eval_every, config.eval_batches),
     ]
     callbacks += [LOGGERS.get(name)(inputs) for name in config.loggers]
+    callbacks.append(ProgressReport())
     if config.checkpoint_every:
         callbacks.append(PeriodicCheckpoint(config.checkpoint_every))
     callbacks.append(HFExport())

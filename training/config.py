@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lmforge.core.configbase import StrictModel, operational
+from lmforge.core.configbase import StrictModel, choice, operational
 
 ModelSize = Literal["debug", "tiny", "small", "custom"]
 
@@ -78,8 +78,14 @@ class MaskingConfig(StrictModel):
         return self
 
 
+def _objective_names() -> list[str]:
+    from lmforge.training.objectives import OBJECTIVES
+
+    return OBJECTIVES.names()
+
+
 class PretrainConfig(StrictModel):
-    objective: str = "clm"
+    objective: str = choice("clm", _objective_names)
     model: ModelConfig = ModelConfig()
     masking: MaskingConfig = MaskingConfig()
     num_workers: int = Field(default=2, ge=1)

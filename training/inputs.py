@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lmforge.core.errors import ArtifactError, ConfigError
 from lmforge.core.logs import get_logger
+from lmforge.infra.progress import ProgressTarget
 from lmforge.training.config import PretrainConfig
 from lmforge.training.data import MANIFEST, read_manifest
 from lmforge.training.objectives import get_objective
@@ -33,6 +34,8 @@ class LoopInputs:
     special_ids: dict[str, int] = field(default_factory=dict)
     # Where rank 0 writes TensorBoard event files while training (None: a temporary folder).
     tensorboard_dir: str | None = None
+    # Where rank 0 reports steps done (the run's progress board); None: nowhere.
+    progress: ProgressTarget | None = None
 
 
 def tokenizer_info(tokenizer_dir: Path) -> tuple[int, dict[str, int]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 
 from lmforge.core.errors import ArtifactError
 from lmforge.core.logs import ROOT_LOGGER, get_logger
+from lmforge.infra.progress import ProgressTarget
 from lmforge.training.artifact import OUTPUT_ITEMS, SUMMARY_FILE
 from lmforge.training.config import PretrainConfig
 from lmforge.training.inputs import LoopInputs, choose_precision, resolve_inputs
@@ -37,6 +40,7 @@ def pretrain(
     seed: int,
     work_dir: Path | None = None,
     precision: ResolvedPrecision | None = None,
+    progress: ProgressTarget | None = None,
 ) -> dict[str, Any]:
     """Pre-train with DeepSpeed on `config.num_workers` Ray Train workers; see docs/architecture.md.
 
@@ -45,7 +49,7 @@ def pretrain(
     checkpoints, live TensorBoard files) lives in `work_dir`, default `output_dir/../ray_train`, and
     is deleted after success; a re-run with the same `work_dir` resumes from its last checkpoint (the
     flow passes a directory keyed by the stage's recipe). `precision`: as `worker_precision` resolved
-    it (default: resolved here).
+    it (default: resolved here). `progress`: where rank 0 reports steps done.
     """
     from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray
 
@@ -63,6 +67,7 @@ def pretrain(
         tensorboard_dir=storage / run_name / "tensorboard",
         precision=precision,
     )
+    inputs = dataclasses.replace(inputs, progress=progress)
     # Cache DeepSpeed's JIT-built ops (the CPU shm comm op takes 20-40 s to compile).
     os.environ.setdefault(EXTENSIONS_ENV, str(DEFAULT_EXTENSIONS_DIR))
     trainer = _build_trainer(config, inputs, use_gpu, storage, run_name)
@@ -75,13 +80,37 @@ def pretrain(
         inputs.precision,
         storage / run_name,
     )
-    result = trainer.fit()
+    result = fit_off_main_thread(trainer)
     if result.checkpoint is None:
         raise ArtifactError(f"Ray Train run {storage / run_name} finished without a final checkpoint")
     with result.checkpoint.as_directory() as final:
         summary = _materialize(Path(final), output_dir)
     shutil.rmtree(storage / run_name, ignore_errors=True)
     return summary
+
+
+def fit_off_main_thread(trainer: Any) -> Any:
+    """`trainer.fit()` in a helper thread, the caller waiting.
+
+    On the main thread Ray Train installs its own SIGINT handler (and keeps it): Ctrl-C would end as
+    SystemExit instead of KeyboardInterrupt. Here a Ctrl-C (or the SIGTERM of a cancel) stays in the
+    caller, which stops the run's Ray work; the helper thread then fails with it.
+    """
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="lmforge-ray-train", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def worker_precision(config: PretrainConfig) -> ResolvedPrecision:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from lmforge.core.errors import ArtifactError, DataError
+from lmforge.core.logs import get_logger
 from lmforge.training import deepspeed_setup
 from lmforge.training.artifact import DEEPSPEED_DIR, METRICS_FILE, SPEED_FILE, SUMMARY_FILE
 from lmforge.training.callbacks import build_callbacks
@@ -38,6 +39,8 @@ from lmforge.training.resume import (
     seed_everything,
     write_loop_state,
 )
+
+logger = get_logger(__name__)
 
 
 class WorkerEnv(Protocol):
@@ -178,6 +181,8 @@ class PretrainLoop:
             self.metrics = EventLog.load(directory / METRICS_FILE, self.step)
             self.telemetry = EventLog.load(directory / SPEED_FILE, self.step)
             self._call("on_resume", directory)
+            if self.is_writer:
+                logger.info("resumed pre-training from step %d (checkpoint %s)", self.step, directory)
         self.record("resume", telemetry=True, time=time.time())
 
     def _train_step(self) -> torch.Tensor:

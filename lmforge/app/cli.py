@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,7 +40,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--force", metavar="STAGE", help="recompute STAGE and every stage after it")
     run.add_argument("--run-id", help="use this run id instead of a generated one")
+    run.add_argument(
+        "--verbose", action="store_true", help="show every log line (Ray, Prefect, ...), not just progress"
+    )
     run.set_defaults(handler=cmd_run)
+
+    deploy = commands.add_parser(
+        "deploy",
+        help="register a Prefect deployment of the pipeline for a config, optionally on a schedule",
+        description="Create or update deployment lmforge-pipeline/NAME on the Prefect server at "
+        "$PREFECT_API_URL. Its parameters (editable in the UI's Custom run form) are the config "
+        "with --set applied. `lmforge serve NAME` executes its runs.",
+    )
+    deploy.add_argument("config", type=Path, help="pipeline YAML, e.g. configs/demo.yaml")
+    deploy.add_argument("--name", required=True, help="deployment name, e.g. nightly-demo")
+    when = deploy.add_mutually_exclusive_group()
+    when.add_argument("--cron", metavar="EXPR", help='cron schedule (UTC), e.g. "0 3 * * *"')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
+    deploy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    deploy.add_argument("--description", help="shown in the UI")
+    add_store_option(deploy)
+    deploy.set_defaults(handler=cmd_deploy)
+
+    serve = commands.add_parser(
+        "serve",
+        help="execute the scheduled and manual runs of lmforge deployments (until Ctrl-C)",
+        description="Poll the Prefect server at $PREFECT_API_URL for runs of the named deployments "
+        "(all lmforge-pipeline deployments when none is named) and execute each in a subprocess. "
+        "Cancelling a run in the UI stops its process and its Ray work.",
+    )
+    serve.add_argument("names", nargs="*", metavar="NAME", help="deployment names (default: all)")
+    serve.set_defaults(handler=cmd_serve)
+
+    ui = commands.add_parser(
+        "ui",
+        help="start a local Prefect server and UI on 127.0.0.1 (until Ctrl-C)",
+        description="Run `prefect server start` bound to 127.0.0.1 with its SQLite database under "
+        "--home, and print the UI's URL and the PREFECT_API_URL for deploy and serve.",
+    )
+    ui.add_argument(
+        "--home",
+        default=os.environ.get("LMFORGE_PREFECT_HOME", "lmforge-prefect"),
+        help="folder for the server's database and log (default: $LMFORGE_PREFECT_HOME or ./lmforge-prefect)",
+    )
+    ui.add_argument("--port", type=int, default=4200, help="port (default 4200)")
+    ui.set_defaults(handler=cmd_ui)
 
     lineage = commands.add_parser("lineage", help="print an artifact's ancestry down to the raw inputs")
     lineage.add_argument("artifact_id")
@@ -102,36 +144,76 @@ def open_store(store: str | None):
     return ArtifactStore(store or default_store_root())
 
 
-def new_run_id(config_name: str) -> str:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{config_name}-{stamp}-{uuid.uuid4().hex[:6]}"
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from lmforge.app.config import PipelineConfig, check_inputs
+    from lmforge.app.config import PipelineConfig, resolve_inputs
     from lmforge.core.configbase import load_config
-    from lmforge.infra.store import default_store_root
+    from lmforge.flows.run_record import new_run_id
+    from lmforge.flows.steps import forced_stages
+    from lmforge.infra.store import ArtifactStore, default_store_root
+
+    # Everything a user can get wrong is checked before Prefect or Ray start.
+    config = resolve_inputs(load_config(PipelineConfig, args.config, args.overrides))
+    forced_stages(args.force)
+    store = ArtifactStore(args.store or config.store or default_store_root())
+    run_id = args.run_id or new_run_id(config.name)
+    configure_runtime_environment()
+    from lmforge.app.console import RunConsole
+
+    log_path = store.run_dir(run_id) / "console.log"
+    with RunConsole(log_path, verbose=args.verbose) as console:
+        console.print(f"run id: {run_id}  (full log: {log_path})")
+        from lmforge.flows.pipeline import pipeline_flow
+
+        record = pipeline_flow(config=config, run_id=run_id, store=str(store.root), force=args.force)
+        console.print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
+        console.print(f"run record: {store.run_dir(run_id) / 'run.json'}")
+        console.print(f"report: {record['report']['markdown']}")
+        console.print(f"report (html): {record['report']['html']}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from lmforge.app.config import PipelineConfig, apply_hub_fallbacks, check_inputs
+    from lmforge.core.configbase import load_config
 
     config = load_config(PipelineConfig, args.config, args.overrides)
-    check_inputs(config)
-    from lmforge.flows.steps import forced_stages
-
-    forced_stages(args.force)  # validate before starting anything
-    store = args.store or config.store or str(default_store_root())
-    run_id = args.run_id or new_run_id(config.name)
-    print(f"run id: {run_id}", flush=True)
+    # Local inputs must exist or have a hub fallback; hub data sets are pinned by each run, not here,
+    # so a scheduled run reads what the hub holds then.
+    check_inputs(apply_hub_fallbacks(config, config.resolved_data_dir())[0])
     configure_runtime_environment()
-    from lmforge.flows.pipeline import pipeline_flow
+    from lmforge.flows.deployments import deploy
 
-    record = pipeline_flow(
-        config=config.model_dump(mode="json"), run_id=run_id, store=store, force=args.force
+    deployment_id = deploy(
+        config,
+        args.name,
+        cron=args.cron,
+        interval=args.interval,
+        store=args.store,
+        description=args.description,
     )
-    run_json = Path(record["store"]) / "runs" / run_id / "run.json"
-    print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
-    print(f"run record: {run_json}")
-    print(f"report: {record['report']['markdown']}")
-    print(f"report (html): {record['report']['html']}")
+    schedule = (
+        f"cron {args.cron!r}" if args.cron else f"every {args.interval:g} s" if args.interval else "none"
+    )
+    print(f"deployment lmforge-pipeline/{args.name} ({deployment_id}); schedule: {schedule}")
+    print(f"execute its runs with: lmforge serve {args.name}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    configure_runtime_environment()
+    from lmforge.flows.deployments import serve
+
+    serve(args.names)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from lmforge.infra.prefect_server import PrefectServer
+
+    server = PrefectServer(Path(args.home), port=args.port).start()
+    print(f"Prefect UI: {server.url}  (database and logs in {server.home}; Ctrl-C stops it)")
+    print(f"for lmforge deploy / serve in another shell: export PREFECT_API_URL={server.api_url}")
+    return server.wait()
 
 
 def configure_runtime_environment() -> None:

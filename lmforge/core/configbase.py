@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -31,6 +31,16 @@ def operational(default: Any, **constraints: Any) -> Any:
     CPUs, batch sizes used only for throughput), not what it computes (up to float rounding):
     left out of recipes."""
     return Field(default, json_schema_extra={OPERATIONAL: True}, **constraints)
+
+
+def choice(default: Any, names: Callable[[], Iterable[str]], **constraints: Any) -> Any:
+    """A field naming a registry entry: its JSON schema (the Prefect UI's run form) offers `names()` as
+    the choices; the model's own validator still checks the value, with its helpful message."""
+
+    def add_choices(schema: dict[str, Any]) -> None:
+        schema["enum"] = list(names())
+
+    return Field(default, json_schema_extra=add_choices, **constraints)
 
 
 def is_operational(field: FieldInfo) -> bool:

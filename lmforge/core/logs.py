@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 ROOT_LOGGER = "lmforge"
+FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s"
 
 
 def get_logger(module_name: str) -> logging.Logger:
@@ -12,3 +16,20 @@ def get_logger(module_name: str) -> logging.Logger:
     if module_name == ROOT_LOGGER or module_name.startswith(ROOT_LOGGER + "."):
         return logging.getLogger(module_name)
     return logging.getLogger(f"{ROOT_LOGGER}.{module_name}")
+
+
+@contextmanager
+def log_to_file(path: Path) -> Iterator[Path]:
+    """Append every record that reaches the root logger (INFO and up: ours, Prefect's, libraries')
+    to `path` while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()

@@ -34,7 +34,7 @@ def run_flow(config: PipelineConfig, store: Path, run_id: str, force: str | None
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory, shared_data_dir, ray_runtime, prefect_harness):
+def tiny_runs(tmp_path_factory, shared_data_dir, ray_runtime, prefect_server):
     import os
 
     os.environ["LMFORGE_DATA_DIR"] = str(shared_data_dir)
@@ -188,7 +188,7 @@ def test_lineage_reaches_raw_inputs(tiny_runs):
 
 
 @pytest.fixture(scope="module")
-def tiny_bert_runs(tmp_path_factory, shared_data_dir, ray_runtime, prefect_harness):
+def tiny_bert_runs(tmp_path_factory, shared_data_dir, ray_runtime, prefect_server):
     import os
 
     os.environ["LMFORGE_DATA_DIR"] = str(shared_data_dir)
@@ -244,7 +244,7 @@ def test_tiny_bert_pipeline_mlm_path(tiny_bert_runs):
 
 
 def test_empty_corpus_stops_before_tokenizer(
-    tmp_path, shared_data_dir, ray_runtime, prefect_harness, monkeypatch
+    tmp_path, shared_data_dir, ray_runtime, prefect_server, monkeypatch
 ):
     from lmforge.core.errors import EmptyCorpusError
 
@@ -258,3 +258,25 @@ def test_empty_corpus_stops_before_tokenizer(
     assert record["status"] == "failed" and "EmptyCorpusError" in record["error"]
     assert record["stages"] == {}
     assert ArtifactStore(tmp_path / "store").manifests() == []
+
+
+def test_report_renders_in_headless_chromium(tiny_runs):
+    """A real browser opens the HTML report: every image decodes (the loss curves at the size of
+    loss_curve.png) and the page logs no errors."""
+    from tests.browser import chromium_version, find_chromium, render
+
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip(
+            "no Chromium: $LMFORGE_CHROMIUM unset or not found, and none of chromium, chromium-browser, "
+            "google-chrome on PATH (.ci/run installs the Debian package)"
+        )
+    _, record, _ = tiny_runs
+    page = render(Path(record["report"]["html"]).resolve().as_uri(), executable)
+    version = chromium_version(executable)
+    assert [image.alt for image in page.images if not image.loaded] == [], version
+    assert page.console_errors == [], version
+    png_header = Path(record["report"]["png"]).read_bytes()[16:24]
+    png_size = (int.from_bytes(png_header[:4], "big"), int.from_bytes(png_header[4:], "big"))
+    loss_curves = [image for image in page.images if image.alt == "loss curves"]
+    assert [(image.natural_width, image.natural_height) for image in loss_curves] == [png_size]

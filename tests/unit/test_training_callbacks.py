@@ -18,6 +18,7 @@ from lmforge.training.callbacks import (
     Evaluation,
     HFExport,
     PeriodicCheckpoint,
+    ProgressReport,
     build_callbacks,
 )
 from lmforge.training.hooks import Callback
@@ -52,10 +53,18 @@ def test_default_callbacks_speed_monitor_first_tensorboard_on():
         ConsoleLogger,
         Evaluation,
         TensorBoardLogger,
+        ProgressReport,
         HFExport,
     ]
     quiet = build_callbacks(loop_inputs(PretrainConfig(loggers=(), checkpoint_every=5)))
-    assert kinds(quiet) == [SpeedMonitor, ConsoleLogger, Evaluation, PeriodicCheckpoint, HFExport]
+    assert kinds(quiet) == [
+        SpeedMonitor,
+        ConsoleLogger,
+        Evaluation,
+        ProgressReport,
+        PeriodicCheckpoint,
+        HFExport,
+    ]
 
 
 class MemoryLogger(Callback):
