@@ -29,7 +29,7 @@ from prefect.exceptions import TerminationSignal
 
 from lmforge.app.config import PipelineConfig, resolve_inputs
 from lmforge.core.configbase import validate_config
-from lmforge.core.logs import get_logger, log_to_file
+from lmforge.core.logs import enable_info_logs, get_logger, log_to_file
 from lmforge.flows import steps
 from lmforge.flows.run_record import CANCELLED, COMPLETED, FAILED, RunRecord, new_run_id
 from lmforge.infra import progress
@@ -131,6 +131,7 @@ def pipeline_flow(
     """
     from prefect.runtime import flow_run
 
+    enable_info_logs()  # a served run's process has no CLI to do it
     logger = get_run_logger()
     pipeline_config = as_pipeline_config(config)
     steps.forced_stages(force)
@@ -139,7 +140,9 @@ def pipeline_flow(
     run_id = run_id or flow_run.get_name() or new_run_id(pipeline_config.name)
     store_root = store or pipeline_config.store or str(default_store_root())
     ctx = steps.make_context(pipeline_config, store_root, run_id, force)
-    record = RunRecord(ctx.store, run_id, pipeline_config.name, pipeline_config.model_dump(mode="json"))
+    record = RunRecord(
+        ctx.store, run_id, pipeline_config.name, pipeline_config.model_dump(mode="json"), flow_run.get_id()
+    )
     listener = PrefectArtifacts(pipeline_config.name, flow_run.get_id())
     progress.add_listener(listener)
     logger.info("run %s: record at %s", run_id, record.path)

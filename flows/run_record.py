@@ -36,7 +36,14 @@ def new_run_id(config_name: str) -> str:
 class RunRecord:
     """run.json of one pipeline run; holds the run's lock until it finishes, as its sign of life."""
 
-    def __init__(self, store: ArtifactStore, run_id: str, config_name: str, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        run_id: str,
+        config_name: str,
+        config: dict[str, Any],
+        prefect_flow_run_id: str | None = None,
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self._lock = StoreLock(store.lock_path("run", run_id), run_id)
@@ -54,6 +61,8 @@ class RunRecord:
             "store": str(store.root),
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            # The Prefect flow run executing this run (its page in the UI: /runs/flow-run/<id>).
+            "prefect_flow_run_id": prefect_flow_run_id,
             "code": code_version(),
             "config": config,
             "stages": {},

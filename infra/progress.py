@@ -9,6 +9,7 @@ is advisory: a lost report never fails the work.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -227,7 +228,12 @@ class ProgressRelay:
             .options(name=self.board_name, get_if_exists=True)
             .remote()
         )
-        self._thread = threading.Thread(target=self._poll, name="lmforge-progress", daemon=True)
+        # The poller runs in the starter's context: listeners that call an API (Prefect's settings
+        # and run context are context variables) see what the flow sees.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._poll,), name="lmforge-progress", daemon=True
+        )
         self._thread.start()
         return self
 

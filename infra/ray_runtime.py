@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from lmforge.core.logs import get_logger
@@ -24,6 +27,36 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get(RAY_ADDRESS_ENV) or None
+    with _signal_handlers_kept():
+        _init(address, num_cpus)
+    from ray.data import DataContext
+
+    # Deterministic block order: cleaning, dedup and packing outputs must not depend on scheduling.
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+
+
+@contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Keep the caller's SIGTERM/SIGINT handlers across ray.init, which installs a SIGTERM handler
+    that exits at once: Prefect's (a cancel raises TerminationSignal, so the run can record it and
+    stop its Ray work) and Python's (Ctrl-C raises KeyboardInterrupt) must stay in charge."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:
+                signal.signal(number, handler)
+
+
+def _init(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
     # Workers import our packages; make sure they see the same code the driver runs.
     runtime_env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if address:
@@ -38,12 +71,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             log_to_driver=True,
             configure_logging=False,
         )
-    from ray.data import DataContext
-
-    # Deterministic block order: cleaning, dedup and packing outputs must not depend on scheduling.
-    ctx = DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
 
 
 def shutdown_ray() -> None:

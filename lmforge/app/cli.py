@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmforge.core.errors import LmforgeError
@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lmforge.app.console import RunConsole
 
     log_path = store.run_dir(run_id) / "console.log"
-    with RunConsole(log_path, verbose=args.verbose) as console:
+    with RunConsole(log_path, verbose=args.verbose) as console, prefect_api(console.print):
         console.print(f"run id: {run_id}  (full log: {log_path})")
         from lmforge.flows.pipeline import pipeline_flow
 
@@ -170,6 +170,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"report: {record['report']['markdown']}")
         console.print(f"report (html): {record['report']['html']}")
     return 0
+
+
+@contextmanager
+def prefect_api(say: Callable[[str], None]) -> Iterator[None]:
+    """The configured Prefect server, else a local one for this run (not Prefect's temporary server,
+    which shares the terminal's process group, so a Ctrl-C meant for the run would kill it too)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from lmforge.infra.prefect_server import PrefectServer, free_port
+
+    say("starting a local Prefect server for this run ...")
+    with PrefectServer(Path(PREFECT_HOME.value()), port=free_port()) as server:
+        os.environ["PREFECT_API_URL"] = server.api_url  # for subprocesses
+        say(f"Prefect UI (while the run lasts): {server.url}")
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                try:
+                    yield
+                finally:
+                    from prefect.logging.handlers import APILogWorker
+
+                    APILogWorker.drain_all(timeout=5)  # ship the last log lines before the server stops
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -222,7 +249,9 @@ def configure_runtime_environment() -> None:
     if "lmforge" not in extra.split(","):
         os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(filter(None, [extra, "lmforge"]))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    logging.getLogger("lmforge").setLevel(logging.INFO)
+    from lmforge.core.logs import enable_info_logs
+
+    enable_info_logs()
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

@@ -18,6 +18,13 @@ def get_logger(module_name: str) -> logging.Logger:
     return logging.getLogger(f"{ROOT_LOGGER}.{module_name}")
 
 
+def enable_info_logs() -> None:
+    """Let our INFO records through (the root logger's default level is WARNING) unless a level was set."""
+    logger = logging.getLogger(ROOT_LOGGER)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 @contextmanager
 def log_to_file(path: Path) -> Iterator[Path]:
     """Append every record that reaches the root logger (INFO and up: ours, Prefect's, libraries')

@@ -127,7 +127,12 @@ def artifact_keys(run_id) -> set[str]:
 
 
 def run_json(store: Path, run) -> dict:
-    return json.loads((store / "runs" / run.name / "run.json").read_text())
+    """The store's record of the run this flow run executed."""
+    for path in (store / "runs").glob("*/run.json"):
+        record = json.loads(path.read_text())
+        if record.get("prefect_flow_run_id") == str(run.id):
+            return record
+    raise AssertionError(f"no run.json under {store / 'runs'} names flow run {run.id}")
 
 
 def tiny_config(**pretrain) -> dict:
