@@ -16,7 +16,7 @@ endif
 export TORCH_EXTENSIONS_DIR ?= $(abspath .torch_extensions)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: venv demo test test-all check clean-store
+.PHONY: venv demo ui test test-all check clean-store
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ $(STAMP): requirements.lock requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/lmforge run configs/demo.yaml
+
+# A local Prefect server + UI at http://127.0.0.1:4200; its database stays in lmforge-prefect/.
+ui: $(STAMP)
+	$(BIN)/lmforge ui --home lmforge-prefect
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

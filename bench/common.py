@@ -21,6 +21,7 @@ from lmforge.corpus import CorpusConfig
 from lmforge.infra.data_paths import DATA_DIR_ENV, default_data_dir
 
 ENWIKI_PATTERN = "enwiki_extract/wiki_*.txt"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def require_data_dir() -> Path:
@@ -32,19 +33,13 @@ def require_data_dir() -> Path:
 
 
 def demo_corpus_config(pattern: str = ENWIKI_PATTERN) -> CorpusConfig:
-    """The corpus section of configs/demo.yaml, reading `pattern` (relative to the data dir)."""
-    return CorpusConfig.model_validate(
-        {
-            "sources": [{"path": pattern, "format": "wikiextractor"}],
-            "normalization": "NFKC",
-            "filters": [
-                {"name": "min_length", "min_words": 20},
-                {"name": "alpha_ratio", "min_ratio": 0.6},
-                {"name": "repeated_lines", "max_fraction": 0.3},
-            ],
-            "dedup": True,
-        }
-    )
+    """The corpus section of configs/demo.yaml, its first source reading `pattern` (relative to the
+    data dir; benchmarks read local data, so the source's hub fallback never applies)."""
+    import yaml
+
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())["corpus"]
+    raw["sources"][0]["path"] = pattern
+    return CorpusConfig.model_validate(raw)
 
 
 def wait_for_quiet(

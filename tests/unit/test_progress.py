@@ -46,7 +46,9 @@ def test_describe_names_what_is_known():
         "pretrain", 120, 400, metrics={"loss": 3.21049, "tokens_per_s": 12345.0}, elapsed=12.0
     )
     assert update.describe() == "step 120/400 · loss 3.210 · 12.3k tok/s · ETA 28s"
-    assert ProgressUpdate("finetune/sst2/random", 8, 8, metrics={"epoch": 1}).describe() == "step 8/8 · epoch 1"
+    assert (
+        ProgressUpdate("finetune/sst2/random", 8, 8, metrics={"epoch": 1}).describe() == "step 8/8 · epoch 1"
+    )
 
 
 def test_reporter_throttles_but_always_sends_the_last_step(recorder, monkeypatch):
