@@ -225,3 +225,32 @@ def test_cancel_during_pretraining_then_resume(served, ray_runtime):
     assert "resumed pre-training from step" in logs, logs[-2000:]
     resumed_from = int(logs.split("resumed pre-training from step ")[1].split()[0])
     assert 10 <= resumed_from < 300 and resumed_from % 10 == 0
+
+
+def test_lmforge_ui_serves_on_loopback_with_its_database_in_home(tmp_path):
+    import signal
+    import urllib.request
+
+    from lmforge.infra.prefect_server import free_port
+
+    port = free_port()
+    home = tmp_path / "prefect-home"
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    ui = subprocess.Popen(
+        [LMFORGE, "ui", "--home", str(home), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        first = ui.stdout.readline()  # printed once the server answers
+        assert f"Prefect UI: http://127.0.0.1:{port}" in first, first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
+            assert response.status == 200
+        assert (home / "prefect.db").is_file()
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=30) == 0
+    finally:
+        if ui.poll() is None:
+            ui.kill()
