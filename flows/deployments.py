@@ -137,8 +137,10 @@ def _schedule(cron: str | None, interval: float | None) -> Any:
 
 def _check_cron(expression: str) -> None:
     from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
 
     try:
         CronSchedule(cron=expression)
-    except ValueError as err:
-        raise ConfigError(f"--cron {expression!r}: not a valid cron expression ({err})") from None
+    except ValidationError as err:
+        reason = "; ".join(str(error["msg"]) for error in err.errors())
+        raise ConfigError(f"--cron {expression!r}: not a valid cron expression ({reason})") from None

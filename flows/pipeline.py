@@ -157,10 +157,10 @@ def pipeline_flow(
             record.data["report"] = {
                 name: str(Path(report.path) / file) for name, file in report.metrics.items()
             }
-            _publish_report_artifacts(run_id, record.data)
+            _publish_report_artifacts(run_id, record.as_completed())
     except BaseException as err:
         cancelled = is_cancellation(err)
-        record.finish(CANCELLED if cancelled else FAILED, f"{type(err).__name__}: {err}")
+        record.finish(CANCELLED if cancelled else FAILED, describe_stop(err))
         if cancelled:
             # Ends this driver's Ray work: a local runtime stops, a cluster drops the job's tasks.
             shutdown_ray()
@@ -192,6 +192,17 @@ def as_pipeline_config(config: Any) -> PipelineConfig:
 def is_cancellation(err: BaseException) -> bool:
     """Ctrl-C in a terminal, or the SIGTERM Prefect's runner sends when a run is cancelled."""
     return isinstance(err, KeyboardInterrupt | TerminationSignal | asyncio.CancelledError)
+
+
+def describe_stop(err: BaseException) -> str:
+    """What run.json says stopped a run."""
+    if isinstance(err, KeyboardInterrupt):
+        return "cancelled: interrupted (Ctrl-C)"
+    if isinstance(err, TerminationSignal):
+        return f"cancelled: signal {err.signal} (a cancel from the Prefect UI or API stops the run's process)"
+    if isinstance(err, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(err).__name__}: {err}"
 
 
 def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:

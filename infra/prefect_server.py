@@ -92,8 +92,15 @@ class PrefectServer:
             return False
 
     def wait(self) -> int:
-        """Block until the server exits (Ctrl-C stops it)."""
+        """Block until the server exits; Ctrl-C, SIGTERM or SIGHUP stop it (it runs in its own session,
+        so a signal to this process alone would otherwise leave it running)."""
         assert self.process is not None
+
+        def interrupt(signum: int, _frame: object) -> None:
+            raise KeyboardInterrupt
+
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(number, interrupt)
         try:
             return self.process.wait()
         except KeyboardInterrupt:

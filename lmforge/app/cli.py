@@ -249,6 +249,8 @@ def configure_runtime_environment() -> None:
     if "lmforge" not in extra.split(","):
         os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(filter(None, [extra, "lmforge"]))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # deploy/serve log outside any flow run: keep those lines local, without Prefect's warning.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     from lmforge.core.logs import enable_info_logs
 
     enable_info_logs()

@@ -158,6 +158,32 @@ def test_deployment_keeps_schedule_and_config_defaults(served):
     assert set(pretrain["objective"]["enum"]) >= {"clm", "mlm"}
 
 
+def test_cron_schedule_creates_scheduled_runs(served):
+    """The server's scheduler turns the cron into scheduled runs (none fire with SQLAlchemy 2.1)."""
+    import datetime as dt
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {
+        "deployments": {"id": {"any_": [str(deployment_record().id)]}},
+        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+        "limit": 10,
+        "offset": 0,
+        "sort": "EXPECTED_START_TIME_ASC",
+    }
+
+    def scheduled():
+        response = httpx.post(f"{PREFECT_API_URL.value()}/flow_runs/filter", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    runs = wait_for(scheduled, 150, "the scheduler to create runs of the cron schedule", every=5)
+    starts = [dt.datetime.fromisoformat(run["expected_start_time"]) for run in runs]
+    assert all((start.hour, start.minute) == (3, 0) for start in starts), starts
+    assert starts[0] > dt.datetime.now(dt.UTC)
+
+
 def test_triggered_run_with_override_completes(served):
     run = trigger(tiny_config(max_steps=12))
     assert run.state.is_completed(), run.state
