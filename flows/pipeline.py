@@ -143,7 +143,7 @@ def pipeline_flow(
     record = RunRecord(
         ctx.store, run_id, pipeline_config.name, pipeline_config.model_dump(mode="json"), flow_run.get_id()
     )
-    listener = PrefectArtifacts(pipeline_config.name, flow_run.get_id())
+    listener = PrefectArtifacts(pipeline_config.name)
     progress.add_listener(listener)
     logger.info("run %s: record at %s", run_id, record.path)
     try:
@@ -245,15 +245,15 @@ def artifact_key(*parts: str) -> str:
 
 
 class PrefectArtifacts(ProgressListener):
-    """Progress artifacts of the long stages of one flow run, and its notes in the run's log.
+    """Progress artifacts of the long stages of one flow run (notes reach the run's log through the
+    relay's own logging, which runs in the flow's context).
 
     Each artifact is created in its stage's task (so the UI shows it on that task run) and updated
     from the progress relay's thread by id, at most every ARTIFACT_UPDATE_SECONDS.
     """
 
-    def __init__(self, config_name: str, flow_run_id: str | None) -> None:
+    def __init__(self, config_name: str) -> None:
         self.config_name = config_name
-        self.flow_run_id = flow_run_id
         self.artifacts: dict[str, UUID] = {}
         self.updated: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -284,13 +284,6 @@ class PrefectArtifacts(ProgressListener):
             artifact = self.artifacts.pop(stage, None)
         if artifact is not None and status != FAILED:
             update_progress_artifact(artifact, 100.0, description=f"{stage}: {status} {detail}")
-
-    def note(self, stage: str, text: str) -> None:
-        # From the relay's thread, outside any run context: name the flow run for Prefect's log handler.
-        if self.flow_run_id:
-            get_logger("lmforge.flows.notes").info(
-                "%s: %s", stage, text, extra={"flow_run_id": self.flow_run_id}
-            )
 
 
 def _publish_stage_artifacts(config_name: str, outcome: StageOutcome) -> None:

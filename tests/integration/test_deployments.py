@@ -216,8 +216,11 @@ def test_cancel_during_pretraining_then_resume(served, ray_runtime):
     store = served["store"]
     config = tiny_config(max_steps=300, checkpoint_every=10, eval_every=100)
     run = trigger(config, wait=False)
+    # Ray Train lists a checkpoint in its snapshot once it is complete: a re-run resumes from that.
     checkpoint = wait_for(
-        lambda: next(iter(sorted(store.glob("work/**/checkpoint_*"))), None), 600, "a pre-training checkpoint"
+        lambda: next(iter(store.glob("work/*/pretrain/checkpoint_manager_snapshot.json")), None),
+        600,
+        "a registered pre-training checkpoint",
     )
     assert flow_run(run.id).state.is_running()
     from prefect.states import Cancelling

@@ -78,8 +78,11 @@ def test_verbose_tees_to_terminal_and_file(tmp_path, capfd):
 
 @pytest.fixture
 def info_loggers():
-    """A Ray logger and an lmforge logger at INFO, put back as they were afterwards."""
-    loggers = [logging.getLogger("ray.test_console"), logging.getLogger("lmforge.test_console")]
+    """A third-party library's logger and an lmforge logger at INFO, put back as they were afterwards.
+
+    (Not under `ray`: once Ray has started in the same test session its logger stops propagating
+    and writes to stderr itself, which the fd capture covers.)"""
+    loggers = [logging.getLogger("somelib.test_console"), logging.getLogger("lmforge.test_console")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.INFO)
@@ -101,7 +104,7 @@ def test_log_routing_terminal_shows_only_lmforge_warnings(tmp_path, capfd, info_
     for hidden in ("ray info record", "ray warning record", "lmforge info record"):
         assert hidden not in out + err
     log = (tmp_path / "console.log").read_text()
-    assert "INFO    ray.test_console: ray info record" in log
+    assert "INFO    somelib.test_console: ray info record" in log
     assert "WARNING lmforge.test_console: lmforge warning record" in log
     assert log.count("lmforge warning record") == 1
     assert logging.getLogger().handlers == root_handlers
