@@ -20,12 +20,16 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 venv: $(STAMP)
 
+# pip's output (location warnings and all) goes to $(VENV)/install.log; shown only if it fails.
+PIP_LOG := $(VENV)/install.log
 $(STAMP): requirements.lock requirements.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
-	rm -f $(VENV)/.installed-* && touch $@
+	@echo "installing the pinned dependencies into $(VENV) (log: $(PIP_LOG)) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@( $(BIN)/python -m pip install --upgrade pip \
+	  && $(BIN)/python -m pip install -r requirements.txt -c requirements.lock \
+	  && $(BIN)/python -m pip install --no-deps -e . ) > $(PIP_LOG) 2>&1 \
+	  || { tail -40 $(PIP_LOG); echo "pip install failed; full log: $(PIP_LOG)"; exit 1; }
+	@rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
 	$(BIN)/lmforge run configs/demo.yaml

@@ -43,6 +43,11 @@ def deploy(
         raise ConfigError(f"--interval {interval}: expected a positive number of seconds")
     # The store path as this machine resolves it now, so runs do not depend on the runner's cwd.
     store_root = str(Path(store or config.store or default_store_root()).expanduser().resolve())
+    # Likewise the data directory: runs read the data this deploy checked, not whatever the runner's
+    # environment names (or, with none, the hub fallbacks).
+    data_dir = config.resolved_data_dir()
+    if data_dir is not None:
+        config = config.model_copy(update={"data_dir": str(data_dir)})
     deployment = _runner_deployment(
         name,
         parameters={"config": config.model_dump(mode="json"), "store": store_root},
@@ -58,6 +63,7 @@ def deploy(
 def serve(names: list[str]) -> None:
     """Execute the runs of the named deployments (all lmforge deployments when none), until Ctrl-C."""
     from prefect import serve as prefect_serve
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
 
     require_api_url()
     found = read_deployments(names)
@@ -70,9 +76,20 @@ def serve(names: list[str]) -> None:
         _runner_deployment(
             record.name,
             parameters=record.parameters,
-            schedules=[{"schedule": item.schedule, "active": item.active} for item in record.schedules],
+            # Whole schedules: per-schedule parameters or slugs set in the UI survive a restart.
+            schedules=[
+                DeploymentScheduleCreate(
+                    schedule=item.schedule,
+                    active=item.active,
+                    max_scheduled_runs=item.max_scheduled_runs,
+                    parameters=item.parameters,
+                    slug=item.slug,
+                )
+                for item in record.schedules
+            ],
             description=record.description,
             tags=record.tags,
+            concurrency_limit=record.concurrency_limit,
         )
         for record in found
     ]
@@ -110,6 +127,7 @@ def _runner_deployment(
     schedules: list[Any],
     description: str | None,
     tags: list[str],
+    concurrency_limit: int | None = None,
 ) -> Any:
     from prefect.types.entrypoint import EntrypointType
 
@@ -119,6 +137,7 @@ def _runner_deployment(
         schedules=schedules,
         description=description,
         tags=tags,
+        concurrency_limit=concurrency_limit,
         # The flow validates its config and reports bad values with the config's own messages.
         enforce_parameter_schema=False,
         # Found by module path, so the runner does not depend on its working directory.

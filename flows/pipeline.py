@@ -59,7 +59,10 @@ def _watched(
     if ctx.progress is not None:
         ctx.progress.flush()  # the stage's last report before its end
     progress.stage_finished(stage, outcome.status, outcome.artifact_id)
-    _publish_stage_artifacts(ctx.config.name, outcome)
+    try:
+        _publish_stage_artifacts(ctx.config.name, outcome)
+    except Exception as err:  # the stage's artifact is safely in the store: a UI hiccup must not fail it
+        log.warning("%s: could not publish its Prefect artifacts: %s", stage, err)
     return outcome
 
 
@@ -157,7 +160,10 @@ def pipeline_flow(
             record.data["report"] = {
                 name: str(Path(report.path) / file) for name, file in report.metrics.items()
             }
-            _publish_report_artifacts(run_id, record.as_completed())
+            try:
+                _publish_report_artifacts(run_id, record.as_completed())
+            except Exception as err:  # the report is in the store; the UI copy is a convenience
+                log.warning("could not publish the report's Prefect artifacts: %s", err)
     except BaseException as err:
         cancelled = is_cancellation(err)
         record.finish(CANCELLED if cancelled else FAILED, describe_stop(err))
@@ -199,7 +205,7 @@ def describe_stop(err: BaseException) -> str:
     if isinstance(err, KeyboardInterrupt):
         return "cancelled: interrupted (Ctrl-C)"
     if isinstance(err, TerminationSignal):
-        return f"cancelled: signal {err.signal} (a cancel from the Prefect UI or API stops the run's process)"
+        return f"cancelled: signal {err.signal} (a cancel from the Prefect UI or API, or a kill of the run's process)"
     if isinstance(err, asyncio.CancelledError):
         return "cancelled"
     return f"{type(err).__name__}: {err}"

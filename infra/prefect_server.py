@@ -92,20 +92,14 @@ class PrefectServer:
             return False
 
     def wait(self) -> int:
-        """Block until the server exits; Ctrl-C, SIGTERM or SIGHUP stop it (it runs in its own session,
-        so a signal to this process alone would otherwise leave it running)."""
+        """Block until the server exits (Ctrl-C stops it; see `interrupt_on_termination`)."""
         assert self.process is not None
-
-        def interrupt(signum: int, _frame: object) -> None:
-            raise KeyboardInterrupt
-
-        for number in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(number, interrupt)
         try:
-            return self.process.wait()
+            code = self.process.wait()
         except KeyboardInterrupt:
             self.stop()
             return 0
+        raise LmforgeError(f"prefect server exited with code {code}; see {self.log_path}")
 
     def stop(self, grace: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -122,6 +116,27 @@ class PrefectServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C, so `finally` blocks stop a server we
+    started (it runs in its own session, so it never gets the terminal's signals itself)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, interrupt)
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM if the lmforge process that started it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _prefect_executable() -> str:

@@ -145,22 +145,30 @@ def open_store(store: str | None):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lmforge.app.config import PipelineConfig, resolve_inputs
+    from lmforge.app.config import PipelineConfig, apply_hub_fallbacks, resolve_inputs
     from lmforge.core.configbase import load_config
     from lmforge.flows.run_record import new_run_id
     from lmforge.flows.steps import forced_stages
+    from lmforge.infra.prefect_server import interrupt_on_termination
     from lmforge.infra.store import ArtifactStore, default_store_root
 
     # Everything a user can get wrong is checked before Prefect or Ray start.
-    config = resolve_inputs(load_config(PipelineConfig, args.config, args.overrides))
+    config = load_config(PipelineConfig, args.config, args.overrides)
     forced_stages(args.force)
+    for fallback in apply_hub_fallbacks(config, config.resolved_data_dir())[1]:
+        print(f"{fallback.key}: no local copy of {fallback.local!r}; reading {fallback.hub}")
+    config = resolve_inputs(config)
     store = ArtifactStore(args.store or config.store or default_store_root())
     run_id = args.run_id or new_run_id(config.name)
     configure_runtime_environment()
+    interrupt_on_termination()  # a SIGTERM or hang-up ends the run like Ctrl-C: recorded, cleaned up
     from lmforge.app.console import RunConsole
 
     log_path = store.run_dir(run_id) / "console.log"
-    with RunConsole(log_path, verbose=args.verbose) as console, prefect_api(console.print):
+    with (
+        RunConsole(log_path, verbose=args.verbose) as console,
+        prefect_api(console.print, store.run_dir(run_id) / "prefect"),
+    ):
         console.print(f"run id: {run_id}  (full log: {log_path})")
         from lmforge.flows.pipeline import pipeline_flow
 
@@ -173,10 +181,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def prefect_api(say: Callable[[str], None]) -> Iterator[None]:
-    """The configured Prefect server, else a local one for this run (not Prefect's temporary server,
-    which shares the terminal's process group, so a Ctrl-C meant for the run would kill it too)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+def prefect_api(say: Callable[[str], None], home: Path) -> Iterator[None]:
+    """The configured Prefect server, else a local one for this run with its database in `home` (not
+    Prefect's temporary server: it shares the terminal's process group, so a Ctrl-C meant for the run
+    would kill it too, and concurrent runs would share one SQLite file under $PREFECT_HOME)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
@@ -184,7 +193,7 @@ def prefect_api(say: Callable[[str], None]) -> Iterator[None]:
     from lmforge.infra.prefect_server import PrefectServer, free_port
 
     say("starting a local Prefect server for this run ...")
-    with PrefectServer(Path(PREFECT_HOME.value()), port=free_port()) as server:
+    with PrefectServer(home, port=free_port()) as server:
         os.environ["PREFECT_API_URL"] = server.api_url  # for subprocesses
         say(f"Prefect UI (while the run lasts): {server.url}")
         try:
@@ -235,8 +244,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from lmforge.infra.prefect_server import PrefectServer
+    from lmforge.infra.prefect_server import PrefectServer, interrupt_on_termination
 
+    interrupt_on_termination()
     server = PrefectServer(Path(args.home), port=args.port).start()
     print(f"Prefect UI: {server.url}  (database and logs in {server.home}; Ctrl-C stops it)")
     print(f"for lmforge deploy / serve in another shell: export PREFECT_API_URL={server.api_url}")

@@ -225,11 +225,10 @@ def test_cancel_during_pretraining_then_resume(served, ray_runtime):
     assert flow_run(run.id).state.is_running()
     from prefect.states import Cancelling
 
+    requested_at = time.monotonic()
     with client() as api:
         api.set_flow_run_state(run.id, Cancelling())
-    cancelled_at = wait_for(
-        lambda: flow_run(run.id).state.is_cancelled() and time.monotonic(), 120, "Cancelled"
-    )
+    wait_for(lambda: flow_run(run.id).state.is_cancelled(), 60, "Cancelled")
     record = run_json(store, run)
     assert record["status"] == "cancelled", record
     assert "pretrain" not in record["stages"]
@@ -238,7 +237,8 @@ def test_cancel_during_pretraining_then_resume(served, ray_runtime):
     wait_for(
         lambda: ray_runtime.available_resources().get("CPU", 0) == total, 30, "the run's Ray workers to end"
     )
-    assert time.monotonic() - cancelled_at < 30
+    # Within seconds of the request (the runner polls for cancellations every 2 s here).
+    assert time.monotonic() - requested_at < 45
     # Nothing half-written is visible: every artifact directory is complete (has its manifest).
     for directory in (store / "artifacts").iterdir():
         assert (directory / "manifest.json").is_file(), directory
@@ -272,11 +272,18 @@ def test_lmforge_ui_serves_on_loopback_with_its_database_in_home(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return ui.poll() is not None  # exited: stop waiting, the asserts below say why
+
     try:
+        wait_for(healthy, 120, "lmforge ui's server to answer")
         first = ui.stdout.readline()  # printed once the server answers
         assert f"Prefect UI: http://127.0.0.1:{port}" in first, first
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
-            assert response.status == 200
         assert (home / "prefect.db").is_file()
         ui.send_signal(signal.SIGINT)
         assert ui.wait(timeout=30) == 0
