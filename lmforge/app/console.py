@@ -70,7 +70,9 @@ class RunConsole:
         self._failed = exc_type is not None and not (isinstance(exc, SystemExit) and not exc.code)
         try:
             if not self._ray_was_running and _ray_running():
-                _stop_ray()
+                from lmforge.infra.ray_runtime import shutdown_ray
+
+                shutdown_ray()
         finally:
             with _interrupts_deferred():
                 self._stack.close()
@@ -297,10 +299,6 @@ def _terminal_encoding() -> str:
 def _ray_running() -> bool:
     ray = sys.modules.get("ray")  # never imported here: a run that uses no Ray pays nothing
     return ray is not None and bool(ray.is_initialized())
-
-
-def _stop_ray() -> None:
-    sys.modules["ray"].shutdown()
 
 
 @contextlib.contextmanager
