@@ -9,7 +9,6 @@ manual runs, each in a subprocess, and kills a run's process when it is cancelle
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +17,7 @@ from lmforge.core.errors import ConfigError
 from lmforge.core.logs import get_logger
 from lmforge.flows.pipeline import FLOW_NAME, pipeline_flow
 from lmforge.infra.prefect_server import require_api_url
-from lmforge.infra.store import default_store_root
+from lmforge.infra.store import default_store_location, is_url, local_path_of
 
 log = get_logger(__name__)
 TAG = "lmforge"
@@ -42,7 +41,8 @@ def deploy(
     if interval is not None and interval <= 0:
         raise ConfigError(f"--interval {interval}: expected a positive number of seconds")
     # The store path as this machine resolves it now, so runs do not depend on the runner's cwd.
-    store_root = str(Path(store or config.store or default_store_root()).expanduser().resolve())
+    location = store or config.store or default_store_location()
+    store_root = str(location) if is_url(location) else str(local_path_of(location).expanduser().resolve())
     # Likewise the data directory: runs read the data this deploy checked, not whatever the runner's
     # environment names (or, with none, the hub fallbacks).
     data_dir = config.resolved_data_dir()

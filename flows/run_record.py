@@ -58,7 +58,7 @@ class RunRecord:
             "started_at": utc_now(),
             "finished_at": None,
             "wall_seconds": None,
-            "store": str(store.root),
+            "store": store.location,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             # The Prefect flow run executing this run (its page in the UI: /runs/flow-run/<id>).
@@ -98,30 +98,35 @@ class RunRecord:
 
 
 def list_runs(store: ArtifactStore) -> list[dict[str, Any]]:
-    """One summary per run.json under the store, oldest first (see `summarize`)."""
+    """One summary per run.json in the store (for a URL store, the remote copies), oldest first."""
     summaries = []
-    for path in sorted(store.root.glob("runs/*/run.json")):
+    for run_id, raw, modified in store.run_records():
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            summaries.append({"run_id": path.parent.name, "status": "unreadable", "stages": {}})
+            record = json.loads(raw) if raw is not None else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            summaries.append({"run_id": run_id, "status": "unreadable", "stages": {}})
             continue
-        summaries.append(summarize(store, record, path))
+        summaries.append(summarize(store, record, run_id, modified))
     return sorted(summaries, key=lambda summary: summary.get("started_at") or "")
 
 
-def summarize(store: ArtifactStore, record: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Run id, config, status (interrupted when a running record's process is gone), times, stages."""
+def summarize(store: ArtifactStore, record: dict[str, Any], run_id: str, modified: float) -> dict[str, Any]:
+    """Run id, config, status (interrupted when a running record's process is gone), times, stages.
+
+    `modified`: when run.json was last written, the last sign of life of an interrupted run.
+    """
     status = record.get("status")
     wall = record.get("wall_seconds")
     if status == RUNNING:
         alive = is_alive(store, record)
         status = RUNNING if alive else INTERRUPTED
         # Still running: time so far; interrupted: until the record's last update, its last sign of life.
-        until = time.time() if alive else path.stat().st_mtime
+        until = time.time() if alive else modified
         wall = _seconds_since(record.get("started_at"), until)
     return {
-        "run_id": record.get("run_id", path.parent.name),
+        "run_id": record.get("run_id", run_id),
         "config_name": record.get("config_name"),
         "status": status,
         "started_at": record.get("started_at"),
@@ -140,7 +145,8 @@ def is_alive(store: ArtifactStore, record: dict[str, Any]) -> bool:
 
     The run lock answers for any host that shares the store's filesystem; without a lock file (records
     written before run locks existed) the pid is checked when the run was on this host, and a run on
-    another host is taken at its word.
+    another host is taken at its word. Locks are per machine for a URL store (they live in this
+    node's cache), so there a run on another host is always taken at its word.
     """
     lock_path = store.lock_path("run", str(record.get("run_id")))
     if lock_path.exists():

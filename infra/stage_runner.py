@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,10 +17,12 @@ from lmforge.infra.store import ArtifactStore, ExternalFile, hash_external, utc_
 
 log = get_logger(__name__)
 
-# compute(output_dir, work_dir): write the artifact's files into output_dir; work_dir is scratch
-# space that survives a crash (keyed by the recipe, so a re-run can resume) and is removed on success.
-# Both belong to one attempt: output_dir is fresh, and work_dir is used only under the recipe's lock.
-Compute = Callable[[Path, Path], dict[str, Any]]
+# compute(output_dir, work_area): write the artifact's files into output_dir (local staging); work_area
+# is scratch space that survives a crash (keyed by the recipe, so a re-run can resume) and is removed
+# on success: a local path, or a URL in the store's work/ for an object store, where every Ray node
+# sees it. Both belong to one attempt: output_dir is fresh, the work area is used only under the
+# recipe's lock.
+Compute = Callable[[Path, str], dict[str, Any]]
 
 
 @dataclass
@@ -112,7 +113,7 @@ class StageRunner:
             self.store.quarantine(existing["id"], problems)
             return None
         log.info("%s: reusing %s (inputs, config and code unchanged)", stage, existing["id"])
-        path = str(self.store.data_path(existing["id"]))
+        path = self.store.data_location(existing["id"])
         return StageOutcome(stage, "reused", existing["id"], path, existing["metrics"])
 
     def _compute(
@@ -128,9 +129,9 @@ class StageRunner:
         compute: Compute,
     ) -> StageOutcome:
         started, start_time = utc_now(), time.perf_counter()
-        work_dir = self.store.work_dir(key)
+        work_area = self.store.work_area(key)
         with self.store.staging(self.run_id) as output_dir:
-            metrics = compute(output_dir, work_dir)
+            metrics = compute(output_dir, work_area)
             seconds = time.perf_counter() - start_time
             manifest = self.store.publish(
                 output_dir,
@@ -146,7 +147,7 @@ class StageRunner:
                 code_fingerprint=fingerprint,
                 external_files=external,
             )
-        shutil.rmtree(work_dir, ignore_errors=True)
+        self.store.remove_work_area(key)
         log.info("%s: published %s in %.1f s", stage, manifest["id"], seconds)
-        path = str(self.store.data_path(manifest["id"]))
+        path = self.store.data_location(manifest["id"])
         return StageOutcome(stage, "completed", manifest["id"], path, metrics, round(seconds, 3))

@@ -19,6 +19,9 @@ crash leaves at most an orphaned staging directory, never a partial artifact. Co
 coordinate through locks: the stage runner holds a recipe's lock while it looks up, computes and
 publishes it, and that lock also owns the recipe's work directory; `lmforge gc` removes staging and
 work directories whose lock nobody holds.
+
+The store may also be a URL (`s3://bucket/prefix`, any fsspec filesystem): `open_store` returns a
+`RemoteArtifactStore` (infra/remote_store.py) with the same layout there and a local cache here.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.core.errors import ArtifactError
+from lmforge.core.errors import ArtifactError, ConfigError
 from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import sha256_file
 from lmforge.infra.integrity import (
@@ -48,6 +51,7 @@ from lmforge.infra.integrity import (
 )
 from lmforge.infra.lineage import code_version, environment, sha256_json
 from lmforge.infra.locks import LOCKS_DIR, StoreLock
+from lmforge.infra.remote_fs import is_url, local_path_of
 
 log = get_logger(__name__)
 
@@ -86,8 +90,32 @@ def hash_external(files: list[ExternalFile]) -> list[dict[str, Any]]:
     return records
 
 
+def default_store_location() -> str:
+    """`$LMFORGE_STORE`, else `./lmforge-store`: a local path or a store URL."""
+    return os.environ.get(STORE_ENV) or DEFAULT_STORE
+
+
 def default_store_root() -> Path:
-    return Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
+    """The default store as a local path (callers that accept URLs use `default_store_location`)."""
+    return Path(default_store_location())
+
+
+def check_store_location(location: str | Path) -> None:
+    """For a URL: ConfigError (`store: ...`) when its scheme has no filesystem or its bucket is missing."""
+    if is_url(location):
+        from lmforge.infra.remote_fs import check_location
+
+        check_location(str(location))
+
+
+def open_store(location: str | Path | None = None) -> ArtifactStore:
+    """The store at a local path or URL (None: `$LMFORGE_STORE`, else `./lmforge-store`)."""
+    location = default_store_location() if location is None else location
+    if is_url(location):
+        from lmforge.infra.remote_store import RemoteArtifactStore
+
+        return RemoteArtifactStore(str(location))
+    return ArtifactStore(local_path_of(location))
 
 
 def utc_now() -> str:
@@ -104,12 +132,20 @@ def write_json_atomic(path: Path, value: Any) -> None:
 class ArtifactStore:
     """A store on a local or mounted shared filesystem (a Ray cluster needs the latter).
 
-    Publishing relies on an atomic directory rename; an object-store backend would need another
-    commit step (the manifest written last is the visibility marker either way).
+    Publishing relies on an atomic directory rename; URL stores (RemoteArtifactStore) upload the
+    manifest last instead (the manifest is the visibility marker either way).
+
+    `location` is where the store is (here the absolute path); `root` is always a local directory
+    (here the store itself), holding tmp/, locks/, work/ and runs/.
     """
 
+    is_remote = False
+
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser().resolve()
+        if is_url(root):
+            raise ConfigError(f"store: {root!r} is a URL; open it with infra.store.open_store")
+        self.root = local_path_of(root).expanduser().resolve()
+        self.location = str(self.root)
         for sub in ("artifacts", "recipes", "runs", "tmp", "work", LOCKS_DIR):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -194,12 +230,19 @@ class ArtifactStore:
         }
         write_json_atomic(staged / FAST_HASH_RECORD, fast_hash_record(data_dir, files))
         write_json_atomic(staged / MANIFEST, manifest)
+        existing = self._commit(staged, artifact_id)
+        # The stage runner holds the recipe's lock here, so the pointer has one writer at a time.
+        self._write_recipe_pointer(recipe_key, artifact_id)
+        return existing
+
+    def _commit(self, staged: Path, artifact_id: str) -> dict[str, Any]:
+        """Make a staged artifact visible; the stored record (the existing one when it was already there)."""
         self._move_into_place(staged, artifact_id)
         # Same content from the same recipe may already have been stored: its record is kept.
-        existing = self.get(artifact_id)
-        # The stage runner holds the recipe's lock here, so the pointer has one writer at a time.
+        return self.get(artifact_id)
+
+    def _write_recipe_pointer(self, recipe_key: str, artifact_id: str) -> None:
         write_json_atomic(self.root / "recipes" / f"{recipe_key}.json", {"artifact_id": artifact_id})
-        return existing
 
     def _move_into_place(self, staged: Path, artifact_id: str) -> None:
         """Rename a staged artifact to its id, unless an intact artifact already has that id."""
@@ -219,7 +262,7 @@ class ArtifactStore:
                     f"cannot publish {artifact_id}: {final} exists without a manifest ({err})"
                 ) from None
 
-    def quarantine(self, artifact_id: str, problems: list[str]) -> Path | None:
+    def quarantine(self, artifact_id: str, problems: list[str]) -> Path | str | None:
         """Move a damaged artifact to quarantine/ in one rename, so a recomputed one can take its id."""
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         target = self.root / "quarantine" / f"{artifact_id}-{stamp}-{uuid.uuid4().hex[:6]}"
@@ -241,6 +284,24 @@ class ArtifactStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def work_area(self, recipe_key: str) -> str:
+        """Where a stage's resumable scratch lives that every node sees (Ray Train checkpoints).
+
+        A local store: its work directory. Same locking rule as `work_dir`.
+        """
+        return str(self.work_dir(recipe_key))
+
+    def remove_work_area(self, recipe_key: str) -> None:
+        shutil.rmtree(self.root / "work" / recipe_key[:RECIPE_SLOT_CHARS], ignore_errors=True)
+
+    def arrow_filesystem(self) -> Any:
+        """The pyarrow filesystem holding `work_area` paths; None: the local filesystem."""
+        return None
+
+    def arrow_path(self, uri: str) -> str:
+        """`uri` (from `work_area`) as the path `arrow_filesystem` expects."""
+        return uri
+
     # -- reading -----------------------------------------------------------------------------------
 
     def get(self, artifact_id: str) -> dict[str, Any]:
@@ -248,7 +309,7 @@ class ArtifactStore:
         try:
             return json.loads(manifest_path.read_text())
         except FileNotFoundError:
-            raise ArtifactError(f"no artifact {artifact_id!r} in store {self.root}") from None
+            raise ArtifactError(f"no artifact {artifact_id!r} in store {self.location}") from None
         except json.JSONDecodeError as err:
             raise ArtifactError(f"manifest of {artifact_id} is corrupt ({manifest_path}): {err}") from None
 
@@ -257,6 +318,14 @@ class ArtifactStore:
 
     def data_path(self, artifact_id: str) -> Path:
         return self.artifact_dir(artifact_id) / DATA_DIR
+
+    def data_location(self, artifact_id: str) -> str:
+        """Where the artifact's data lives in the store, downloading nothing: a path here, a URL for URL stores."""
+        return str(self.data_path(artifact_id))
+
+    def local_files(self, artifact_id: str, prefix: str = "") -> Path:
+        """A local data directory holding (at least) the artifact's files whose path starts with `prefix`."""
+        return self.data_path(artifact_id)
 
     def find_by_recipe(self, recipe_key: str) -> dict[str, Any] | None:
         pointer = self.root / "recipes" / f"{recipe_key}.json"
@@ -302,15 +371,7 @@ class ArtifactStore:
         manifest = self.get(artifact_id)
         problems = file_problems(self.data_path(artifact_id), manifest["files"])
         problems += content_id_problems(manifest, self.artifact_dir(artifact_id) / MANIFEST)
-        for record in manifest.get("external_files", []):
-            if record["path"] is None:
-                continue
-            path = Path(record["path"])
-            if not path.is_file():
-                problems.append(f"missing input file: {path}")
-            elif sha256_file(path) != record["sha256"]:
-                problems.append(f"changed input file: {path} (expected sha256 {record['sha256']})")
-        return problems
+        return problems + external_problems(manifest)
 
     def lineage(self, artifact_id: str) -> dict[str, Any]:
         """The artifact and its ancestors as a tree, down to the raw input files."""
@@ -339,3 +400,27 @@ class ArtifactStore:
         path = self.run_dir(run_id) / "run.json"
         write_json_atomic(path, record)
         return path
+
+    def run_records(self) -> list[tuple[str, bytes | None, float]]:
+        """(run id, run.json bytes or None if unreadable, last modified) of every run in the store."""
+        records: list[tuple[str, bytes | None, float]] = []
+        for path in sorted(self.root.glob("runs/*/run.json")):
+            try:
+                records.append((path.parent.name, path.read_bytes(), path.stat().st_mtime))
+            except OSError:
+                records.append((path.parent.name, None, 0.0))
+        return records
+
+
+def external_problems(manifest: dict[str, Any]) -> list[str]:
+    """One problem per raw input file (recorded by path) that is missing or changed."""
+    problems = []
+    for record in manifest.get("external_files", []):
+        if record["path"] is None:
+            continue
+        path = Path(record["path"])
+        if not path.is_file():
+            problems.append(f"missing input file: {path}")
+        elif sha256_file(path) != record["sha256"]:
+            problems.append(f"changed input file: {path} (expected sha256 {record['sha256']})")
+    return problems

@@ -1,4 +1,11 @@
-"""`lmforge gc`: remove orphaned staging and work directories, never one a live process holds."""
+"""`lmforge gc`: remove orphaned staging and work directories, never one a live process holds.
+
+For a URL store (infra/remote_store.py) this collects this node's side only: staging and
+downloads in flight under the local cache's tmp/, local work directories, and idle lock files. The
+remote store is untouched: its quarantine/ and any orphaned `<url>/work/<slot>/` stay until removed
+with the object store's own tools, and cached artifact copies (`<cache>/artifacts/`) are kept,
+since a reader on this node may be using them (delete the cache folder when no run is active).
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_server import moto_s3_server, s3_store_url  # noqa: F401  (fixtures)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 

@@ -141,8 +141,8 @@ def test_stage_runner_reuses_then_recomputes_on_change_or_force(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     calls = []
 
-    def compute(out: Path, work: Path):
-        assert work.is_dir() and work.parent == store.root / "work"
+    def compute(out: Path, work: str):
+        assert Path(work).is_dir() and Path(work).parent == store.root / "work"
         calls.append(1)
         (out / "result.txt").write_text("42")
         return {"value": 42}
@@ -169,7 +169,7 @@ def test_children_follow_parent_content_not_parent_recipe(tmp_path):
     store = ArtifactStore(tmp_path / "store")
 
     def make(text):
-        def compute(out: Path, work: Path):
+        def compute(out: Path, work: str):
             (out / "f.txt").write_text(text)
             return {}
 
@@ -259,7 +259,7 @@ def test_reuse_check_reads_every_file_by_fast_hash_and_sees_what_mtime_hides(tmp
 def test_damaged_artifact_is_moved_aside_and_recomputed_under_the_same_id(tmp_path):
     store = ArtifactStore(tmp_path / "store")
 
-    def compute(out: Path, work: Path):
+    def compute(out: Path, work: str):
         (out / "result.txt").write_text("42")
         return {}
 

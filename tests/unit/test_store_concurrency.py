@@ -27,19 +27,19 @@ CODE = ("lmforge.infra.store",)
 DAY = 86400.0
 
 
-def slow_compute(out: Path, work: Path) -> dict:
+def slow_compute(out: Path, work: str) -> dict:
     """A fake stage: notes that it ran, resumes from a checkpoint in its work dir if one is there."""
     with open(out.parents[3] / "computes.log", "a") as log:
         log.write(f"{os.getpid()}\n")
-    resumed = (work / "checkpoint").exists()
+    resumed = (Path(work) / "checkpoint").exists()
     time.sleep(2.0)
     (out / "result.txt").write_text("42")
     return {"resumed": resumed}
 
 
-def crashing_compute(out: Path, work: Path) -> dict:
+def crashing_compute(out: Path, work: str) -> dict:
     """Writes a checkpoint and hangs, so that the test can kill it mid-stage like a crashed run."""
-    (work / "checkpoint").write_text("step 10")
+    (Path(work) / "checkpoint").write_text("step 10")
     (out / "partial.bin").write_bytes(b"half")
     (out.parents[3] / "crasher-ready").touch()
     time.sleep(600)
