@@ -4,12 +4,14 @@ from lmforge.training.config import MaskingConfig, ModelConfig, PretrainConfig
 from lmforge.training.launcher import pretrain, worker_precision
 from lmforge.training.masking import mask_tokens
 from lmforge.training.objectives import OBJECTIVES, build_model, get_objective
+from lmforge.training.work_area import TrainingError
 
 __all__ = [
     "OBJECTIVES",
     "MaskingConfig",
     "ModelConfig",
     "PretrainConfig",
+    "TrainingError",
     "build_model",
     "get_objective",
     "mask_tokens",

@@ -6,7 +6,8 @@ Identity (deterministic: the same config, inputs and hardware give the same byte
     loop_state/rank-*.json   per-rank step, loader position and RNG states (exact continuation)
     metrics.jsonl            per-step train loss and lr, eval losses, token and parameter counts
 Telemetry (under telemetry/, left out of the store's content id):
-    telemetry/speed.jsonl    matmul peaks, tokens/s, MFU, train seconds, hosts, start and resume times
+    telemetry/speed.jsonl    matmul peaks, tokens/s, MFU, train seconds, hosts, start and resume times,
+                             each attempt's Ray node per rank (placement)
     telemetry/clock.json     train seconds so far (restored on resume)
     telemetry/tensorboard/   TensorBoard event files
     telemetry/summary.json   the dict pretrain() returns

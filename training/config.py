@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from lmforge.core.configbase import StrictModel, choice, operational
 
 ModelSize = Literal["debug", "tiny", "small", "custom"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 # hidden size, layers, heads; the feed-forward width defaults to 4x hidden (GPT-2 / BERT convention).
 MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -92,6 +93,10 @@ class PretrainConfig(StrictModel):
     # "auto": use CUDA when the Ray cluster reports GPUs.
     use_gpu: Literal["auto"] | bool = "auto"
     cpus_per_worker: int = operational(1, ge=1)
+    # Ray resources each worker reserves; None: {"CPU": cpus_per_worker}, plus {"GPU": 1} on GPU.
+    resources_per_worker: dict[str, float] | None = operational(None)
+    # How Ray places the workers' bundles on nodes (Ray placement group strategies).
+    placement_strategy: PlacementStrategy = operational("PACK")
     zero_stage: int = Field(default=1, ge=0, le=3)
     # "auto": bf16 where the workers' hardware computes it natively, else fp32 (training/precision.py).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -149,7 +154,48 @@ class PretrainConfig(StrictModel):
             raise ValueError(
                 "precision 'fp16' needs GPUs (use bf16 or fp32 on CPU); set use_gpu or precision"
             )
+        if self.resources_per_worker is not None:
+            self._check_resources(self.resources_per_worker)
+            if self.use_gpu != "auto":
+                self.worker_resources(self.use_gpu)
         return self
+
+    def _check_resources(self, resources: dict[str, float]) -> None:
+        for name, amount in resources.items():
+            if amount < 0:
+                raise ValueError(f"resources_per_worker.{name}: must not be negative, got {amount}")
+        cpus = resources.get("CPU")
+        if cpus is not None and cpus <= 0:
+            raise ValueError(f"resources_per_worker.CPU: a worker needs a CPU share above 0, got {cpus}")
+        if cpus is not None and "cpus_per_worker" in self.model_fields_set and cpus != self.cpus_per_worker:
+            raise ValueError(
+                f"resources_per_worker.CPU ({cpus}) disagrees with cpus_per_worker "
+                f"({self.cpus_per_worker}): set only one of them"
+            )
+
+    def worker_resources(self, use_gpu: bool) -> dict[str, float]:
+        """The Ray resources one worker reserves once `use_gpu` is resolved; ValueError when inconsistent."""
+        if self.resources_per_worker is None:
+            return {"CPU": float(self.cpus_per_worker), **({"GPU": 1.0} if use_gpu else {})}
+        resources = {"CPU": float(self.cpus_per_worker), **self.resources_per_worker}
+        gpus = resources.get("GPU", 0.0)
+        if use_gpu and gpus <= 0:
+            raise ValueError(
+                f"resources_per_worker.GPU is {gpus} but the workers train on GPU (use_gpu "
+                f"{str(self.use_gpu).lower()}): give each worker a GPU share above 0, or set use_gpu false"
+            )
+        if not use_gpu and gpus > 0:
+            raise ValueError(
+                f"resources_per_worker.GPU is {gpus} but the workers train on CPU (use_gpu "
+                f"{str(self.use_gpu).lower()}): drop the GPU key or set use_gpu true"
+            )
+        return resources
+
+    @property
+    def threads_per_worker(self) -> int:
+        """torch threads per worker: the worker's whole CPUs (at least one)."""
+        cpus = (self.resources_per_worker or {}).get("CPU", self.cpus_per_worker)
+        return max(1, int(cpus))
 
     @property
     def global_batch_size(self) -> int:

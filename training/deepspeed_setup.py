@@ -53,10 +53,28 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def check_process_group() -> None:
+    """DeepSpeed reuses the process group Ray Train set up: it must be the backend for DeepSpeed's
+    accelerator (NCCL for CUDA, gloo for CPU), or collectives fail on the wrong device's tensors."""
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    device = get_accelerator().device_name()
+    expected, actual = ("nccl" if device == "cuda" else "gloo"), dist.get_backend()
+    if actual != expected:
+        raise ArtifactError(
+            f"the workers' process group uses {actual!r}, but DeepSpeed runs on {device!r}, which needs "
+            f"{expected!r} (the launcher's TorchConfig backend and DS_ACCELERATOR disagree)"
+        )
+
+
 def initialize(model: nn.Module, config: PretrainConfig, world_size: int, precision: str):
     """Wrap `model` in a DeepSpeed engine with a client AdamW and warmup + decay LambdaLR."""
     import deepspeed
 
+    check_process_group()
     optimizer = torch.optim.AdamW(
         parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=config.adam_betas
     )

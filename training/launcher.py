@@ -11,17 +11,21 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lmforge.core.errors import ArtifactError
+from lmforge.core.errors import ArtifactError, ConfigError
 from lmforge.core.logs import ROOT_LOGGER, get_logger
 from lmforge.infra.progress import ProgressTarget
 from lmforge.training.artifact import OUTPUT_ITEMS, SUMMARY_FILE
 from lmforge.training.config import PretrainConfig
 from lmforge.training.inputs import LoopInputs, choose_precision, resolve_inputs
 from lmforge.training.precision import DeviceProbe, DeviceProber, ResolvedPrecision, probe_device
+from lmforge.training.work_area import TrainingError, WorkArea, failure_message
+
+if TYPE_CHECKING:
+    import pyarrow.fs
 
 log = get_logger(__name__)
 # Ray Train's run folder inside `work_dir`: a fixed name, so a re-run of the same recipe (whose lock
@@ -38,9 +42,10 @@ def pretrain(
     tokenizer_dir: Path,
     output_dir: Path,
     seed: int,
-    work_dir: Path | None = None,
+    work_dir: Path | str | None = None,
     precision: ResolvedPrecision | None = None,
     progress: ProgressTarget | None = None,
+    storage_filesystem: pyarrow.fs.FileSystem | None = None,
 ) -> dict[str, Any]:
     """Pre-train with DeepSpeed on `config.num_workers` Ray Train workers; see docs/architecture.md.
 
@@ -48,45 +53,65 @@ def pretrain(
     metrics.jsonl, telemetry/) and returns the run summary. Ray Train's run folder (periodic
     checkpoints, live TensorBoard files) lives in `work_dir`, default `output_dir/../ray_train`, and
     is deleted after success; a re-run with the same `work_dir` resumes from its last checkpoint (the
-    flow passes a directory keyed by the stage's recipe). `precision`: as `worker_precision` resolved
-    it (default: resolved here). `progress`: where rank 0 reports steps done.
+    flow passes a directory keyed by the stage's recipe). With `storage_filesystem` (a shared store
+    every node reaches), `work_dir` is a path on it and TensorBoard files are written node-locally
+    until each checkpoint copies them. `precision`: as `worker_precision` resolved it (default:
+    resolved here). `progress`: where rank 0 reports steps done.
+
+    Raises `TrainingError` once `max_failures` is spent; the work area then keeps the last checkpoint.
     """
+    from ray.train import TrainingFailedError
+
     from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray
 
     output_dir = Path(output_dir).resolve()
     ensure_ray()
     use_gpu = cuda_available_on_cluster() if config.use_gpu == "auto" else bool(config.use_gpu)
-    storage = Path(work_dir or output_dir.parent / "ray_train").resolve()
-    run_name = RAY_RUN_NAME
+    resources = worker_resources(config, use_gpu)
+    area = WorkArea.of(work_dir, output_dir, RAY_RUN_NAME, storage_filesystem)
     inputs = resolve_inputs(
         config,
         Path(shards_dir),
         Path(tokenizer_dir),
         seed,
         probe=worker_prober(config, use_gpu),
-        tensorboard_dir=storage / run_name / "tensorboard",
+        tensorboard_dir=area.live_tensorboard_dir(),
         precision=precision,
     )
     inputs = dataclasses.replace(inputs, progress=progress)
     # Cache DeepSpeed's JIT-built ops (the CPU shm comm op takes 20-40 s to compile).
     os.environ.setdefault(EXTENSIONS_ENV, str(DEFAULT_EXTENSIONS_DIR))
-    trainer = _build_trainer(config, inputs, use_gpu, storage, run_name)
+    trainer = _build_trainer(config, inputs, use_gpu, resources, area)
     log.info(
-        "pre-training %s (%s) on %d %s worker(s) in %s, run %s",
+        "pre-training %s (%s) on %d %s worker(s) (%s, %s) in %s, run %s",
         config.objective,
         config.model.size,
         config.num_workers,
         "GPU" if use_gpu else "CPU",
+        resources,
+        config.placement_strategy,
         inputs.precision,
-        storage / run_name,
+        area.describe(),
     )
-    result = fit_off_main_thread(trainer)
+    try:
+        result = fit_off_main_thread(trainer)
+    except TrainingFailedError as err:
+        # The work area stays: its last checkpoint is where a re-run resumes.
+        raise TrainingError(failure_message(err, config.max_failures, area)) from err
     if result.checkpoint is None:
-        raise ArtifactError(f"Ray Train run {storage / run_name} finished without a final checkpoint")
+        raise ArtifactError(f"Ray Train run {area.describe()} finished without a final checkpoint")
     with result.checkpoint.as_directory() as final:
         summary = _materialize(Path(final), output_dir)
-    shutil.rmtree(storage / run_name, ignore_errors=True)
+    area.delete_run()
     return summary
+
+
+def worker_resources(config: PretrainConfig, use_gpu: bool) -> dict[str, float]:
+    """Each worker's Ray resources for the resolved `use_gpu`; ConfigError when they contradict it."""
+    try:
+        return config.worker_resources(use_gpu)
+    except ValueError as err:
+        raise ConfigError(f"pretrain.{err}") from None
 
 
 def fit_off_main_thread(trainer: Any) -> Any:
@@ -126,25 +151,31 @@ def worker_prober(config: PretrainConfig, use_gpu: bool) -> DeviceProber:
     """Probe the device as a Ray task with one worker's resources, i.e. where the workers will run."""
     from lmforge.infra.ray_runtime import run_remote
 
+    resources = worker_resources(config, use_gpu)
+
     def probe(measure_bf16: bool) -> DeviceProbe:
         return run_remote(
             probe_device,
             "cuda" if use_gpu else "cpu",
             measure_bf16,
-            num_cpus=config.cpus_per_worker,
-            num_gpus=1 if use_gpu else 0,
+            num_cpus=resources["CPU"],
+            num_gpus=resources.get("GPU", 0),
         )
 
     return probe
 
 
-def _build_trainer(config: PretrainConfig, inputs: LoopInputs, use_gpu: bool, storage: Path, run_name: str):
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def process_group_backend(use_gpu: bool) -> str:
+    """torch.distributed backend of the workers' process group (DeepSpeed reuses that group)."""
+    return "nccl" if use_gpu else "gloo"
 
-    resources: dict[str, float] = {"CPU": config.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = 1
+
+def _build_trainer(
+    config: PretrainConfig, inputs: LoopInputs, use_gpu: bool, resources: dict[str, float], area: WorkArea
+):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     return TorchTrainer(
         train_worker,
         train_loop_config={
@@ -152,12 +183,17 @@ def _build_trainer(config: PretrainConfig, inputs: LoopInputs, use_gpu: bool, st
             "use_gpu": use_gpu,
             "extensions_dir": os.environ[EXTENSIONS_ENV],
         },
+        torch_config=TorchConfig(backend=process_group_backend(use_gpu)),
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=config.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=config.placement_strategy,
         ),
         run_config=RunConfig(
-            name=run_name,
-            storage_path=str(storage),
+            name=area.run_name,
+            storage_path=area.storage_path,
+            storage_filesystem=area.filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -182,6 +218,7 @@ class RayWorkerEnv:
     """The loop's view of a Ray Train worker: rank, device, checkpoint in, report out."""
 
     def __init__(self, use_gpu: bool) -> None:
+        import ray
         import ray.train
         import ray.train.torch
 
@@ -190,6 +227,7 @@ class RayWorkerEnv:
         self.world_size = context.get_world_size()
         self.local_rank = context.get_local_rank()
         self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+        self.node_id: str | None = ray.get_runtime_context().get_node_id()
 
     @contextmanager
     def restored_checkpoint(self) -> Iterator[Path | None]:
@@ -221,7 +259,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("RANK", str(env.rank))
     os.environ.setdefault("WORLD_SIZE", str(env.world_size))
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
-    torch.set_num_threads(inputs.config.cpus_per_worker)
+    torch.set_num_threads(inputs.config.threads_per_worker)
     _log_to_stderr()
     from lmforge.training.loop import PretrainLoop
 

@@ -28,7 +28,7 @@ from lmforge.training.flops import model_flops_per_token
 from lmforge.training.hooks import Callback
 from lmforge.training.inputs import LoopInputs
 from lmforge.training.masking import EVAL_STREAM, IGNORE_INDEX, masking_generator
-from lmforge.training.metrics import EventLog, all_reduce_sum, run_summary
+from lmforge.training.metrics import EventLog, all_gather_object, all_reduce_sum, run_summary
 from lmforge.training.models import count_parameters
 from lmforge.training.objectives import get_objective
 from lmforge.training.resume import (
@@ -47,6 +47,8 @@ class WorkerEnv(Protocol):
     rank: int
     world_size: int
     device: torch.device
+    # The cluster node this rank runs on (Ray node id); None outside Ray.
+    node_id: str | None
 
     def restored_checkpoint(self) -> AbstractContextManager[Path | None]: ...
 
@@ -79,6 +81,8 @@ class PretrainLoop:
         self._load_data()
         self._build_engine()
         self._maybe_resume()
+        # Every attempt: a restart may place the ranks on other nodes.
+        self.record("placement", telemetry=True, worker_nodes=all_gather_object(self.env.node_id))
         if self.step == 0:
             self.record(
                 "start",

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 # A step's records in a fixed order, so a log's bytes do not depend on when records were flushed.
-EVENT_ORDER = ("start", "resume", "train", "speed", "eval")
+EVENT_ORDER = ("start", "resume", "placement", "train", "speed", "eval")
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -110,7 +110,8 @@ class EventLog:
 def run_summary(
     metrics: EventLog, telemetry: EventLog, clm: bool, curve_step: Callable[[int], bool]
 ) -> dict[str, Any]:
-    """The pretrain() result: first/last losses, curves at `curve_step` steps, speed and MFU."""
+    """The pretrain() result: first/last losses, curves at `curve_step` steps, speed and MFU, and how
+    the run went: the Ray node of each rank (last attempt) and each resume's step, oldest first."""
     train, evals = metrics.of("train"), metrics.of("eval")
     start, last = metrics.last("start"), (train[-1] if train else {})
     summary: dict[str, Any] = {
@@ -126,6 +127,8 @@ def run_summary(
     if clm:
         summary["val_perplexity"] = math.exp(summary["final_val_loss"]) if evals else None
     summary.update(speed_summary(telemetry, summary["num_tokens_trained"], summary["flops_per_token"]))
+    summary["worker_nodes"] = telemetry.last("placement").get("worker_nodes")
+    summary["restarts"] = [{"from_step": record["step"]} for record in telemetry.of("resume")]
     return summary
 
 

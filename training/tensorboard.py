@@ -7,12 +7,15 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge.core.logs import get_logger
 from lmforge.training.artifact import TENSORBOARD_DIR
 from lmforge.training.hooks import LOGGERS, Callback
 
 if TYPE_CHECKING:
     from lmforge.training.inputs import LoopInputs
     from lmforge.training.loop import PretrainLoop
+
+log = get_logger(__name__)
 
 # Records plotted as scalars, tagged "<event>/<key>": train loss and lr, val loss, tokens/s and MFU.
 SCALAR_EVENTS = ("train", "eval", "speed")
@@ -39,6 +42,7 @@ class TensorBoardLogger(Callback):
                 self.log_dir.mkdir(parents=True, exist_ok=True)
             else:
                 self.log_dir = Path(tempfile.mkdtemp(prefix="lmforge-tensorboard-"))
+                log.info("TensorBoard event files (this node, live): %s", self.log_dir)
         return self.log_dir
 
     def on_resume(self, loop: PretrainLoop, directory: Path) -> None:

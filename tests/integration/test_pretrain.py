@@ -10,6 +10,8 @@ import re
 import shutil
 import socket
 import struct
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +305,7 @@ def test_identical_runs_share_a_content_id(ray_runtime, wiki_inputs, tmp_path):
 class LocalEnv:
     """A one-rank stand-in for Ray Train: keeps every reported checkpoint, restores a given one."""
 
-    rank, world_size, device = 0, 1, torch.device("cpu")
+    rank, world_size, device, node_id = 0, 1, torch.device("cpu"), None
 
     def __init__(self, saved_root: Path, restore: Path | None = None) -> None:
         self.saved_root, self.restore, self.saved = saved_root, restore, []
@@ -405,3 +407,176 @@ def test_resume_with_dropout_ends_bit_identical(single_process_group, wiki_input
     assert final_straight == identity_files(tmp_path / "resumed" / "step-6")
     telemetry = read_events(tmp_path / "resumed" / "step-6" / "telemetry" / "speed.jsonl")
     assert [e["step"] for e in telemetry if e["event"] == "resume"] == [3]
+    summary = json.loads((tmp_path / "resumed" / "step-6" / "telemetry" / "summary.json").read_text())
+    assert summary["restarts"] == [{"from_step": 3}] and summary["worker_nodes"] == [None]
+    assert straight.summary()["restarts"] == []
+
+
+# A lost worker: the tiny config of the resume test on 2 Ray workers, a checkpoint every few steps and
+# enough steps after the first one for the test to kill a worker before the run ends.
+def lost_worker_config(max_failures: int) -> PretrainConfig:
+    return run_config("mlm", zero_stage=1).model_copy(
+        update={
+            "model": ModelConfig(size="debug", dropout=0.1),
+            "max_steps": 30,
+            "eval_every": 15,
+            "eval_batches": 2,
+            "checkpoint_every": 5,
+            "max_failures": max_failures,
+        }  # fmt: skip
+    )
+
+
+def latest_checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the last checkpoint Ray Train registered in `run_dir` (its snapshot), if any."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return None  # not there yet, or caught mid-write
+    latest = snapshot.get("latest_checkpoint_result")
+    return int(latest["metrics"]["step"]) if latest else None
+
+
+class WorkerKiller(threading.Thread):
+    """SIGKILLs one Ray Train worker process (a descendant of this test process, so never another
+    session's) once the first checkpoint is registered in `run_dir`."""
+
+    def __init__(self, run_dir: Path, timeout: float = 600.0) -> None:
+        super().__init__(name="worker-killer", daemon=True)
+        self.run_dir, self.deadline = run_dir, time.monotonic() + timeout
+        self.killed_pid: int | None = None
+        self.checkpoint_step: int | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            step = latest_checkpoint_step(self.run_dir)
+            workers = train_workers(psutil.Process()) if step is not None else []
+            if workers:
+                self.checkpoint_step = step
+                workers[-1].kill()
+                self.killed_pid = workers[-1].pid
+                return
+            time.sleep(0.02)
+
+
+def train_workers(root) -> list:
+    """Live Ray Train worker processes under `root` (Ray titles them `ray::RayTrainWorker...`)."""
+    import psutil
+
+    found = []
+    for process in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE and "RayTrainWorker" in " ".join(process.cmdline()):
+                found.append(process)
+    return sorted(found, key=lambda process: process.pid)
+
+
+@contextlib.contextmanager
+def killing_a_worker(run_dir: Path):
+    killer = WorkerKiller(run_dir)
+    killer.start()
+    try:
+        yield killer
+    finally:
+        killer.stop.set()
+        killer.join()
+
+
+def safetensors_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_same_weights(out: Path, reference: Path, label: str) -> None:
+    from safetensors.torch import load_file
+
+    weights = load_file(reference / "hf" / "model.safetensors")
+    again = load_file(out / "hf" / "model.safetensors")
+    assert weights.keys() == again.keys()
+    assert all(torch.equal(weights[name], again[name]) for name in weights)
+    # For the record (run with -s or -rP): the weight files' hashes.
+    for name, run in (("uninterrupted", reference), ("restarted", out)):
+        digest = safetensors_sha256(run / "hf" / "model.safetensors")
+        print(f"{label}: {name} hf/model.safetensors sha256 {digest}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(ray_runtime, wiki_inputs, tmp_path_factory):
+    """The lost-worker config run without a failure: the weights a restarted run must end with."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    summary = pretrain(
+        lost_worker_config(max_failures=1), wiki_inputs / "shards-mlm", wiki_inputs / "tokenizer",
+        root / "out", 0, work_dir=root / "work",
+    )  # fmt: skip
+    assert summary["restarts"] == []
+    return root / "out"
+
+
+@pytest.mark.integration
+def test_a_lost_worker_restarts_from_the_last_checkpoint_on_shared_storage(
+    ray_runtime, wiki_inputs, uninterrupted_run, tmp_path
+):
+    """max_failures=1, work area on a pyarrow filesystem: a SIGKILLed worker costs one restart from
+    the last checkpoint, and the weights end bit-identical to the uninterrupted run."""
+    import fsspec
+    from pyarrow.fs import FSSpecHandler, PyFileSystem, SubTreeFileSystem
+
+    root = tmp_path / "object-store"
+    root.mkdir()
+    store = SubTreeFileSystem(str(root), PyFileSystem(FSSpecHandler(fsspec.filesystem("file"))))
+    out = tmp_path / "out"
+    with killing_a_worker(root / "work" / "pretrain") as killer:
+        summary = pretrain(
+            lost_worker_config(max_failures=1), wiki_inputs / "shards-mlm", wiki_inputs / "tokenizer",
+            out, 0, work_dir="work", storage_filesystem=store,
+        )  # fmt: skip
+    assert killer.killed_pid is not None, "no worker was killed: the run ended before its first checkpoint"
+    # The restart resumed from the checkpoint registered when the worker died (a later one only if
+    # it registered between the test's look and the kill).
+    assert len(summary["restarts"]) == 1
+    from_step = summary["restarts"][0]["from_step"]
+    assert from_step % 5 == 0 and killer.checkpoint_step <= from_step < 30
+    assert len(summary["worker_nodes"]) == 2 and all(
+        isinstance(node, str) for node in summary["worker_nodes"]
+    )
+    assert json.loads((out / "telemetry" / "summary.json").read_text()) == summary
+    # Placement and restarts are telemetry: metrics.jsonl (hashed) knows nothing of them.
+    assert all(event["event"] in IDENTITY_KEYS for event in read_events(out / "metrics.jsonl"))
+    assert read_events(out / "metrics.jsonl") == read_events(uninterrupted_run / "metrics.jsonl")
+    assert "train/loss" in tensorboard_tags(out / "telemetry" / "tensorboard")
+    assert not (root / "work" / "pretrain").exists()  # deleted through the filesystem after success
+    assert_same_weights(out, uninterrupted_run, "lost worker, max_failures=1")
+
+
+@pytest.mark.integration
+def test_spent_failure_budget_keeps_the_checkpoint_and_a_rerun_resumes(
+    ray_runtime, wiki_inputs, uninterrupted_run, tmp_path
+):
+    from lmforge.training.work_area import TrainingError
+
+    config = lost_worker_config(max_failures=0)
+    work, out = tmp_path / "work", tmp_path / "out"
+    args = (config, wiki_inputs / "shards-mlm", wiki_inputs / "tokenizer", out, 0)
+    with killing_a_worker(work / "pretrain") as killer, pytest.raises(TrainingError) as failure:
+        pretrain(*args, work_dir=work)
+    assert killer.killed_pid is not None
+    step = latest_checkpoint_step(work / "pretrain")
+    assert step is not None and step >= killer.checkpoint_step
+    message = str(failure.value)
+    print(f"failure message: {message}")
+    assert "\n" not in message
+    assert "after 1 worker-group failure(s) (max_failures 0); last error: rank " in message
+    assert "ActorDiedError" in message  # the killed worker, named among the ranks' errors
+    match = re.search(rf"the last checkpoint \(step {step}, (\S+)\) is kept in the work area", message)
+    assert match, message
+    assert Path(match.group(1)).is_dir() and Path(match.group(1)).parent == work / "pretrain"
+
+    # A re-run of the crashed stage (same work_dir) resumes from that checkpoint.
+    summary = pretrain(*args, work_dir=work)
+    assert summary["restarts"] == [{"from_step": step}]
+    assert not (work / "pretrain").exists()
+    assert_same_weights(out, uninterrupted_run, "spent budget, re-run")

@@ -124,3 +124,54 @@ def test_resolve_inputs_checks_packing_and_special_tokens(tmp_path):
 
 def amx_cpu(measure_bf16: bool) -> DeviceProbe:
     return DeviceProbe("cpu", cpu_flags=frozenset({"avx512f", "amx_bf16"}))
+
+
+def test_worker_resources_default_and_explicit():
+    assert PretrainConfig(cpus_per_worker=2).worker_resources(use_gpu=False) == {"CPU": 2.0}
+    assert PretrainConfig().worker_resources(use_gpu=True) == {"CPU": 1.0, "GPU": 1.0}
+    explicit = PretrainConfig(use_gpu=True, resources_per_worker={"CPU": 4, "GPU": 0.5, "fast_disk": 1})
+    assert explicit.worker_resources(use_gpu=True) == {"CPU": 4.0, "GPU": 0.5, "fast_disk": 1.0}
+    assert explicit.threads_per_worker == 4
+    # Without a CPU key the worker still reserves cpus_per_worker.
+    assert PretrainConfig(resources_per_worker={"fast_disk": 1}).worker_resources(False) == {
+        "CPU": 1.0,
+        "fast_disk": 1.0,
+    }
+    assert PretrainConfig(resources_per_worker={"CPU": 0.5}).threads_per_worker == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"use_gpu": True, "resources_per_worker": {"CPU": 1}}, r"resources_per_worker\.GPU is 0\.0 .*GPU"),
+        ({"use_gpu": True, "resources_per_worker": {"GPU": 0}}, r"resources_per_worker\.GPU is 0\.0"),
+        ({"use_gpu": False, "resources_per_worker": {"GPU": 1}}, r"resources_per_worker\.GPU is 1\.0 .*CPU"),
+        ({"resources_per_worker": {"CPU": 0}}, r"resources_per_worker\.CPU: .*above 0"),
+        ({"resources_per_worker": {"memory": -1}}, r"resources_per_worker\.memory: must not be negative"),
+        (
+            {"resources_per_worker": {"CPU": 2}, "cpus_per_worker": 1},
+            r"resources_per_worker\.CPU .*cpus_per_worker",
+        ),
+        ({"placement_strategy": "SPREAD_OUT"}, r"placement_strategy"),
+    ],
+)
+def test_inconsistent_worker_resources_name_the_key(values, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(PretrainConfig, values)
+
+
+def test_auto_gpu_resources_are_checked_once_resolved():
+    from lmforge.training.launcher import worker_resources
+
+    config = PretrainConfig(resources_per_worker={"CPU": 1})  # use_gpu auto: fine until resolved
+    assert worker_resources(config, use_gpu=False) == {"CPU": 1.0}
+    with pytest.raises(ConfigError, match=r"pretrain\.resources_per_worker\.GPU is 0\.0"):
+        worker_resources(config, use_gpu=True)
+
+
+def test_scaling_fields_are_operational():
+    from lmforge.core.configbase import identity_view
+
+    recipe = identity_view(PretrainConfig(resources_per_worker={"CPU": 2}, placement_strategy="SPREAD"))
+    assert "resources_per_worker" not in recipe and "placement_strategy" not in recipe
+    assert recipe == identity_view(PretrainConfig())

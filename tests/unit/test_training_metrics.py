@@ -76,3 +76,20 @@ def test_summary_without_speed_records_has_no_mfu():
     metrics, _ = summary_logs()
     summary = run_summary(metrics, EventLog(), clm=False, curve_step=lambda step: True)
     assert summary["tokens_per_second"] is None and summary["mfu"] is None
+
+
+def test_summary_placement_and_restarts_come_from_telemetry(tmp_path):
+    metrics, telemetry = summary_logs()
+    telemetry.add("placement", 0, worker_nodes=["node-a", "node-b"])
+    telemetry.add("resume", 2, time=1.0)
+    telemetry.add("placement", 2, worker_nodes=["node-c", "node-b"])
+    # What a second resume finds in the checkpoint: records up to its step, then its own.
+    telemetry.write(tmp_path / "speed.jsonl")
+    resumed = EventLog.load(tmp_path / "speed.jsonl", 3)
+    resumed.add("resume", 3, time=2.0)
+    resumed.add("placement", 3, worker_nodes=["node-d", "node-e"])
+    summary = run_summary(metrics, resumed, clm=False, curve_step=lambda step: True)
+    assert summary["restarts"] == [{"from_step": 2}, {"from_step": 3}]
+    assert summary["worker_nodes"] == ["node-d", "node-e"]  # the attempt that finished
+    fresh = run_summary(metrics, EventLog(), clm=False, curve_step=lambda step: True)
+    assert fresh["restarts"] == [] and fresh["worker_nodes"] is None
