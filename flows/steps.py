@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from lmforge.infra.data_paths import is_hf_uri, resolve_file
 from lmforge.infra.progress import ProgressRelay, ProgressTarget
 from lmforge.infra.ray_runtime import run_remote
 from lmforge.infra.stage_runner import StageOutcome, StageRunner
-from lmforge.infra.store import ArtifactStore, ExternalFile
+from lmforge.infra.store import ArtifactStore, ExternalFile, open_store
 
 # Stages in pipeline order; `--force NAME` recomputes NAME and everything after it.
 FORCEABLE_STAGES = ("clean", "tokenizer", "shard", "pretrain", "finetune", "eval")
@@ -46,7 +48,7 @@ def forced_stages(force: str | None) -> set[str]:
 def make_context(
     config: PipelineConfig, store_root: str | Path, run_id: str, force: str | None
 ) -> RunContext:
-    store = ArtifactStore(store_root)
+    store = open_store(store_root)
     runner = StageRunner(store, run_id, forced_stages(force))
     return RunContext(config, store, runner, config.resolved_data_dir(), run_id)
 
@@ -78,7 +80,9 @@ def tokenizer_step(ctx: RunContext, cleaned: StageOutcome) -> StageOutcome:
         config=cfg,
         parents=[cleaned.artifact_id],
         code=own_code("tokenizer_step", "lmforge.tokenization.train"),
-        compute=lambda out, _work: tokenization.train_tokenizer(cfg, Path(cleaned.path), out),
+        compute=lambda out, _work: tokenization.train_tokenizer(
+            cfg, ctx.store.local_files(cleaned.artifact_id), out
+        ),
     )
 
 
@@ -93,7 +97,14 @@ def shard_step(ctx: RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) 
         code=own_code("shard_step", "lmforge.tokenization.shard"),
         seed=ctx.config.seed,
         compute=lambda out, _work: tokenization.build_shards(
-            cfg, packing, Path(cleaned.path), Path(tokenizer.path), out, ctx.config.seed
+            cfg,
+            packing,
+            ctx.store.local_files(cleaned.artifact_id),
+            ctx.store.local_files(tokenizer.artifact_id),
+            out,
+            ctx.config.seed,
+            # Ray's tokenize tasks read the corpus from the store, not from this process's copy.
+            corpus_location=ctx.store.data_location(cleaned.artifact_id),
         ),
     )
 
@@ -119,11 +130,13 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
         seed=ctx.config.seed,
         compute=lambda out, work: training.pretrain(
             cfg,
-            Path(shards.path),
-            Path(tokenizer.path),
+            ctx.store.local_files(shards.artifact_id),
+            ctx.store.local_files(tokenizer.artifact_id),
             out,
             ctx.config.seed,
-            work_dir=work,
+            # An object store's work area: Ray Train checkpoints there, where every node sees them.
+            work_dir=ctx.store.arrow_path(work) if ctx.store.is_remote else work,
+            storage_filesystem=ctx.store.arrow_filesystem(),
             precision=precision,
             progress=ctx.progress_target("pretrain"),
         ),
@@ -132,7 +145,6 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
 
 def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutcome) -> StageOutcome:
     entry = tasks.FINETUNE_TASKS.get(task_config.name)
-    model_dir = Path(model.path) / "hf"
     config: dict[str, Any] = {"task": task_config, "init": init}
     recipe_parents: list[str] | None = None
     if init == "random":
@@ -151,23 +163,23 @@ def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutc
         seed=ctx.config.seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="finetune",
-        compute=lambda out, _work: run_remote(
-            entry.run,
+        compute=lambda out, _work: _run_on_node(
+            out,
+            finetune_on_node,
+            entry,
+            ctx.store.location,
+            model.artifact_id,
             task_config,
-            model_dir,
             init,
             ctx.data_dir,
-            out,
             ctx.config.seed,
-            progress=ctx.progress_target(stage),
-            num_cpus=1,
+            ctx.progress_target(stage),
         ),
     )
 
 
 def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: StageOutcome) -> StageOutcome:
     entry = tasks.EVAL_TASKS.get(task_config.name)
-    model_dir = Path(model.path) / "hf"
     return ctx.runner.run(
         f"eval/{task_config.name}",
         "evaluation",
@@ -177,17 +189,76 @@ def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: St
         seed=ctx.config.seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="eval",
-        compute=lambda out, _work: run_remote(
-            entry.run,
-            task_config,
-            model_dir,
-            Path(shards.path),
-            ctx.data_dir,
+        compute=lambda out, _work: _run_on_node(
             out,
+            eval_on_node,
+            entry,
+            ctx.store.location,
+            model.artifact_id,
+            shards.artifact_id,
+            task_config,
+            ctx.data_dir,
             ctx.config.seed,
-            num_cpus=1,
         ),
     )
+
+
+# Fan-out stages run as Ray tasks on any node. Nothing they read may come from this process's
+# filesystem: they open the store by its location and fetch only the files they need into that
+# node's cache (a fine-tune reads the model's hf/ folder, never its optimizer shards), write into a
+# node-local folder, and hand the files back here, where the stage runner publishes them.
+
+
+def _run_on_node(out: Path, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """`fn(node_output_dir, *args)` as a Ray task; its output files are written into `out` here."""
+    metrics, files = run_remote(_collect_output, fn, *args, num_cpus=1)
+    for relative, payload in files.items():
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(payload)
+    return metrics
+
+
+def _collect_output(fn: Callable[..., dict[str, Any]], *args: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
+    with tempfile.TemporaryDirectory(prefix="lmforge-stage-") as scratch:
+        output_dir = Path(scratch)
+        metrics = fn(output_dir, *args)
+        files = {
+            str(path.relative_to(output_dir)): path.read_bytes()
+            for path in sorted(output_dir.rglob("*"))
+            if path.is_file()
+        }
+    return metrics, files
+
+
+def finetune_on_node(
+    output_dir: Path,
+    entry: Any,
+    store_location: str,
+    model_id: str,
+    task_config: Any,
+    init: str,
+    data_dir: Path | None,
+    seed: int,
+    progress: ProgressTarget,
+) -> dict[str, Any]:
+    model_dir = open_store(store_location).local_files(model_id, "hf/") / "hf"
+    return entry.run(task_config, model_dir, init, data_dir, output_dir, seed, progress=progress)
+
+
+def eval_on_node(
+    output_dir: Path,
+    entry: Any,
+    store_location: str,
+    model_id: str,
+    shards_id: str,
+    task_config: Any,
+    data_dir: Path | None,
+    seed: int,
+) -> dict[str, Any]:
+    store = open_store(store_location)
+    model_dir = store.local_files(model_id, "hf/") / "hf"
+    return entry.run(task_config, model_dir, store.local_files(shards_id), data_dir, output_dir, seed)
 
 
 # Files of a pre-trained model's hf/ folder that hold what training learned (or how long it ran),
@@ -219,11 +290,13 @@ def task_module(entry: Any) -> str:
 
 
 def finetune_code(task_config: Any) -> tuple[str, ...]:
-    return own_code("finetune_step", task_module(tasks.FINETUNE_TASKS.get(task_config.name)))
+    module = task_module(tasks.FINETUNE_TASKS.get(task_config.name))
+    return (*own_code("finetune_step", module), f"{__name__}:finetune_on_node")
 
 
 def eval_code(task_config: Any) -> tuple[str, ...]:
-    return own_code("eval_step", task_module(tasks.EVAL_TASKS.get(task_config.name)))
+    module = task_module(tasks.EVAL_TASKS.get(task_config.name))
+    return (*own_code("eval_step", module), f"{__name__}:eval_on_node")
 
 
 def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
@@ -245,7 +318,7 @@ def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
         {stage["artifact_id"] for stage in record["stages"].values() if stage.get("artifact_id")}
     )
 
-    def compute(out: Path, _work: Path) -> dict[str, Any]:
+    def compute(out: Path, _work: str) -> dict[str, Any]:
         paths = write_report(record, out)
         return {name: Path(path).name for name, path in paths.items()}
 

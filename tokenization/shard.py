@@ -33,9 +33,12 @@ def build_shards(
     tokenizer_dir: Path,
     output_dir: Path,
     seed: int,
+    corpus_location: str | None = None,
 ) -> dict[str, Any]:
     """Write train-/validation-NNNNN.parquet and dataset_manifest.json into `output_dir`.
 
+    `corpus_location`: where Ray's tokenize tasks read the corpus files from (a path or fsspec URL
+    holding the same file names as `corpus_dir`, e.g. the artifact store's copy); default `corpus_dir`.
     Returns the manifest's split totals plus `num_shards` and `seconds`.
     """
     start = time.perf_counter()
@@ -62,7 +65,9 @@ def build_shards(
     }
     from lmforge.tokenization.ray_tokenize import iter_tokenized_documents
 
-    for doc_id, token_ids in iter_tokenized_documents(files, tokenizer_dir, config.batch_size):
+    base = (corpus_location or str(Path(corpus_dir).resolve())).rstrip("/")
+    uris = [f"{base}/{path.name}" for path in files]
+    for doc_id, token_ids in iter_tokenized_documents(uris, tokenizer_dir, config.batch_size):
         writers[split_of(doc_id, config.validation_fraction, seed)].add_document(doc_id, token_ids)
     totals = {split: writer.finish() for split, writer in writers.items()}
     _check_totals(totals, config, corpus_dir)

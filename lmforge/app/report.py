@@ -89,6 +89,7 @@ def summary_rows(run_record: dict) -> list[tuple[str, str]]:
     rows.append(("pretrain precision", f"{precision} ({reason})" if precision and reason else fmt(precision)))
     rows.append(("pretrain tokens/s", fmt(pre.get("tokens_per_second"))))
     rows += mfu_rows(pre)
+    rows += cluster_rows(pre)
     rows += finetune_rows(run_record)
     icl = stage_metrics(run_record, "eval/sst2_icl")
     shots = sorted((icl.get("shots") or {}).items(), key=lambda item: int(item[0]))
@@ -123,6 +124,21 @@ def mfu_rows(pre: dict) -> list[tuple[str, str]]:
     rows = [("pretrain MFU vs measured matmul peak", percent(measured) + suspect)]
     if isinstance(pre.get("mfu_vs_nominal_peak"), int | float):
         rows.append(("pretrain MFU vs nominal peak", percent(pre["mfu_vs_nominal_peak"])))
+    return rows
+
+
+def cluster_rows(pre: dict) -> list[tuple[str, str]]:
+    """Where the pre-training workers ran, and how often the worker group restarted from a checkpoint."""
+    rows = []
+    nodes = pre.get("worker_nodes")
+    if nodes:
+        rows.append(("pretrain workers", f"{len(nodes)} on {len(set(nodes))} Ray node(s)"))
+    restarts = pre.get("restarts")
+    if restarts is not None:
+        steps = ", ".join(str(item.get("from_step")) for item in restarts)
+        rows.append(
+            ("pretrain restarts", f"{len(restarts)}" + (f" (resumed from step {steps})" if steps else ""))
+        )
     return rows
 
 
