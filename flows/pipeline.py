@@ -29,6 +29,7 @@ from prefect.exceptions import TerminationSignal
 
 from lmforge.app.config import PipelineConfig, resolve_inputs
 from lmforge.core.configbase import validate_config
+from lmforge.core.errors import ConfigError
 from lmforge.core.logs import enable_info_logs, get_logger, log_to_file
 from lmforge.flows import steps
 from lmforge.flows.run_record import CANCELLED, COMPLETED, FAILED, RunRecord, new_run_id
@@ -36,7 +37,7 @@ from lmforge.infra import progress
 from lmforge.infra.progress import ProgressListener, ProgressRelay, ProgressUpdate
 from lmforge.infra.ray_runtime import ensure_ray, shutdown_ray
 from lmforge.infra.stage_runner import StageOutcome
-from lmforge.infra.store import default_store_root
+from lmforge.infra.store import default_store_location
 
 log = get_logger(__name__)
 FLOW_NAME = "lmforge-pipeline"
@@ -118,12 +119,34 @@ def _flow_run_name() -> str:
     return new_run_id(str(name or "run"))
 
 
+# What each stage reads, in pipeline order: `--stage NAME` runs NAME and everything it needs.
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "clean": (),
+    "tokenizer": ("clean",),
+    "shard": ("clean", "tokenizer"),
+    "pretrain": ("clean", "tokenizer", "shard"),
+    "finetune": ("clean", "tokenizer", "shard", "pretrain"),
+    "eval": ("clean", "tokenizer", "shard", "pretrain"),
+}
+assert tuple(STAGE_NEEDS) == steps.FORCEABLE_STAGES
+
+
+def stage_plan(stage: str | None) -> tuple[str, ...]:
+    """The stages a run executes: all of them, or `stage` and the stages it needs (then no report)."""
+    if stage is None:
+        return (*steps.FORCEABLE_STAGES, "report")
+    if stage not in STAGE_NEEDS:
+        raise ConfigError(f"--stage {stage!r}: expected one of {', '.join(steps.FORCEABLE_STAGES)}")
+    return (*STAGE_NEEDS[stage], stage)
+
+
 @flow(name=FLOW_NAME, flow_run_name=_flow_run_name, validate_parameters=False)
 def pipeline_flow(
     config: PipelineConfig,
     run_id: str | None = None,
     store: str | None = None,
     force: str | None = None,
+    stage: str | None = None,
 ) -> dict[str, Any]:
     """Clean -> tokenizer -> shards -> pre-train -> (fine-tune x inits, evals) -> report.
 
@@ -131,6 +154,7 @@ def pipeline_flow(
     run_id: the run's id in the store (default: the flow run's name).
     store: the artifact store root (default: config.store, $LMFORGE_STORE, ./lmforge-store).
     force: recompute this stage and every stage after it.
+    stage: run only this stage and the stages it needs (reusing what the store holds); no report.
     """
     from prefect.runtime import flow_run
 
@@ -138,32 +162,44 @@ def pipeline_flow(
     logger = get_run_logger()
     pipeline_config = as_pipeline_config(config)
     steps.forced_stages(force)
+    planned = stage_plan(stage)
     # Hub data sets are pinned to a commit once, here: every stage's recipe and reader see that one.
     pipeline_config = resolve_inputs(pipeline_config)
     run_id = run_id or flow_run.get_name() or new_run_id(pipeline_config.name)
-    store_root = store or pipeline_config.store or str(default_store_root())
+    store_root = store or pipeline_config.store or default_store_location()
     ctx = steps.make_context(pipeline_config, store_root, run_id, force)
     record = RunRecord(
         ctx.store, run_id, pipeline_config.name, pipeline_config.model_dump(mode="json"), flow_run.get_id()
     )
+    if stage is not None:
+        # Stage names as run.json's "stages" holds them; finetune and eval stand for all their tasks.
+        record.data["stage"] = stage
+        record.data["skipped_stages"] = [
+            name for name in (*steps.FORCEABLE_STAGES, "report") if name not in planned
+        ]
+        record.save()
     listener = PrefectArtifacts(pipeline_config.name)
     progress.add_listener(listener)
     logger.info("run %s: record at %s", run_id, record.path)
+    if stage is not None:
+        logger.info("--stage %s: running %s; skipping the rest", stage, ", ".join(planned))
     try:
         with log_to_file(record.path.parent / "flow.log"):
             ensure_ray(pipeline_config.ray.address, pipeline_config.ray.num_cpus)
             with ProgressRelay(run_id) as relay:
                 ctx.progress = relay
-                _run_stages(ctx, record)
-                report = report_task(ctx, record.as_completed())
-            record.stage_done(report)
-            record.data["report"] = {
-                name: str(Path(report.path) / file) for name, file in report.metrics.items()
-            }
-            try:
-                _publish_report_artifacts(run_id, record.as_completed())
-            except Exception as err:  # the report is in the store; the UI copy is a convenience
-                log.warning("could not publish the report's Prefect artifacts: %s", err)
+                _run_stages(ctx, record, planned)
+                report = report_task(ctx, record.as_completed()) if "report" in planned else None
+            if report is not None:
+                record.stage_done(report)
+                record.data["report"] = {
+                    name: str(ctx.store.local_files(report.artifact_id) / file)
+                    for name, file in report.metrics.items()
+                }
+                try:
+                    _publish_report_artifacts(run_id, record.as_completed())
+                except Exception as err:  # the report is in the store; the UI copy is a convenience
+                    log.warning("could not publish the report's Prefect artifacts: %s", err)
     except BaseException as err:
         cancelled = is_cancellation(err)
         record.finish(CANCELLED if cancelled else FAILED, describe_stop(err))
@@ -174,12 +210,8 @@ def pipeline_flow(
     finally:
         progress.remove_listener(listener)
     record.finish(COMPLETED)
-    logger.info(
-        "run %s completed in %.0f s; report: %s",
-        run_id,
-        record.data["wall_seconds"],
-        record.data["report"]["markdown"],
-    )
+    report_path = record.data["report"]["markdown"] if record.data["report"] else "none (--stage run)"
+    logger.info("run %s completed in %.0f s; report: %s", run_id, record.data["wall_seconds"], report_path)
     return record.data
 
 
@@ -189,8 +221,6 @@ def as_pipeline_config(config: Any) -> PipelineConfig:
     if isinstance(config, PipelineConfig):
         return config
     if not isinstance(config, dict):
-        from lmforge.core.errors import ConfigError
-
         raise ConfigError(f"flow parameter config: expected a mapping, got {type(config).__name__}")
     return validate_config(PipelineConfig, config, source="flow parameter config")
 
@@ -211,15 +241,23 @@ def describe_stop(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:
+def _run_stages(ctx: steps.RunContext, record: RunRecord, planned: tuple[str, ...]) -> None:
     cleaned = clean_task(ctx)
     record.stage_done(cleaned)
+    if "tokenizer" not in planned:
+        return
     tokenizer = tokenizer_task(ctx, cleaned)
     record.stage_done(tokenizer)
+    if "shard" not in planned:
+        return
     shards = shard_task(ctx, cleaned, tokenizer)
     record.stage_done(shards)
+    if "pretrain" not in planned:
+        return
     model = pretrain_task(ctx, shards, tokenizer)
     record.stage_done(model)
+    if "finetune" not in planned and "eval" not in planned:
+        return
     # Fan out: submitted together; each does its heavy work in a Ray task, so they run concurrently.
     objective = ctx.config.pretrain.objective
     # Their recipes parse source code; do it here, once, not in the fan-out's threads (CPython
@@ -229,10 +267,12 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord) -> None:
         finetune_task.submit(ctx, task_config, init, model)
         for task_config in ctx.config.finetune.tasks_for(objective)
         for init in steps.FINETUNE_INITS
+        if "finetune" in planned
     ]
     futures += [
         eval_task.submit(ctx, task_config, model, shards)
         for task_config in ctx.config.evaluation.tasks_for(objective)
+        if "eval" in planned
     ]
     errors = []
     for future in futures:

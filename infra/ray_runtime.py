@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -15,10 +16,16 @@ log = get_logger(__name__)
 R = TypeVar("R")
 
 RAY_ADDRESS_ENV = "LMFORGE_RAY_ADDRESS"
+# Set by the Ray Jobs supervisor for a job's driver (with RAY_ADDRESS, the cluster's GCS address).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Environment of every Ray worker of a run (a submitted job sets it in its runtime_env).
+WORKER_ENV = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address` (or $LMFORGE_RAY_ADDRESS), else start an in-process local runtime.
+    """Connect to the cluster this process runs in as a Ray Job, else to `address` (or
+    $LMFORGE_RAY_ADDRESS), else start an in-process local runtime.
 
     Idempotent: an already initialised runtime is reused, so tests can share one.
     """
@@ -26,7 +33,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get(RAY_ADDRESS_ENV) or None
+    address = cluster_address(address)
     with _signal_handlers_kept():
         _init(address, num_cpus)
     from ray.data import DataContext
@@ -35,6 +42,17 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster to connect to; None: start a local runtime.
+
+    Inside a Ray Job the job's own cluster wins over a configured address: the job was submitted
+    there, and its working_dir (our code) exists only there.
+    """
+    if os.environ.get(RAY_JOB_ENV):
+        return os.environ.get("RAY_ADDRESS") or "auto"
+    return address or os.environ.get(RAY_ADDRESS_ENV) or None
 
 
 @contextmanager
@@ -57,14 +75,24 @@ def _signal_handlers_kept() -> Iterator[None]:
 def _init(address: str | None, num_cpus: int | None) -> None:
     import ray
 
-    # Workers import our packages; make sure they see the same code the driver runs.
-    runtime_env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    runtime_env: dict[str, Any] | None = {"env_vars": dict(WORKER_ENV)}
+    if os.environ.get(RAY_JOB_ENV):
+        # A job's runtime_env (working_dir, env_vars incl. WORKER_ENV) already applies to all its
+        # workers; ray.init refuses a second value for any of its keys.
+        runtime_env = None
     if address:
         log.info("connecting to Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         log.info("starting a local Ray runtime (num_cpus=%s)", num_cpus or "all")
+        # Ray 2.60 turns token authentication on for a local runtime (writing ~/.ray/auth_token) and
+        # warns that it did on every start; the runtime is ours alone, so the warning is noise.
+        # (Setting RAY_AUTH_MODE here instead would come too late: Ray caches it at import.)
+        logging.getLogger(RAY_AUTH_LOGGER).setLevel(logging.ERROR)
+        # "local", not None: a RAY_ADDRESS in the user's shell (often the dashboard URL for
+        # `ray job`) must not turn a local run into a connection attempt.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             runtime_env=runtime_env,

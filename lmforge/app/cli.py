@@ -36,14 +36,61 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path, help="pipeline YAML, e.g. configs/demo.yaml")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     run.add_argument(
-        "--store", help="artifact store root (default: config 'store', $LMFORGE_STORE, ./lmforge-store)"
+        "--store",
+        help="artifact store path or URL, e.g. s3://bucket/prefix (default: config 'store', $LMFORGE_STORE, ./lmforge-store)",
     )
-    run.add_argument("--force", metavar="STAGE", help="recompute STAGE and every stage after it")
+    add_stage_options(run)
     run.add_argument("--run-id", help="use this run id instead of a generated one")
     run.add_argument(
         "--verbose", action="store_true", help="show every log line (Ray, Prefect, ...), not just progress"
     )
     run.set_defaults(handler=cmd_run)
+
+    submit = commands.add_parser(
+        "submit",
+        help="run the pipeline for a config on a Ray cluster, as a Ray Job",
+        description="Resolve the config here (as `lmforge run` does), then submit `lmforge run` as a "
+        "Ray Job through the cluster's Jobs API. The job carries this checkout's lmforge package "
+        "(Ray uploads it), so the cluster needs only the pinned dependencies.",
+    )
+    submit.add_argument("config", type=Path, help="pipeline YAML, e.g. configs/demo.yaml")
+    add_address_option(submit)
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    add_stage_options(submit)
+    submit.add_argument(
+        "--store",
+        metavar="URL_OR_PATH",
+        help="artifact store every node can reach (default: config 'store', $LMFORGE_STORE)",
+    )
+    submit.add_argument(
+        "--env",
+        dest="env_names",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also pass this environment variable to the job (e.g. credentials); repeatable",
+    )
+    submit.add_argument(
+        "--wait", action="store_true", help="print the job's log until it ends; exit 1 if it failed"
+    )
+    submit.set_defaults(handler=cmd_submit)
+
+    jobs = commands.add_parser("jobs", help="list, inspect, follow and stop Ray Jobs on a cluster")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    job_list = job_commands.add_parser("list", help="every job the cluster knows, oldest first")
+    add_address_option(job_list)
+    job_list.set_defaults(handler=cmd_jobs_list)
+    for name, handler, help_text in (
+        ("status", cmd_jobs_status, "a job's status and message"),
+        ("logs", cmd_jobs_logs, "a job's log so far"),
+        ("stop", cmd_jobs_stop, "stop a job (its run records the cancel)"),
+    ):
+        command = job_commands.add_parser(name, help=help_text)
+        command.add_argument("job_id", metavar="JOB_ID", help="submission id, e.g. lmforge-tiny-...")
+        add_address_option(command)
+        if name == "logs":
+            command.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        command.set_defaults(handler=handler)
 
     deploy = commands.add_parser(
         "deploy",
@@ -132,16 +179,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_stage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", metavar="STAGE", help="recompute STAGE and every stage after it")
+    parser.add_argument(
+        "--stage",
+        metavar="STAGE",
+        help="run only STAGE and the stages it needs, reusing stored ones; no report "
+        "(clean, tokenizer, shard, pretrain, finetune, eval)",
+    )
+
+
+def add_address_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        metavar="URL",
+        help="the cluster's Ray dashboard, e.g. http://HEAD:8265 (default: $LMFORGE_RAY_DASHBOARD)",
+    )
+
+
 def add_store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--store", metavar="DIR", help="artifact store root (default: $LMFORGE_STORE, ./lmforge-store)"
+        "--store",
+        metavar="DIR|URL",
+        help="artifact store: a path or URL such as s3://bucket/prefix (default: $LMFORGE_STORE, ./lmforge-store)",
     )
 
 
 def open_store(store: str | None):
-    from lmforge.infra.store import ArtifactStore, default_store_root
+    from lmforge.infra.store import open_store as open_location
 
-    return ArtifactStore(store or default_store_root())
+    return open_location(store)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -150,15 +217,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lmforge.flows.run_record import new_run_id
     from lmforge.flows.steps import forced_stages
     from lmforge.infra.prefect_server import interrupt_on_termination
-    from lmforge.infra.store import ArtifactStore, default_store_root
+    from lmforge.infra.store import open_store as open_location
 
     # Everything a user can get wrong is checked before Prefect or Ray start.
     config = load_config(PipelineConfig, args.config, args.overrides)
     forced_stages(args.force)
+    configure_prefect_environment()  # before Prefect is imported (stage_plan's module imports it)
+    from lmforge.flows.pipeline import stage_plan
+
+    stage_plan(args.stage)
     for fallback in apply_hub_fallbacks(config, config.resolved_data_dir())[1]:
         print(f"{fallback.key}: no local copy of {fallback.local!r}; reading {fallback.hub}")
     config = resolve_inputs(config)
-    store = ArtifactStore(args.store or config.store or default_store_root())
+    store = open_location(args.store or config.store)
     run_id = args.run_id or new_run_id(config.name)
     configure_runtime_environment()
     interrupt_on_termination()  # a SIGTERM or hang-up ends the run like Ctrl-C: recorded, cleaned up
@@ -172,11 +243,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"run id: {run_id}  (full log: {log_path})")
         from lmforge.flows.pipeline import pipeline_flow
 
-        record = pipeline_flow(config=config, run_id=run_id, store=str(store.root), force=args.force)
+        record = pipeline_flow(
+            config=config, run_id=run_id, store=store.location, force=args.force, stage=args.stage
+        )
         console.print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
         console.print(f"run record: {store.run_dir(run_id) / 'run.json'}")
-        console.print(f"report: {record['report']['markdown']}")
-        console.print(f"report (html): {record['report']['html']}")
+        if record["report"]:
+            console.print(f"report: {record['report']['markdown']}")
+            console.print(f"report (html): {record['report']['html']}")
+        else:
+            console.print(f"--stage {args.stage}: skipped {', '.join(record['skipped_stages'])}")
     return 0
 
 
@@ -206,6 +282,44 @@ def prefect_api(say: Callable[[str], None], home: Path) -> Iterator[None]:
                     APILogWorker.drain_all(timeout=5)  # ship the last log lines before the server stops
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from lmforge.app.submit import JobRequest, submit
+
+    request = JobRequest(
+        config_path=args.config,
+        overrides=args.overrides,
+        store=args.store,
+        stage=args.stage,
+        force=args.force,
+        env_names=args.env_names,
+    )
+    return submit(args.address, request, wait=args.wait)
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    from lmforge.app.submit import list_jobs
+
+    return list_jobs(args.address)
+
+
+def cmd_jobs_status(args: argparse.Namespace) -> int:
+    from lmforge.app.submit import job_status
+
+    return job_status(args.address, args.job_id)
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int:
+    from lmforge.app.submit import job_logs
+
+    return job_logs(args.address, args.job_id, follow_logs=args.follow)
+
+
+def cmd_jobs_stop(args: argparse.Namespace) -> int:
+    from lmforge.app.submit import stop_job
+
+    return stop_job(args.address, args.job_id)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -255,15 +369,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 def configure_runtime_environment() -> None:
     """Route library logs through Prefect and keep telemetry off; set before Prefect is imported."""
+    configure_prefect_environment()
+    from lmforge.core.logs import enable_info_logs
+
+    enable_info_logs()
+
+
+def configure_prefect_environment() -> None:
+    """Prefect settings read at import: our loggers routed to its API, analytics off."""
     extra = os.environ.get("PREFECT_LOGGING_EXTRA_LOGGERS", "")
     if "lmforge" not in extra.split(","):
         os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = ",".join(filter(None, [extra, "lmforge"]))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # deploy/serve log outside any flow run: keep those lines local, without Prefect's warning.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    from lmforge.core.logs import enable_info_logs
-
-    enable_info_logs()
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

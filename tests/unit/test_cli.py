@@ -53,6 +53,14 @@ def test_bad_force_stage_exits_2(empty_data_dir, shared_data_dir, monkeypatch, c
     assert code == 2 and "pretrian" in err
 
 
+def test_bad_stage_exits_2_naming_option_and_choices(empty_data_dir, shared_data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
+    code, err = run_cli(capsys, "--stage", "pretrian")
+    assert code == 2
+    assert "--stage 'pretrian'" in err and "clean, tokenizer, shard, pretrain, finetune, eval" in err
+    assert not (empty_data_dir / "store").exists()
+
+
 def test_objective_tokenizer_mismatch_exits_2(empty_data_dir, capsys):
     code, err = run_cli(capsys, "--set", "pretrain.objective=mlm")
     assert code == 2 and "lacks ['mask', 'cls', 'sep']" in err and "wordpiece" in err
