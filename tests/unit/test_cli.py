@@ -104,3 +104,21 @@ def test_gc_cli_bad_duration_exits_2(tmp_path, capsys):
     assert main(["gc", "--older-than", "soon", "--store", str(tmp_path / "store")]) == 2
     assert "soon" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def test_store_url_with_unknown_scheme_exits_2_naming_store(shared_data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
+    code, err = run_cli(capsys, "--store", "s3x://bucket/store")
+    assert code == 2
+    assert "store: no filesystem for scheme 's3x'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_store_url_with_missing_bucket_exits_2_before_any_work(
+    s3_store_url, shared_data_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
+    missing = "s3://no-such-bucket-lmforge/store"
+    code, err = run_cli(capsys, "--store", missing)
+    assert code == 2
+    assert f"store: bucket 'no-such-bucket-lmforge' of '{missing}' does not exist" in err
+    assert not (tmp_path / "cache").exists(), "nothing cached or started before the check"
