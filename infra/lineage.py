@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Written by `lmforge submit` into the package copy a Ray Job runs (no git there): git_commit, git_dirty.
+STAGED_CODE_VERSION = "code_version.json"
 
 
 def sha256_json(value: Any) -> str:
@@ -39,10 +41,14 @@ def code_version() -> dict[str, Any]:
             return None
         return result.stdout.strip()
 
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PACKAGES)
     from lmforge import __version__
 
+    commit = git("rev-parse", "HEAD")
+    if commit is None and (REPO_ROOT / STAGED_CODE_VERSION).is_file():
+        # A copy of the package staged by `lmforge submit`: the submitting checkout's version.
+        staged = json.loads((REPO_ROOT / STAGED_CODE_VERSION).read_text())
+        return {"lmforge_version": __version__, **staged}
+    status = git("status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PACKAGES)
     return {
         "lmforge_version": __version__,
         "git_commit": commit,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import os
 import shlex
@@ -28,6 +29,7 @@ import yaml
 from ray.exceptions import RayError
 
 from lmforge.core.errors import ConfigError, LmforgeError
+from lmforge.infra.lineage import STAGED_CODE_VERSION, code_version
 
 if TYPE_CHECKING:
     from lmforge.app.config import PipelineConfig
@@ -209,6 +211,9 @@ def stage_working_dir(config: dict[str, Any], dest: Path) -> None:
         package, dest / "lmforge", symlinks=False, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
     (dest / JOB_CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    # The copy is not a git checkout: record the commit it was staged from for the run's lineage.
+    version = {key: value for key, value in code_version().items() if key != "lmforge_version"}
+    (dest / "lmforge" / STAGED_CODE_VERSION).write_text(json.dumps(version) + "\n")
 
 
 def submit(

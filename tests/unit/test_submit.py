@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import yaml
 from lmforge.app.cli import main
 from lmforge.app.submit import JOB_CONFIG_FILE, JobRequest, job_env_vars, prepared_job
 from lmforge.core.errors import ConfigError
+from lmforge.infra.lineage import code_version
 
 pytestmark = pytest.mark.unit
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +116,25 @@ def test_working_dir_holds_real_package_files_and_resolved_config(tiny_env):
         assert staged_config.pretrain.max_steps == 10
         assert staged_config.store == str((Path.cwd() / "rel-store").resolve()) == job.store
         assert set(yaml.safe_load((root / JOB_CONFIG_FILE).read_text())) >= {"name", "corpus", "pretrain"}
+        # The copy is no git checkout: the job's lineage names the commit it was staged from.
+        staged_version = json.loads((root / "lmforge" / "code_version.json").read_text())
+        here = code_version()
+        assert staged_version == {"git_commit": here["git_commit"], "git_dirty": here["git_dirty"]}
+        assert here["git_commit"] is not None
+        probe = (
+            "import json, lmforge; from lmforge.infra.lineage import code_version; "
+            "print(json.dumps([lmforge.__file__, code_version()]))"
+        )
+        seen = subprocess.run(
+            [sys.executable, "-c", probe],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(root), "GIT_CEILING_DIRECTORIES": str(root.parent)},
+        )
+        imported_from, version = json.loads(seen.stdout)
+        assert imported_from.startswith(str(root)) and version["git_commit"] == here["git_commit"]
     assert not root.exists(), "the staging folder is removed once submitted"
     assert job.submission_id == f"lmforge-{job.run_id}" and job.run_id.startswith("tiny-")
     command = job.entrypoint.split()
