@@ -1,6 +1,6 @@
 """Pre-training on a 2-node Ray cluster vs one node, and what checkpointing every N steps costs.
 
-    LMFORGE_DATA_DIR=/work/shared/data python bench/cluster_pretrain.py --steps 60 --checkpoint-every 10
+    LMFORGE_DATA_DIR=/work/shared/data python bench/cluster_pretrain.py --steps 200 --checkpoint-every 10 --repeats 3
 
 Every case pre-trains the same tiny-preset GPT (configs/tiny.yaml's model) on 2 Ray Train workers x
 1 CPU, from the same shards, on a fresh local cluster (`ray.cluster_utils.Cluster`, real raylets):
@@ -10,16 +10,18 @@ Every case pre-trains the same tiny-preset GPT (configs/tiny.yaml's model) on 2 
                   cross nodes (loopback here) and each node runs its own raylet and object store
   two-node+ckpt   as two-node, with a DeepSpeed checkpoint every N steps reported to Ray Train
 
-Printed: tokens/s of each (step 1 and start-up excluded), two-node / one-node tokens/s, and the
-checkpoint overhead = training wall time with checkpoints / without (start-up excluded; both save the
-final checkpoint). Machine facts and CPU flags go with the JSON line. On one 2-core machine the
+Printed: tokens/s of each (step 1, start-up, evaluation and checkpoint saves excluded), two-node /
+one-node tokens/s, and the checkpoint overhead = training wall time with checkpoints / without
+(start-up excluded; both save the final checkpoint), as medians over `--repeats` interleaved runs. Machine facts and CPU flags go with the JSON line. On one 2-core machine the
 "nodes" share the cores, so the 2-node ratio measures Ray's cross-node overhead, not scaling.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -101,7 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
@@ -116,19 +119,36 @@ def main() -> None:
             import ray
 
             ray.shutdown()
-        one = common.measured(lambda: run_case(args, [2], "PACK", None, data), args)
-        two = common.measured(lambda: run_case(args, [1, 1], "STRICT_SPREAD", None, data), args)
-        ckpt = common.measured(
-            lambda: run_case(args, [1, 1], "STRICT_SPREAD", args.checkpoint_every, data), args
-        )
+        cases = {
+            "one_node": ([2], "PACK", None),
+            "two_node": ([1, 1], "STRICT_SPREAD", None),
+            "two_node_ckpt": ([1, 1], "STRICT_SPREAD", args.checkpoint_every),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
+        for _ in range(args.repeats):  # interleaved, so drifting load hits every case alike
+            for name, (nodes, placement, every) in cases.items():
+                run = functools.partial(run_case, args, nodes, placement, every, data)
+                runs[name].append(common.measured(run, args))
+
+    def median(name: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[name])
+
     common.emit(
         {
             "benchmark": "cluster_pretrain",
             "steps": args.steps,
-            "cases": [one, two, ckpt],
-            "two_node_vs_one_node_tokens_per_second": two["tokens_per_second"] / one["tokens_per_second"],
-            "checkpoint_overhead_wall_ratio": ckpt["training_wall_seconds"] / two["training_wall_seconds"],
-            "checkpoint_tokens_per_second_ratio": ckpt["tokens_per_second"] / two["tokens_per_second"],
+            "repeats": args.repeats,
+            "runs": runs,
+            "tokens_per_second": {
+                name: common.spread([r["tokens_per_second"] for r in runs[name]]) for name in runs
+            },
+            "training_wall_seconds": {
+                name: common.spread([r["training_wall_seconds"] for r in runs[name]]) for name in runs
+            },
+            "two_node_vs_one_node_tokens_per_second": median("two_node", "tokens_per_second")
+            / median("one_node", "tokens_per_second"),
+            "checkpoint_overhead_wall_ratio": median("two_node_ckpt", "training_wall_seconds")
+            / median("two_node", "training_wall_seconds"),
             "machine": common.machine(),
         }
     )
