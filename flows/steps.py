@@ -137,6 +137,10 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
             # An object store's work area: Ray Train checkpoints there, where every node sees them.
             work_dir=ctx.store.arrow_path(work) if ctx.store.is_remote else work,
             storage_filesystem=ctx.store.arrow_filesystem(),
+            # Workers on other nodes fetch the shards and tokenizer from the store, not from here.
+            source=training.StoreInputs(ctx.store.location, shards.artifact_id, tokenizer.artifact_id)
+            if ctx.store.is_remote
+            else None,
             precision=precision,
             progress=ctx.progress_target("pretrain"),
         ),

@@ -20,6 +20,9 @@ RAY_ADDRESS_ENV = "LMFORGE_RAY_ADDRESS"
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Environment of every Ray worker of a run (a submitted job sets it in its runtime_env).
 WORKER_ENV = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}
+# The settings remote tasks need to open the same object store as the driver (no credentials).
+STORE_ENV_NAMES = ("LMFORGE_STORE_OPTIONS", "AWS_REGION", "AWS_DEFAULT_REGION")
+STORE_ENV_PREFIXES = ("AWS_ENDPOINT_URL",)
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -72,6 +75,16 @@ def _signal_handlers_kept() -> Iterator[None]:
                 signal.signal(number, handler)
 
 
+def store_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The object-store settings set here that remote tasks must see too (endpoint, region, options)."""
+    environ = dict(os.environ) if environ is None else environ
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in STORE_ENV_NAMES or name.startswith(STORE_ENV_PREFIXES)
+    }
+
+
 def _init(address: str | None, num_cpus: int | None) -> None:
     import ray
 
@@ -82,6 +95,11 @@ def _init(address: str | None, num_cpus: int | None) -> None:
         runtime_env = None
     if address:
         log.info("connecting to Ray cluster at %s", address)
+        if runtime_env is not None:
+            # Remote tasks open an object store themselves: they need its endpoint and options.
+            # Credentials are not copied into the runtime_env (the dashboard shows it): give the
+            # nodes their own, or use `lmforge submit --env NAME`.
+            runtime_env["env_vars"].update(store_environment())
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         log.info("starting a local Ray runtime (num_cpus=%s)", num_cpus or "all")

@@ -1,10 +1,11 @@
 """An artifact store at a URL (`s3://bucket/prefix`, `gs://...`, `memory://...`: any fsspec filesystem).
 
-The store's layout there is a local store's:
+The store's layout there is a local store's, except for where an artifact's files live:
 
-    artifacts/<artifact_id>/data/...        the artifact's files
-    artifacts/<artifact_id>/fasthash.json   size + xxh3-64 per file
-    artifacts/<artifact_id>/manifest.json   uploaded LAST: no manifest, no artifact
+    artifacts/<artifact_id>/attempts/<a>/data/...       the artifact's files, one folder per publish attempt
+    artifacts/<artifact_id>/attempts/<a>/fasthash.json  size + xxh3-64 per file
+    artifacts/<artifact_id>/manifest.json   uploaded LAST, names its attempt (`remote_folder`):
+                                            no manifest, no artifact
     recipes/<recipe_key>.json               recipe -> artifact id
     runs/<run_id>/run.json                  mirror of each run record
     work/<recipe slot>/                     resumable scratch every node sees (Ray Train checkpoints)
@@ -19,9 +20,10 @@ store stays safe by three rules: content addressing (an id names its content, so
 one id upload the same bytes, telemetry aside), the manifest uploaded last (a crash mid-upload leaves
 files no reader looks at; the next publish overwrites them), and existing-manifest-wins (a publisher
 that finds a manifest uploads nothing and returns it; the manifest itself is created only if absent,
-atomically where the filesystem supports it, as S3's conditional put does). Two machines publishing
-one recipe at the same instant may interleave their telemetry files: the reuse check (sizes) or
-`lmforge verify` (sha256) then reports the artifact and it is quarantined and recomputed.
+atomically where the filesystem supports it, as S3's conditional put does). Each attempt uploads into
+its own folder, so two machines publishing one id at the same instant never overwrite each other's
+files (their telemetry differs): the winner's manifest names its folder, the loser removes its own.
+A crashed attempt leaves a folder no manifest names (never read; not collected yet).
 
 Readers fetch only what they ask for (`local_files(id, prefix)`): each file is downloaded to a
 temporary name, checked against the manifest's sha256 and renamed into place, so a partial or
@@ -58,6 +60,12 @@ from lmforge.infra.store import (
 log = get_logger(__name__)
 
 
+# Each publish attempt uploads into artifacts/<id>/attempts/<random>/ (data/, fasthash.json); the
+# manifest names its attempt's folder under this key.
+ATTEMPTS_DIR = "attempts"
+REMOTE_FOLDER_KEY = "remote_folder"
+
+
 class RemoteArtifactStore(ArtifactStore):
     """A store at a URL with a local cache; see the module docstring for what is where."""
 
@@ -79,27 +87,49 @@ class RemoteArtifactStore(ArtifactStore):
         """The same, as a URL for messages."""
         return "/".join([self.location, *parts])
 
+    def _as_url(self, path: str) -> str:
+        """A path from `_remote` as a URL."""
+        return "/".join([self.location, path[len(self._base) :].lstrip("/")])
+
     # -- writing -----------------------------------------------------------------------------------
 
     def _commit(self, staged: Path, artifact_id: str) -> dict[str, Any]:
-        """Upload data files, then fasthash.json, then the manifest; an existing manifest wins."""
+        """Upload data files and fasthash.json into this attempt's folder, then the manifest naming
+        that folder; an existing manifest wins and this attempt's folder is removed."""
         manifest_path = self._remote("artifacts", artifact_id, MANIFEST)
         if self._exists(manifest_path):
             return self.get(artifact_id)
+        # One folder per attempt: two machines publishing one id at once never write the same file
+        # (their telemetry differs), so the winner's files stay exactly as its manifest lists them.
+        attempt = f"{ATTEMPTS_DIR}/{uuid.uuid4().hex[:16]}"
         data_dir = staged / DATA_DIR
         for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
             relative = path.relative_to(data_dir).as_posix()
-            self.fs.put_file(str(path), self._remote("artifacts", artifact_id, DATA_DIR, relative))
+            self.fs.put_file(str(path), self._remote("artifacts", artifact_id, attempt, DATA_DIR, relative))
         self.fs.put_file(
-            str(staged / FAST_HASH_RECORD), self._remote("artifacts", artifact_id, FAST_HASH_RECORD)
+            str(staged / FAST_HASH_RECORD), self._remote("artifacts", artifact_id, attempt, FAST_HASH_RECORD)
         )
+        manifest = json.loads((staged / MANIFEST).read_text())
+        manifest[REMOTE_FOLDER_KEY] = attempt
+        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         try:
             self.fs.put_file(str(staged / MANIFEST), manifest_path, mode="create")
         except FileExistsError:
             log.info("%s was published by another run meanwhile; keeping its record", artifact_id)
+            with suppress(FileNotFoundError):
+                self.fs.rm(self._remote("artifacts", artifact_id, attempt), recursive=True)
         else:
             self._keep_as_cache(staged, artifact_id)
         return self.get(artifact_id)
+
+    def _folder(self, artifact_id: str) -> str:
+        """The artifact's folder of files under artifacts/<id>/ (the attempt its manifest names)."""
+        return str(self.get(artifact_id).get(REMOTE_FOLDER_KEY) or ".").strip("/")
+
+    def _files(self, artifact_id: str, *parts: str) -> str:
+        """A path on `self.fs` below the artifact's file folder (`data/...`, `fasthash.json`)."""
+        folder = self._folder(artifact_id)
+        return self._remote("artifacts", artifact_id, *([] if folder == "." else [folder]), *parts)
 
     def _keep_as_cache(self, staged: Path, artifact_id: str) -> None:
         """The staged files become this node's cached copy: the publisher need not download them."""
@@ -182,7 +212,7 @@ class RemoteArtifactStore(ArtifactStore):
     def data_location(self, artifact_id: str) -> str:
         """`<url>/artifacts/<id>/data`, for readers that stream from the store (Ray Data)."""
         self.get(artifact_id)  # an artifact that does not exist is an error here, as for local stores
-        return self._url("artifacts", artifact_id, DATA_DIR)
+        return self._as_url(self._files(artifact_id, DATA_DIR))
 
     def local_files(self, artifact_id: str, prefix: str = "") -> Path:
         """The cached data directory, holding every file whose path starts with `prefix`."""
@@ -196,13 +226,11 @@ class RemoteArtifactStore(ArtifactStore):
 
     def _download(self, artifact_id: str, record: dict[str, Any], target: Path) -> None:
         """One file to a temporary name, checked against its sha256, then renamed into place."""
-        url = self._url("artifacts", artifact_id, DATA_DIR, record["path"])
+        url = self._as_url(self._files(artifact_id, DATA_DIR, record["path"]))
         partial = self.root / "tmp" / f"download-{uuid.uuid4().hex}"
         try:
             try:
-                self.fs.get_file(
-                    self._remote("artifacts", artifact_id, DATA_DIR, record["path"]), str(partial)
-                )
+                self.fs.get_file(self._files(artifact_id, DATA_DIR, record["path"]), str(partial))
             except FileNotFoundError:
                 raise ArtifactError(f"missing file: {url}; run `lmforge verify {artifact_id}`") from None
             if partial.stat().st_size != record["size"] or sha256_file(partial) != record["sha256"]:
@@ -263,10 +291,10 @@ class RemoteArtifactStore(ArtifactStore):
     def _remote_problems(self, manifest: dict[str, Any], check_hashes: bool) -> list[str]:
         """Missing, changed (size; sha256 when `check_hashes`) and unexpected remote files."""
         artifact_id = manifest["id"]
-        listed = self._list_files(self._remote("artifacts", artifact_id, DATA_DIR))
+        listed = self._list_files(self._files(artifact_id, DATA_DIR))
         problems = []
         for record in manifest["files"]:
-            url = self._url("artifacts", artifact_id, DATA_DIR, record["path"])
+            url = self._as_url(self._files(artifact_id, DATA_DIR, record["path"]))
             size = listed.pop(record["path"], None)
             if size is None:
                 problems.append(f"missing file: {url}")
@@ -275,7 +303,7 @@ class RemoteArtifactStore(ArtifactStore):
             elif check_hashes and self._sha256(artifact_id, record["path"]) != record["sha256"]:
                 problems.append(f"changed file: {url} (expected sha256 {record['sha256']})")
         problems += [
-            f"unexpected file: {self._url('artifacts', artifact_id, DATA_DIR, path)}"
+            f"unexpected file: {self._as_url(self._files(artifact_id, DATA_DIR, path))}"
             for path in sorted(listed)
         ]
         # content_id_problems only prints the manifest's location: a URL names it here.
@@ -285,7 +313,7 @@ class RemoteArtifactStore(ArtifactStore):
     def _sha256(self, artifact_id: str, relative: str) -> str:
         """sha256 of a remote file, streamed (nothing is written locally)."""
         digest = hashlib.sha256()
-        with self.fs.open(self._remote("artifacts", artifact_id, DATA_DIR, relative), "rb") as handle:
+        with self.fs.open(self._files(artifact_id, DATA_DIR, relative), "rb") as handle:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
         return digest.hexdigest()
@@ -293,7 +321,9 @@ class RemoteArtifactStore(ArtifactStore):
     def verify(self, artifact_id: str) -> list[str]:
         """Stream and re-hash every remote file; one problem per changed, missing or unexpected file."""
         manifest = self.get(artifact_id)
-        return self._remote_problems(manifest, check_hashes=True) + external_problems(manifest)
+        return self._remote_problems(manifest, check_hashes=True) + external_problems(
+            manifest, missing_ok=True
+        )
 
     def check_reusable(self, manifest: dict[str, Any]) -> list[str]:
         """Remote files by listing (set and sizes) and the content id; cached copies by fast hash.
@@ -320,7 +350,7 @@ class RemoteArtifactStore(ArtifactStore):
 
     def _fast_hashes(self, artifact_id: str) -> dict[str, list[Any]]:
         try:
-            value = json.loads(self.fs.cat_file(self._remote("artifacts", artifact_id, FAST_HASH_RECORD)))
+            value = json.loads(self.fs.cat_file(self._files(artifact_id, FAST_HASH_RECORD)))
         except (OSError, ValueError):
             return {}  # every cached file is then checked by sha256
         return value if isinstance(value, dict) else {}

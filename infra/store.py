@@ -412,14 +412,20 @@ class ArtifactStore:
         return records
 
 
-def external_problems(manifest: dict[str, Any]) -> list[str]:
-    """One problem per raw input file (recorded by path) that is missing or changed."""
+def external_problems(manifest: dict[str, Any], missing_ok: bool = False) -> list[str]:
+    """One problem per raw input file (recorded by path) that is missing or changed.
+
+    `missing_ok`: an input that is not on this machine is not checked (an object store is read from
+    machines other than the one that read the raw files), only logged.
+    """
     problems = []
     for record in manifest.get("external_files", []):
         if record["path"] is None:
             continue
         path = Path(record["path"])
-        if not path.is_file():
+        if not path.is_file() and missing_ok:
+            log.warning("%s: input file %s is not on this machine; not checked", manifest["id"], path)
+        elif not path.is_file():
             problems.append(f"missing input file: {path}")
         elif sha256_file(path) != record["sha256"]:
             problems.append(f"changed input file: {path} (expected sha256 {record['sha256']})")

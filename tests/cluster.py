@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
+CACHE_ENV = "LMFORGE_CACHE_DIR"
 VENV_BIN = Path(sys.executable).parent
 # Every port a node binds, so that nodes (and clusters of concurrent test sessions) never collide on
 # a default (the dashboard agent's 52365, the client server's 10001, ...).
@@ -159,7 +160,12 @@ def local_cluster(
                 f"--node-ip-address={HOST}",
                 "--disable-usage-stats",
             ]
-            cluster.nodes.append(_start_node(command, temp_dir, node_environment(node_env, auth_mode)))
+            # Each node its own lmforge cache, as on separate machines: what one node downloads from
+            # an object store is not there for another.
+            env = node_environment(
+                {CACHE_ENV: str(temp_dir / "lmforge-cache"), **(node_env or {})}, auth_mode
+            )
+            cluster.nodes.append(_start_node(command, temp_dir, env))
             if index == 0:
                 _wait_for(lambda: _jobs_api_up(cluster.dashboard_url), start_timeout, cluster, "Jobs API")
         _wait_for(lambda: _alive_nodes(cluster.dashboard_url) >= num_nodes, start_timeout, cluster, "nodes")

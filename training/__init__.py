@@ -1,12 +1,14 @@
 """Pre-training: model builders, objectives (clm, mlm), DeepSpeed setup, loop, Ray Train launcher, MFU."""
 
 from lmforge.training.config import MaskingConfig, ModelConfig, PretrainConfig
+from lmforge.training.inputs import StoreInputs
 from lmforge.training.launcher import pretrain, worker_precision
 from lmforge.training.masking import mask_tokens
 from lmforge.training.objectives import OBJECTIVES, build_model, get_objective
 from lmforge.training.work_area import TrainingError
 
 __all__ = [
+    "StoreInputs",
     "OBJECTIVES",
     "MaskingConfig",
     "ModelConfig",

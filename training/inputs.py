@@ -19,6 +19,23 @@ SPECIAL_NAMES = ("pad", "eos", "bos", "unk", "cls", "sep", "mask")
 
 
 @dataclass(frozen=True)
+class StoreInputs:
+    """The shards and tokenizer as artifacts of an object store: each worker fetches them into its own
+    node's cache (the driver's copies are on the driver's disk, which other nodes cannot see)."""
+
+    location: str
+    shards_id: str
+    tokenizer_id: str
+
+    def fetch(self) -> tuple[str, str]:
+        """Local (shards, tokenizer) directories on this node, downloaded and checked as needed."""
+        from lmforge.infra.store import open_store
+
+        store = open_store(self.location)
+        return str(store.local_files(self.shards_id)), str(store.local_files(self.tokenizer_id))
+
+
+@dataclass(frozen=True)
 class LoopInputs:
     """Everything a worker needs, resolved on the driver (plain values, so Ray can ship it)."""
 
@@ -36,6 +53,8 @@ class LoopInputs:
     tensorboard_dir: str | None = None
     # Where rank 0 reports steps done (the run's progress board); None: nowhere.
     progress: ProgressTarget | None = None
+    # Set for object stores: workers read shards and tokenizer from here, not from the paths above.
+    source: StoreInputs | None = None
 
 
 def tokenizer_info(tokenizer_dir: Path) -> tuple[int, dict[str, int]]:

@@ -20,7 +20,7 @@ from lmforge.core.logs import ROOT_LOGGER, get_logger
 from lmforge.infra.progress import ProgressTarget
 from lmforge.training.artifact import OUTPUT_ITEMS, SUMMARY_FILE
 from lmforge.training.config import PretrainConfig
-from lmforge.training.inputs import LoopInputs, choose_precision, resolve_inputs
+from lmforge.training.inputs import LoopInputs, StoreInputs, choose_precision, resolve_inputs
 from lmforge.training.precision import DeviceProbe, DeviceProber, ResolvedPrecision, probe_device
 from lmforge.training.work_area import TrainingError, WorkArea, failure_message
 
@@ -46,6 +46,7 @@ def pretrain(
     precision: ResolvedPrecision | None = None,
     progress: ProgressTarget | None = None,
     storage_filesystem: pyarrow.fs.FileSystem | None = None,
+    source: StoreInputs | None = None,
 ) -> dict[str, Any]:
     """Pre-train with DeepSpeed on `config.num_workers` Ray Train workers; see docs/architecture.md.
 
@@ -56,7 +57,9 @@ def pretrain(
     flow passes a directory keyed by the stage's recipe). With `storage_filesystem` (a shared store
     every node reaches), `work_dir` is a path on it and TensorBoard files are written node-locally
     until each checkpoint copies them. `precision`: as `worker_precision` resolved it (default:
-    resolved here). `progress`: where rank 0 reports steps done.
+    resolved here). `progress`: where rank 0 reports steps done. `source`: the shards and tokenizer
+    as object-store artifacts, which each worker fetches on its own node (`shards_dir` and
+    `tokenizer_dir` are then the driver's copies, read here only).
 
     Raises `TrainingError` once `max_failures` is spent; the work area then keeps the last checkpoint.
     """
@@ -78,7 +81,7 @@ def pretrain(
         tensorboard_dir=area.live_tensorboard_dir(),
         precision=precision,
     )
-    inputs = dataclasses.replace(inputs, progress=progress)
+    inputs = dataclasses.replace(inputs, progress=progress, source=source)
     # Cache DeepSpeed's JIT-built ops (the CPU shm comm op takes 20-40 s to compile).
     os.environ.setdefault(EXTENSIONS_ENV, str(DEFAULT_EXTENSIONS_DIR))
     trainer = _build_trainer(config, inputs, use_gpu, resources, area)
@@ -261,6 +264,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
     torch.set_num_threads(inputs.config.threads_per_worker)
     _log_to_stderr()
+    if inputs.source is not None:
+        shards_dir, tokenizer_dir = inputs.source.fetch()
+        inputs = dataclasses.replace(inputs, shards_dir=shards_dir, tokenizer_dir=tokenizer_dir)
     from lmforge.training.loop import PretrainLoop
 
     PretrainLoop(inputs, env).run()

@@ -270,20 +270,29 @@ def curve_points(curve: Any) -> list[tuple[float, float]]:
     return points
 
 
+def is_local(path: str | None) -> bool:
+    """A stage's path on this machine (an object store's stage paths are URLs: nothing to read here)."""
+    return bool(path) and "://" not in str(path)
+
+
 def stage_curves(run_record: dict) -> tuple[dict[str, list], dict[str, list]]:
     """(pretraining curves, fine-tune curves) by label, from metrics or the stage's output files."""
     stages = run_record.get("stages") or {}
     pre_stage = stages.get("pretrain") or {}
     pre = pre_stage.get("metrics") or {}
     train, val = curve_points(pre.get("loss_curve")), curve_points(pre.get("val_curve"))
-    if not train and pre_stage.get("path"):
+    if not train and is_local(pre_stage.get("path")):
         train, val = _curves_from_jsonl(Path(pre_stage["path"]) / "metrics.jsonl")
     pretrain = {label: pts for label, pts in (("train loss", train), ("val loss", val)) if pts}
     finetune = {}
     for name, stage in stages_in_order(run_record):
         if name.startswith("finetune/"):
             points = curve_points((stage.get("metrics") or {}).get("loss_curve"))
-            if not points and stage.get("path") and (Path(stage["path"]) / "loss_curve.json").is_file():
+            if (
+                not points
+                and is_local(stage.get("path"))
+                and (Path(stage["path"]) / "loss_curve.json").is_file()
+            ):
                 points = curve_points(json.loads((Path(stage["path"]) / "loss_curve.json").read_text()))
             if points:
                 finetune[name.removeprefix("finetune/")] = points

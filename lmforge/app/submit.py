@@ -30,6 +30,7 @@ from ray.exceptions import RayError
 
 from lmforge.core.errors import ConfigError, LmforgeError
 from lmforge.infra.lineage import STAGED_CODE_VERSION, code_version
+from lmforge.infra.store import check_store_location, is_url
 
 if TYPE_CHECKING:
     from lmforge.app.config import PipelineConfig
@@ -46,6 +47,8 @@ FORWARDED_ENV = (
 )
 FORWARDED_PREFIXES = ("AWS_ENDPOINT_URL",)
 CONNECT_TIMEOUT_SECONDS = 5.0
+STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"  # read by Ray's job supervisor from the job's env_vars
+STOP_WAIT_SECONDS = "60"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 RAY_CLIENT_LOGGERS = (
     "ray.dashboard.modules.dashboard_sdk",
@@ -179,7 +182,10 @@ def job_store(store: str | None) -> tuple[str, str | None]:
             "submit: no artifact store: pass --store URL_OR_PATH (or set the config's 'store' or "
             "$LMFORGE_STORE) naming a store every node of the cluster can reach"
         )
-    if "://" in store:
+    if is_url(store):
+        # Checked with this machine's credentials before anything is sent: a scheme without a
+        # filesystem or a missing bucket is a `store:` config error here, not a failed job later.
+        check_store_location(store)
         return store, None
     path = str(Path(store).expanduser().resolve())
     return path, f"warning: store {path} is a local path: every node of the cluster must see it at that path"
@@ -191,6 +197,9 @@ def job_env_vars(store: str, env_names: Sequence[str], environ: dict[str, str]) 
 
     env = dict(WORKER_ENV)
     env["LMFORGE_STORE"] = store
+    # `lmforge jobs stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3):
+    # time for the run to stop its Ray work and record the cancel in the store.
+    env[STOP_WAIT_ENV] = environ.get(STOP_WAIT_ENV, STOP_WAIT_SECONDS)
     for name, value in environ.items():
         if name in FORWARDED_ENV or name.startswith(FORWARDED_PREFIXES):
             env[name] = value

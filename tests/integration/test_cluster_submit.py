@@ -205,8 +205,13 @@ def test_readme_walkthrough_pretrains_across_two_nodes_on_an_s3_store(
     assert len(nodes) == 2 and len(set(nodes)) == 2, f"STRICT_SPREAD: one worker per node, got {nodes}"
     assert pretrain["metrics"]["restarts"] == []
     model_id = pretrain["artifact_id"]
+    # The worker on the second node read the shards from the store into that node's own cache.
+    shards_id = first["stages"]["shard"]["artifact_id"]
+    node_cache = cluster.nodes[1].temp_dir / "lmforge-cache"
+    fetched = [path for path in node_cache.rglob("dataset_manifest.json") if shards_id in str(path)]
+    assert fetched, f"no copy of {shards_id} in the second node's cache {node_cache}"
     assert fs.exists(f"{root}/artifacts/{model_id}/manifest.json")
-    assert pretrain["path"] == f"{s3_store_url}/artifacts/{model_id}/data"
+    assert pretrain["path"].startswith(f"{s3_store_url}/artifacts/{model_id}/attempts/")
 
     # Verify and trace the model from this machine, against the object store.
     assert main(["verify", model_id, *store]) == 0
@@ -223,3 +228,39 @@ def test_readme_walkthrough_pretrains_across_two_nodes_on_an_s3_store(
     assert second["stages"]["pretrain"]["artifact_id"] != model_id
     tokens = [run["stages"]["pretrain"]["metrics"]["num_tokens_trained"] for run in (first, second)]
     assert tokens[1] * 20 == tokens[0] * 24, tokens
+
+
+def test_jobs_stop_cancels_a_running_job_and_its_run_records_it(
+    cluster, shared_data_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(shared_data_dir))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    store, address = tmp_path / "store", ["--address", cluster.dashboard_url]
+    long_pretrain = ["--set", "pretrain.max_steps=5000", "--set", "pretrain.checkpoint_every=1000"]
+    config = str(REPO_ROOT / "configs" / "tiny.yaml")
+    command = ["submit", config, *SMALL, *long_pretrain, "--stage", "pretrain", "--store", str(store)]
+    assert main([*command, *address]) == 0
+    job_id = submitted_id(capsys.readouterr().out)
+    record_path = store / "runs" / job_id.removeprefix("lmforge-") / "run.json"
+    deadline = time.monotonic() + 300
+    while not (record_path.is_file() and "shard" in json.loads(record_path.read_text())["stages"]):
+        assert time.monotonic() < deadline, "the job never reached pre-training"
+        time.sleep(1)
+    time.sleep(5)  # inside pre-training
+    stopped_at = time.monotonic()
+    assert main(["jobs", "stop", job_id, *address]) == 0
+    assert "stop requested" in capsys.readouterr().out
+    while json.loads(record_path.read_text())["status"] == "running":
+        assert time.monotonic() - stopped_at < 90, "the stopped run never recorded its end"
+        time.sleep(1)
+    record = json.loads(record_path.read_text())
+    with capsys.disabled():
+        print(f"\njobs stop -> run.json {record['status']} in {time.monotonic() - stopped_at:.1f} s")
+    assert record["status"] == "cancelled", record.get("error")
+    assert "pretrain" not in record["stages"] or record["stages"]["pretrain"].get("status") != "completed"
+    while True:
+        assert main(["jobs", "status", job_id, *address]) == 0
+        if f"job {job_id}: STOPPED" in capsys.readouterr().out:
+            break
+        assert time.monotonic() - stopped_at < 120, "Ray never marked the job stopped"
+        time.sleep(1)

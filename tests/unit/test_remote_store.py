@@ -71,8 +71,11 @@ def test_publish_uploads_the_manifest_last_and_keeps_the_staged_copy_as_cache(s3
     manifest = publish(store)
     artifact_id = manifest["id"]
     names = [path.rsplit(f"{artifact_id}/", 1)[1] for path in uploads]
-    assert names[-2:] == ["fasthash.json", "manifest.json"]
-    assert sorted(names[:-2]) == sorted(f"data/{relative}" for relative in FILES)
+    # Files go into this attempt's own folder, the manifest naming it comes last.
+    attempt = manifest["remote_folder"]
+    assert attempt.startswith("attempts/")
+    assert names[-2:] == [f"{attempt}/fasthash.json", "manifest.json"]
+    assert sorted(names[:-2]) == sorted(f"{attempt}/data/{relative}" for relative in FILES)
     assert store.fs.exists(f"{s3_store_url}/recipes/r1.json")
     # The publisher's staged files are its cache: reading them downloads nothing.
     monkeypatch.setattr(
@@ -127,6 +130,12 @@ def test_concurrent_publishes_of_one_recipe_keep_the_first_record(s3_store_url, 
     )
     assert third.verify(winner["id"]) == []
     assert [manifest["id"] for manifest in third.manifests("model")] == [winner["id"]]
+    # The loser uploaded into its own attempt folder (telemetry differs between publishers, so a
+    # shared folder would mix files) and removed it: only the winner's folder remains.
+    attempts = third.fs.ls(f"{s3_store_url}/artifacts/{winner['id']}/attempts", detail=False)
+    assert [path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for path in attempts] == [
+        winner["remote_folder"]
+    ]
 
 
 def test_simultaneous_publishes_from_two_nodes_agree_on_one_record(s3_store_url, monkeypatch, tmp_path):
@@ -189,7 +198,7 @@ def test_verify_streams_every_remote_file_and_names_what_changed(s3_store_url):
     store = open_store(s3_store_url)
     artifact_id = publish(store)["id"]
     assert store.verify(artifact_id) == []
-    data = f"{s3_store_url}/artifacts/{artifact_id}/data"
+    data = store.data_location(artifact_id)
     store.fs.pipe_file(f"{data}/hf/model.safetensors", b"\x00weightz" * 100)  # same size
     store.fs.rm_file(f"{data}/readme.txt")
     store.fs.pipe_file(f"{data}/extra.bin", b"x")
@@ -222,9 +231,11 @@ def test_reuse_check_against_the_remote_and_a_damaged_cache(s3_store_url, monkey
         store.local_files(artifact_id, "hf/config.json").joinpath("hf/config.json").read_bytes()
         == FILES["hf/config.json"]
     )
-    store.fs.rm_file(f"{s3_store_url}/artifacts/{artifact_id}/data/readme.txt")
+    readme = f"{store.data_location(artifact_id)}/readme.txt"
+    assert readme.startswith(f"{s3_store_url}/artifacts/{artifact_id}/attempts/")
+    store.fs.rm_file(readme)
     problems = store.check_reusable(manifest)
-    assert problems == [f"missing file: {s3_store_url}/artifacts/{artifact_id}/data/readme.txt"]
+    assert problems == [f"missing file: {readme}"]
     moved = store.quarantine(artifact_id, problems)
     assert moved is not None and moved.startswith(f"{s3_store_url}/quarantine/{artifact_id}-")
     assert store.fs.exists(f"{moved}/manifest.json") and store.fs.exists(f"{moved}/quarantine.json")
@@ -246,7 +257,8 @@ def test_stage_runner_computes_then_reuses_from_another_node(s3_store_url, monke
     runner = StageRunner(second_node(s3_store_url, monkeypatch, tmp_path), "run-2")
     again = runner.run("stage", "thing", config={"a": 1}, parents=[], code=code, compute=write_result)
     assert (first.status, again.status, again.artifact_id) == ("completed", "reused", first.artifact_id)
-    assert again.path == f"{s3_store_url}/artifacts/{first.artifact_id}/data"
+    manifest = runner.store.get(first.artifact_id)
+    assert again.path == f"{s3_store_url}/artifacts/{first.artifact_id}/{manifest['remote_folder']}/data"
     assert (runner.store.local_files(again.artifact_id) / "result.txt").read_text() == "42"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -163,15 +164,28 @@ def test_env_forwarding():
     for name in environ.keys() - {"HOME"}:
         assert env[name] == environ[name], name
     assert "HOME" not in env
+    assert env["RAY_JOB_STOP_WAIT_TIME_S"] == "60", "time for a stopped run to record its cancel"
     assert "AWS_SECRET_ACCESS_KEY" not in job_env_vars("s3://bucket/store", [], environ)
     with pytest.raises(ConfigError, match="--env MISSING"):
         job_env_vars("s3://bucket/store", ["MISSING"], environ)
 
 
-def test_url_store_passes_through_without_warning(tiny_env):
-    with prepared_job(JobRequest(TINY, store="s3://bucket/runs")) as job:
-        assert job.store == "s3://bucket/runs"
+def test_url_store_passes_through_without_warning(tiny_env, s3_store_url):
+    with prepared_job(JobRequest(TINY, store=s3_store_url)) as job:
+        assert job.store == s3_store_url
         assert not any("local path" in note for note in job.notes)
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ("s3x://bucket/runs", "store: no filesystem for scheme 's3x'"),
+        ("s3://no-such-bucket-lmforge/runs", "store: bucket 'no-such-bucket-lmforge'"),
+    ],
+)
+def test_bad_store_url_is_a_config_error_before_submitting(tiny_env, s3_store_url, store, message):
+    with pytest.raises(ConfigError, match=re.escape(message)), prepared_job(JobRequest(TINY, store=store)):
+        pass
 
 
 def test_ensure_ray_address_inside_a_job(monkeypatch):
@@ -205,3 +219,20 @@ def test_notes_for_what_means_something_else_on_the_cluster(tiny_env):
     staged = job_config(config.model_copy(update={"data_dir": "."}), "/stores/a")
     assert staged.ray.address is None and staged.store == "/stores/a"
     assert staged.data_dir == str(Path.cwd().resolve())
+
+
+def test_store_settings_reach_remote_tasks_of_a_directly_connected_driver():
+    from lmforge.infra.ray_runtime import store_environment
+
+    environ = {
+        "AWS_ENDPOINT_URL": "http://minio:9000",
+        "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "LMFORGE_STORE_OPTIONS": "{}",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "HOME": "/root",
+    }
+    assert store_environment(environ) == {
+        name: environ[name]
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "LMFORGE_STORE_OPTIONS")
+    }, "endpoint, region and options travel; credentials do not"
