@@ -61,6 +61,11 @@ class RayNode:
             with suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             _wait_gone(self.process, 5.0)
+        # Agents the node started late (dashboard and runtime-env agents) can outlive a clean
+        # shutdown in the group, holding ports and memory: nothing of a stopped node may remain.
+        time.sleep(0.5)
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def _wait_gone(process: subprocess.Popen, timeout: float) -> bool:
