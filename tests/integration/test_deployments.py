@@ -268,6 +268,9 @@ def test_lmforge_ui_serves_on_loopback_with_its_database_in_home(tmp_path):
     ui = subprocess.Popen(
         [LMFORGE, "ui", "--home", str(home), "--port", str(port)],
         env=env,
+        # As from a terminal: Ctrl-C not ignored (a child inherits an ignored SIGINT from this
+        # process, which the Ray runtime of the test session may leave so).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
