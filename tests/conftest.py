@@ -56,15 +56,3 @@ def prefect_server(tmp_path_factory):
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-
-
-@pytest.fixture(autouse=True)
-def sigint_handler_restored():
-    """Whatever a test (or a library it drives) does to the SIGINT handler is undone after it: a
-    leaked SIG_IGN would make later tests' Ctrl-C checks, and the subprocesses they start, ignore it."""
-    import signal
-
-    before = signal.getsignal(signal.SIGINT)
-    yield
-    if signal.getsignal(signal.SIGINT) is not before and before is not None:
-        signal.signal(signal.SIGINT, before)

@@ -209,7 +209,8 @@ def test_rejected_parameter_fails_the_run_with_the_config_message(served, change
     assert key in detail
     run = trigger(config)
     assert run.state.is_failed(), run.state
-    assert detail in flow_run_logs(run.id)
+    # The run's logs reach the server in batches, possibly after its final state.
+    wait_for(lambda: detail in flow_run_logs(run.id), 60, f"the flow run's log to show {detail!r}")
 
 
 def test_cancel_during_pretraining_then_resume(served, ray_runtime):

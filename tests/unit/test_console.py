@@ -249,9 +249,14 @@ def test_print_outside_the_block_goes_to_stdout(tmp_path, capsys):
 def test_ctrl_c_while_the_terminal_is_put_back_is_raised_afterwards():
     from lmforge.app.console import _interrupts_deferred
 
-    with pytest.raises(KeyboardInterrupt):
-        with _interrupts_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # the handler runs here: it only records the signal
-            survived = True
-    assert survived
+    # As in a terminal session: Python's own Ctrl-C handler (the test session may hold another).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here: it only records the signal
+                survived = True
+        assert survived
+    finally:
+        signal.signal(signal.SIGINT, previous)
