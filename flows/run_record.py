@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.core.errors import ConfigError
-from lmforge.infra.lineage import code_version
+from lmforge.infra.lineage import code_version, source_files
 from lmforge.infra.locks import StoreLock, describe_holder, is_held, read_holder
 from lmforge.infra.stage_runner import StageOutcome
 from lmforge.infra.store import ArtifactStore, utc_now
@@ -64,6 +64,8 @@ class RunRecord:
             # The Prefect flow run executing this run (its page in the UI: /runs/flow-run/<id>).
             "prefect_flow_run_id": prefect_flow_run_id,
             "code": code_version(),
+            # sha256 of each package file: what `lmforge release` archives and `reproduce` compares.
+            "code_files": source_files(),
             "config": config,
             "stages": {},
             "report": None,

@@ -28,10 +28,41 @@ def sha256_json(value: Any) -> str:
 SOURCE_PACKAGES = ("lmforge", "corpus", "tokenization", "training", "tasks", "infra", "flows")
 
 
+# Files in the package that are not source: bytecode, and the version note `lmforge submit` writes.
+NOT_SOURCE = ("__pycache__",)
+
+
+@functools.cache
+def source_files() -> dict[str, str]:
+    """sha256 of every file of the installed lmforge package, by its path inside the package.
+
+    Stage folders are followed through their symlinks, so a checkout, a wheel and the copy a Ray Job
+    runs list the same paths. This is the code a run executed, dirty or not: `lmforge release`
+    archives a tree only when it hashes as the run recorded, and `lmforge reproduce` names each file
+    that differs.
+    """
+    import lmforge
+
+    root = Path(lmforge.__file__).parent
+    files: dict[str, str] = {}
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = sorted(name for name in dirs if name not in NOT_SOURCE)
+        for name in names:
+            if name.endswith((".pyc", ".pyo")) or name == STAGED_CODE_VERSION:
+                continue
+            path = Path(folder) / name
+            files[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return dict(sorted(files.items()))
+
+
 @functools.cache
 def code_version() -> dict[str, Any]:
-    """Git commit of the lmforge checkout and whether its sources differ from it (untracked included)."""
+    """Git commit of the lmforge checkout, whether its sources differ from it (untracked included),
+    and `source_sha256`: the digest of every package file as it is (see `source_files`)."""
+    return {**_git_version(), "source_sha256": sha256_json(source_files())}
 
+
+def _git_version() -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
             result = subprocess.run(

@@ -133,6 +133,69 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=4200, help="port (default 4200)")
     ui.set_defaults(handler=cmd_ui)
 
+    keygen = commands.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing releases",
+        description="Write KEYFILE (the private key, PEM, readable by you only) and KEYFILE.pub.",
+    )
+    keygen.add_argument("keyfile", type=Path, metavar="KEYFILE", help="e.g. ~/.lmforge/release-key")
+    keygen.add_argument("--force", action="store_true", help="overwrite an existing key pair")
+    keygen.set_defaults(handler=cmd_keygen)
+
+    release = commands.add_parser(
+        "release",
+        help="write a self-contained release bundle of a run's model (HF model, card, lineage, code)",
+        description="Bundle the run's pre-trained model and tokenizer (Hugging Face format), a model "
+        "card, the run's report, the exact source tree and release.json (every artifact back to the "
+        "raw inputs, with hashes, configs, seeds, packages and hardware); --sign adds a detached "
+        "Ed25519 signature over release.json.",
+    )
+    release.add_argument("run_id", metavar="RUN_ID", help="a completed run (see `lmforge runs`)")
+    release.add_argument("--out", type=Path, required=True, metavar="DIR", help="new bundle directory")
+    release.add_argument("--sign", type=Path, metavar="KEYFILE", help="private key from `lmforge keygen`")
+    add_store_option(release)
+    release.set_defaults(handler=cmd_release)
+
+    verify_release = commands.add_parser(
+        "verify-release",
+        help="check a release bundle's signature and every file's hash",
+        description="Exit 0 only when the signature verifies (if the bundle is signed or --pubkey is "
+        "given) and every file hashes as release.json lists; otherwise name the first mismatch.",
+    )
+    verify_release.add_argument("bundle", type=Path, metavar="DIR", help="release bundle directory")
+    verify_release.add_argument("--pubkey", type=Path, metavar="FILE", help="the signer's public key")
+    verify_release.set_defaults(handler=cmd_verify_release)
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="rebuild a release from its raw inputs and compare every artifact",
+        description="Check the raw inputs, code and packages against the release, rebuild every stage "
+        "in a fresh store with the recorded configs and seeds, and compare each artifact with the "
+        "released one (content ids, file hashes, model weights, metrics). Writes reproduction.md and "
+        ".html; exit 0 only when everything matches.",
+    )
+    reproduce.add_argument("release", type=Path, metavar="DIR|release.json")
+    reproduce.add_argument(
+        "--store",
+        metavar="DIR|URL",
+        help="fresh store for the rebuild (default: a new folder in ./lmforge-reproductions)",
+    )
+    reproduce.add_argument(
+        "--stages",
+        metavar="STAGE[,STAGE]",
+        help="rebuild only these stages and what they need (clean, tokenizer, shard, pretrain, finetune, eval)",
+    )
+    reproduce.add_argument(
+        "--allow-drift",
+        action="store_true",
+        help="run even when code or package versions differ from the release (recorded in the report)",
+    )
+    reproduce.add_argument(
+        "--pubkey", type=Path, metavar="FILE", help="check the release's signature with this key"
+    )
+    reproduce.add_argument("--verbose", action="store_true", help="show every log line")
+    reproduce.set_defaults(handler=cmd_reproduce)
+
     lineage = commands.add_parser("lineage", help="print an artifact's ancestry down to the raw inputs")
     lineage.add_argument("artifact_id")
     lineage.add_argument("--json", action="store_true", help="print the lineage tree as JSON")
@@ -383,6 +446,59 @@ def configure_prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # deploy/serve log outside any flow run: keep those lines local, without Prefect's warning.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from lmforge.infra.signing import generate_key_pair, key_fingerprint, load_private_key
+
+    private, public = generate_key_pair(args.keyfile.expanduser(), overwrite=args.force)
+    fingerprint = key_fingerprint(load_private_key(private).public_key())
+    print(f"private key: {private} (keep it secret)\npublic key:  {public} (give it to verifiers)")
+    print(f"fingerprint: {fingerprint}")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from lmforge.app.release import build_release
+
+    result = build_release(open_store(args.store), args.run_id, args.out, sign_key=args.sign)
+    print(f"release {result.release_id}: {result.path} ({result.num_artifacts} artifacts)")
+    print(f"signed by key {result.signed_by[:16]}" if result.signed_by else "unsigned (add --sign KEYFILE)")
+    print(f"check it with: lmforge verify-release {result.path}")
+    return 0
+
+
+def cmd_verify_release(args: argparse.Namespace) -> int:
+    from lmforge.app.release import verify_release
+
+    for note in verify_release(args.bundle, args.pubkey):
+        print(note)
+    print(f"{args.bundle}: ok")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from lmforge.app.reproduce import prepare, reproduction_store, run_reproduction
+
+    plan = prepare(args.release, stages=args.stages, allow_drift=args.allow_drift, pubkey=args.pubkey)
+    for line in plan.describe():
+        print(line)
+    store = reproduction_store(args.store, plan)
+    configure_runtime_environment()
+    from lmforge.app.console import RunConsole
+    from lmforge.infra.prefect_server import interrupt_on_termination
+
+    interrupt_on_termination()
+    log_path = store.run_dir(plan.run_id) / "console.log"
+    with (
+        RunConsole(log_path, verbose=args.verbose) as console,
+        prefect_api(console.print, store.run_dir(plan.run_id) / "prefect"),
+    ):
+        console.print(f"reproducing release {plan.release_id} into {store.location} (run {plan.run_id})")
+        result = run_reproduction(plan, store)
+        for line in result.summary_lines():
+            console.print(line)
+    return 0 if result.ok else 1
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

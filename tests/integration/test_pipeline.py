@@ -46,10 +46,28 @@ def tiny_runs(tmp_path_factory, shared_data_dir, ray_runtime, prefect_server):
 
 
 @pytest.fixture(scope="module")
-def tiny_fresh_store(tmp_path_factory, tiny_runs):
-    """The same config into a second, empty store: every stage is computed again from the raw data."""
-    store = tmp_path_factory.mktemp("tiny-again") / "store"
-    return store, run_flow(load_config(PipelineConfig, CONFIGS / "tiny.yaml"), store, "tiny-again")
+def tiny_release(tmp_path_factory, tiny_runs):
+    """The first tiny run released as a signed bundle."""
+    from lmforge.app.release import build_release
+    from lmforge.infra.signing import generate_key_pair
+
+    store, first, _ = tiny_runs
+    folder = tmp_path_factory.mktemp("tiny-release")
+    private, public = generate_key_pair(folder / "key")
+    build_release(ArtifactStore(store), first["run_id"], folder / "bundle", sign_key=private)
+    return folder / "bundle", public
+
+
+@pytest.fixture(scope="module")
+def tiny_reproduction(tmp_path_factory, tiny_release):
+    """`lmforge reproduce` of the tiny release into a second, empty store: every stage is computed
+    again from the raw data with the recorded config and seeds, then compared with the release."""
+    from lmforge.app.reproduce import prepare, reproduction_store, run_reproduction
+
+    bundle, public = tiny_release
+    plan = prepare(bundle, pubkey=public)
+    store = reproduction_store(str(tmp_path_factory.mktemp("tiny-again") / "store"), plan)
+    return run_reproduction(plan, store)
 
 
 def assert_same_artifacts(first: dict, again: dict) -> None:
@@ -64,9 +82,9 @@ def assert_same_artifacts(first: dict, again: dict) -> None:
         assert again["stages"][name]["artifact_id"] == first["stages"][name]["artifact_id"], name
 
 
-def test_two_fresh_stores_give_identical_artifact_ids(tiny_runs, tiny_fresh_store):
+def test_two_fresh_stores_give_identical_artifact_ids(tiny_runs, tiny_reproduction):
     _, first, _ = tiny_runs
-    _, again = tiny_fresh_store
+    again = tiny_reproduction.record
     assert_same_artifacts(first, again)
     # Deterministic metrics agree exactly between the two independent computations.
     for name in ("finetune/sst2/pretrained", "finetune/sst2/random"):
@@ -78,6 +96,182 @@ def test_two_fresh_stores_give_identical_artifact_ids(tiny_runs, tiny_fresh_stor
         again["stages"]["pretrain"]["metrics"]["final_val_loss"]
         == first["stages"]["pretrain"]["metrics"]["final_val_loss"]
     )
+
+
+def test_reproducing_the_tiny_release_matches_every_artifact_bit_for_bit(tiny_release, tiny_reproduction):
+    from lmforge.app.release import load_release
+
+    _, release, _ = load_release(tiny_release[0])
+    result = tiny_reproduction
+    assert result.ok
+    compared = {item.stage: item for item in result.comparisons}
+    # Every released stage (the report, which describes one run, is not an artifact of the release).
+    assert set(compared) == set(release["stages"]) == CLM_STAGES - {"report"}
+    for stage, item in compared.items():
+        assert item.status == "identical", (stage, item)
+        assert item.rebuilt_id == item.released_id, stage
+        assert item.files_compared > 0 and item.metrics_compared > 0, stage
+    assert compared["pretrain"].max_weight_abs_diff == 0.0
+    assert compared["pretrain"].tensors.startswith("0 of ")
+    report = result.report_paths["markdown"].read_text()
+    assert "verdict: **reproduced**" in report and report.count("| identical |") == len(compared)
+    assert result.report_paths["html"].read_text().count("<tr class='identical'>") == len(compared)
+
+
+def test_release_bundle_loads_with_transformers_and_carries_its_lineage(tiny_runs, tiny_release):
+    import transformers
+
+    from lmforge.app.release import card_metadata, load_release, verify_release
+
+    store, first, _ = tiny_runs
+    bundle, public = tiny_release
+    assert any("ok" in note for note in verify_release(bundle, public))
+    _, release, _ = load_release(bundle)
+    model = transformers.AutoModelForCausalLM.from_pretrained(bundle / "model")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bundle / "model")
+    generate = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    assert generate("The history of", max_new_tokens=4, do_sample=False)[0]["generated_text"].startswith(
+        "The history of"
+    )
+    card = (bundle / "model" / "README.md").read_text()
+    meta = card_metadata(card)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
+    results = meta["model-index"][0]["results"]
+    perplexity = next(r for r in results if r["task"]["name"] == "eval/wikitext_perplexity")
+    recorded = first["stages"]["eval/wikitext_perplexity"]["metrics"]["perplexity"]
+    assert perplexity["metrics"][0]["value"] == pytest.approx(recorded, rel=1e-6)
+    assert "too_few_words" in card or "dropped because" in card
+    # Every ancestor back to the raw inputs, each with its files' hashes, config and seed.
+    ids = {entry["id"] for entry in release["artifacts"]}
+    assert ids == {stage["artifact_id"] for name, stage in first["stages"].items() if name != "report"}
+    for entry in release["artifacts"]:
+        assert set(entry["parents"]) <= ids
+        assert entry["files"] and all(len(f["sha256"]) == 64 for f in entry["files"])
+        stored = ArtifactStore(store).get(entry["id"])
+        assert entry["content_id"] == stored["content_id"] and entry["config"] == stored["config"]
+    wiki = next(item for item in release["raw_inputs"] if item["uri"].endswith("wiki_00.txt"))
+    assert wiki["sha256"] == first_input_sha(store, first)
+    assert release["environment"]["packages"]["torch"].startswith("2.13")
+    assert release["code"]["files"] and (bundle / release["code"]["archive"]).is_file()
+
+
+def first_input_sha(store: Path, record: dict) -> str:
+    manifest = ArtifactStore(store).get(record["stages"]["clean"]["artifact_id"])
+    return manifest["external_files"][0]["sha256"]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("model/model.safetensors", "model/model.safetensors: changed"),
+        ("release.json", "does not verify"),
+        ("release.json.sig", "release.json.sig"),
+        ("code/source.tar.gz", "code/source.tar.gz: changed"),
+    ],
+)
+def test_verify_release_names_what_was_tampered_with(tiny_release, tmp_path, capsys, target, expected):
+    import shutil
+
+    from lmforge.app.cli import main
+
+    bundle, public = tiny_release
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    assert main(["verify-release", str(copy), "--pubkey", str(public)]) == 0
+    path = copy / target
+    data = bytearray(path.read_bytes())
+    # One byte, chosen so that the file stays well-formed (a hex digit of a hash, a base64 letter).
+    index = data.index(b'"sha256": "') + 12 if target == "release.json" else len(data) // 2
+    if target == "release.json.sig":
+        index = 3
+    data[index] = ord("0") if data[index] != ord("0") else ord("1")
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["verify-release", str(copy), "--pubkey", str(public)]) == 1
+    error = capsys.readouterr().err
+    assert expected in error, error
+    if target == "release.json":
+        assert "release.json" in error
+
+
+def data_dir_with_changed_file(shared: Path, dest: Path, relative: str, change: str) -> Path:
+    """A data directory of links to the shared data sets, except `relative`: copied, then changed
+    ("edit": one line altered) or removed ("remove")."""
+    target = shared / relative
+    for entry in shared.iterdir():
+        if entry.name != target.relative_to(shared).parts[0]:
+            (dest / entry.name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / entry.name).symlink_to(entry)
+    folder = dest / target.parent.relative_to(shared)
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in target.parent.iterdir():
+        if entry != target:
+            (folder / entry.name).symlink_to(entry)
+    if change == "edit":
+        lines = target.read_text().splitlines(keepends=True)
+        lines[len(lines) // 2] = "An edited line.\n"
+        (folder / target.name).write_text("".join(lines))
+    return dest
+
+
+@pytest.mark.parametrize(("change", "expected"), [("edit", "changed"), ("remove", "missing")])
+def test_reproduce_refuses_a_changed_raw_input_before_any_work(
+    tiny_release, shared_data_dir, tmp_path, monkeypatch, capsys, change, expected
+):
+    from lmforge.app.cli import main
+
+    bundle, public = tiny_release
+    data = data_dir_with_changed_file(
+        shared_data_dir, tmp_path / "data", "enwiki_extract/wiki_00.txt", change
+    )
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(data))
+    store = tmp_path / "store"
+    assert main(["reproduce", str(bundle), "--pubkey", str(public), "--store", str(store)]) == 2
+    error = capsys.readouterr().err
+    assert f"raw input enwiki_extract/wiki_00.txt: {expected}" in error, error
+    assert "nothing was run" in error and not store.exists()
+
+
+def test_reproduce_refuses_changed_code_and_with_allow_drift_reports_what_differs(tiny_release, tmp_path):
+    """One line of the clean stage's code changed in a copy of the package: refused, naming the file;
+    with --allow-drift the clean stage is rebuilt and the report marks it different."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import lmforge
+
+    bundle, public = tiny_release
+    copy = tmp_path / "code"
+    shutil.copytree(
+        Path(lmforge.__file__).parent,
+        copy / "lmforge",
+        symlinks=False,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    target = copy / "lmforge" / "corpus" / "normalize.py"
+    line = 'return _BLANK_LINES.sub("\\n\\n", text).strip()'
+    assert line in target.read_text()
+    target.write_text(target.read_text().replace(line, line + ".lower()"))
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "lmforge.app.cli", "reproduce", str(bundle), "--pubkey", str(public)]
+    command += ["--stages", "clean", "--store", str(store)]
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    refused = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "code: changed corpus/normalize.py" in refused.stderr
+    assert not store.exists()
+
+    drifted = subprocess.run(
+        [*command, "--allow-drift"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert "NOT REPRODUCED: 1 artifacts compared (1 different)" in drifted.stdout
+    report = next(store.glob("artifacts/reproduction-*/data/reproduction.md")).read_text()
+    assert "code: changed corpus/normalize.py" in report
+    row = next(line for line in report.splitlines() if line.startswith("| clean |"))
+    assert "| different |" in row and ".parquet" in row, row
 
 
 def test_random_init_finetune_does_not_depend_on_pretrained_weights(tiny_runs, tmp_path):

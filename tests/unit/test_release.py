@@ -1,0 +1,317 @@
+"""Release bundles, signatures and the checks `reproduce` makes, on a small store built in the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lmforge.app import release as release_mod
+from lmforge.app.release import ReleaseError, build_release, card_metadata, load_release, verify_release
+from lmforge.app.reproduce import (
+    first_file_difference,
+    input_problems,
+    is_telemetry_metric,
+    metric_differences,
+    package_drift,
+    parse_stages,
+    weight_difference,
+)
+from lmforge.core.errors import ConfigError
+from lmforge.infra.lineage import code_version, sha256_json, source_files
+from lmforge.infra.signing import SignatureError, generate_key_pair
+from lmforge.infra.store import ArtifactStore, ExternalFile, hash_external
+
+pytestmark = pytest.mark.unit
+
+
+def tiny_hf_model(folder: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=32, n_positions=16)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+
+
+@pytest.fixture
+def run_store(tmp_path, monkeypatch):
+    """A store holding a completed run: corpus <- tokenizer <- model, plus the run's report."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "corpus.txt").write_text("raw text\n")
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(data))
+    store = ArtifactStore(tmp_path / "store")
+
+    def publish(kind, stage, parents, folder_or_files, metrics, external=()):
+        with store.staging("run-1") as out:
+            if isinstance(folder_or_files, Path):
+                shutil.copytree(folder_or_files, out, dirs_exist_ok=True)
+            else:
+                for name, content in folder_or_files.items():
+                    (out / name).parent.mkdir(parents=True, exist_ok=True)
+                    (out / name).write_bytes(content)
+            manifest = store.publish(
+                out,
+                kind=kind,
+                stage=stage,
+                parents=parents,
+                config={stage: {"setting": 1}},
+                recipe_key=sha256_json([stage]),
+                seed=7,
+                metrics=metrics,
+                run_id="run-1",
+                external_files=hash_external(list(external)),
+            )
+        return manifest["id"]
+
+    clean_metrics = {"num_read": 2, "num_kept": 1, "dropped": {"too_short": 1}}
+    corpus = publish(
+        "corpus",
+        "clean",
+        [],
+        {"part-00000.parquet": b"rows"},
+        clean_metrics,
+        [ExternalFile("corpus.txt", data / "corpus.txt")],
+    )
+    tokenizer = publish("tokenizer", "tokenizer", [corpus], {"tokenizer.json": b"{}"}, {"vocab_size": 32})
+    hf = tmp_path / "hf-src" / "hf"
+    tiny_hf_model(hf)
+    model_metrics = {"num_parameters": 500, "final_val_loss": 2.5, "tokens_per_second": 10.0}
+    model = publish("model", "pretrain", [tokenizer], hf.parent, model_metrics)
+    eval_metrics = {"perplexity": 12.5, "seconds": 1.0}
+    evaluation = publish(
+        "evaluation", "eval/wikitext_perplexity", [model], {"metrics.json": b"{}"}, eval_metrics
+    )
+    report = publish("report", "report", [], {"report.md": b"# report\n", "loss_curve.png": b"png"}, {})
+    stages = {
+        "clean": (corpus, clean_metrics),
+        "tokenizer": (tokenizer, {"vocab_size": 32}),
+        "pretrain": (model, model_metrics),
+        "eval/wikitext_perplexity": (evaluation, eval_metrics),
+        "report": (report, {}),
+    }
+    record = {
+        "run_id": "run-1",
+        "config_name": "unit",
+        "status": "completed",
+        "code": code_version(),
+        "code_files": source_files(),
+        "config": {"name": "unit", "pretrain": {"objective": "clm", "max_steps": 3}},
+        "stages": {name: {"artifact_id": aid, "metrics": metrics} for name, (aid, metrics) in stages.items()},
+    }
+    store.write_run_record("run-1", record)
+    return store, record
+
+
+@pytest.fixture
+def key_pair(tmp_path):
+    return generate_key_pair(tmp_path / "keys" / "release-key")
+
+
+def test_keygen_writes_an_owner_only_private_key_and_refuses_to_overwrite(tmp_path):
+    private, public = generate_key_pair(tmp_path / "k")
+    assert oct(os.stat(private).st_mode & 0o777) == "0o600"
+    assert public.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
+        generate_key_pair(tmp_path / "k")
+
+
+def test_release_bundle_verifies_and_its_model_loads(run_store, key_pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    store, record = run_store
+    result = build_release(store, "run-1", tmp_path / "bundle", sign_key=key_pair[0])
+    bundle = result.path
+    notes = verify_release(bundle, key_pair[1])
+    assert notes[0].startswith("signature: ok") and notes[-1].endswith("ok")
+    AutoModelForCausalLM.from_pretrained(bundle / "model")
+    _, release, _ = load_release(bundle)
+    # Ancestors parents-first, the report left out; every file listed with its hash.
+    assert [entry["stage"] for entry in release["artifacts"]] == [
+        "clean",
+        "tokenizer",
+        "pretrain",
+        "eval/wikitext_perplexity",
+    ]
+    assert release["raw_inputs"][0]["uri"] == "corpus.txt" and len(release["raw_inputs"][0]["sha256"]) == 64
+    assert {item["path"] for item in release["files"]} >= {"model/model.safetensors", "model/README.md"}
+    assert release["reproducibility"]["stages"]["pretrain"]["deterministic"] is True
+    meta = card_metadata((bundle / "model" / "README.md").read_text())
+    assert meta["pipeline_tag"] == "text-generation"
+    value = meta["model-index"][0]["results"][0]["metrics"][0]
+    assert value == {"type": "perplexity", "name": "perplexity", "value": 12.5}
+    assert "too_short" in (bundle / "model" / "README.md").read_text()
+
+
+def test_source_archive_is_byte_identical_when_written_twice(tmp_path):
+    first = release_mod.write_source_archive(tmp_path / "a.tar.gz")
+    release_mod.write_source_archive(tmp_path / "b.tar.gz")
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    with tarfile.open(tmp_path / "a.tar.gz") as archive:
+        names = archive.getnames()
+    assert len(names) == first["num_files"]
+    assert "pyproject.toml" in names and "training/loop.py" in names
+
+
+def test_verify_release_names_a_changed_missing_or_added_file(run_store, tmp_path):
+    store, _ = run_store
+    bundle = build_release(store, "run-1", tmp_path / "bundle").path
+    assert verify_release(bundle)[0].startswith("signature: none")
+    weights = bundle / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ReleaseError, match="model/model.safetensors: changed"):
+        verify_release(bundle)
+    weights.unlink()
+    with pytest.raises(ReleaseError, match="model/model.safetensors: missing"):
+        verify_release(bundle)
+
+
+def test_verify_release_rejects_another_key_and_an_unsigned_bundle_when_a_key_is_given(
+    run_store, key_pair, tmp_path
+):
+    store, _ = run_store
+    signed = build_release(store, "run-1", tmp_path / "signed", sign_key=key_pair[0]).path
+    _, other = generate_key_pair(tmp_path / "other")
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_release(signed, other)
+    (signed / "extra.txt").write_text("added later")
+    with pytest.raises(ReleaseError, match="extra.txt: not listed"):
+        verify_release(signed, key_pair[1])
+    unsigned = build_release(store, "run-1", tmp_path / "unsigned").path
+    with pytest.raises(ReleaseError, match="not signed"):
+        verify_release(unsigned, key_pair[1])
+
+
+def test_release_refuses_when_the_sources_differ_from_the_run(run_store, tmp_path):
+    store, record = run_store
+    files = dict(record["code_files"])
+    files["training/loop.py"] = "0" * 64
+    store.write_run_record("run-1", {**record, "code_files": files})
+    with pytest.raises(ReleaseError, match="changed training/loop.py"):
+        build_release(store, "run-1", tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_release_refuses_unfinished_runs_and_used_folders(run_store, tmp_path):
+    store, record = run_store
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not empty"):
+        build_release(store, "run-1", tmp_path / "used")
+    with pytest.raises(ConfigError, match="no run 'nope'"):
+        build_release(store, "nope", tmp_path / "bundle")
+    store.write_run_record("run-1", {**record, "status": "failed"})
+    with pytest.raises(ReleaseError, match="only a completed run"):
+        build_release(store, "run-1", tmp_path / "bundle")
+
+
+def test_a_crash_while_writing_leaves_no_bundle(run_store, tmp_path, monkeypatch):
+    store, _ = run_store
+
+    def crash(_bundle):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(release_mod, "bundle_files", crash)
+    with pytest.raises(RuntimeError):
+        build_release(store, "run-1", tmp_path / "bundle")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "hf-src", "store"]
+
+
+# -- what reproduce checks -------------------------------------------------------------------------
+
+
+def test_parse_stages_adds_what_each_stage_needs():
+    assert parse_stages(None) == (None, ("clean", "tokenizer", "shard", "pretrain", "finetune", "eval"))
+    assert parse_stages("shard") == ("shard", ("clean", "tokenizer", "shard"))
+    assert parse_stages("eval") == ("eval", ("clean", "tokenizer", "shard", "pretrain", "eval"))
+    assert parse_stages("finetune,eval")[0] is None
+    with pytest.raises(ConfigError, match="--stages 'report'"):
+        parse_stages("report")
+
+
+def test_input_problems_name_changed_and_missing_files(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "b.txt").write_text("beta")
+    records = hash_external(
+        [ExternalFile("a.txt", tmp_path / "a.txt"), ExternalFile("b.txt", tmp_path / "b.txt")]
+    )
+    release = {
+        "artifacts": [{"id": "corpus-1", "stage": "clean"}],
+        "raw_inputs": [{**record, "kind": "file", "read_by": ["corpus-1"]} for record in records]
+        + [
+            {
+                "uri": "hf://o/n@" + "a" * 40,
+                "sha256": None,
+                "size": None,
+                "kind": "hub",
+                "read_by": ["corpus-1"],
+            }
+        ],
+    }
+    problems, checked = input_problems(release, tmp_path, ("clean",))
+    assert problems == [] and len(checked) == 3
+    (tmp_path / "a.txt").write_text("alpha!")
+    (tmp_path / "b.txt").unlink()
+    problems, _ = input_problems(release, tmp_path, ("clean",))
+    assert problems[0].startswith("raw input a.txt: changed") and problems[1].startswith(
+        "raw input b.txt: missing"
+    )
+    # Inputs only read by stages that are not rebuilt are not checked.
+    assert input_problems(release, tmp_path, ("pretrain",)) == ([], [])
+
+
+def test_package_drift_lists_each_version_that_differs():
+    from lmforge.infra.lineage import environment
+
+    here = environment()
+    release = {"environment": {"python": here["python"], "packages": dict(here["packages"])}}
+    assert package_drift(release) == []
+    release["environment"]["packages"]["torch"] = "0.0.1"
+    release["environment"]["packages"].pop("pyarrow")
+    drift = package_drift(release)
+    assert any(item.startswith("package torch: 0.0.1 in the release") for item in drift)
+    assert any(item.startswith("package pyarrow: absent in the release") for item in drift)
+
+
+def test_metric_comparison_skips_timings_and_reports_the_largest_difference():
+    assert is_telemetry_metric("train_seconds") and is_telemetry_metric("peak_flops_per_worker.0")
+    assert not is_telemetry_metric("shots.0.mean_accuracy")
+    old = {"loss": 2.0, "curve": [[1, 3.0]], "tokens_per_second": 5.0, "shots": {"0": {"acc": 0.5}}}
+    assert metric_differences(old, {**old, "tokens_per_second": 9.0}) == (4, [], 0.0)
+    count, differing, worst = metric_differences(old, {**old, "curve": [[1, 3.3]]})
+    assert differing == ["curve.0.1"] and worst == pytest.approx(0.3 / 3.3)
+
+
+def test_weight_and_file_comparison(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    for name, bump in (("a", 0.0), ("b", 0.25)):
+        (tmp_path / name).mkdir()
+        save_file(
+            {"w": np.ones((2, 2), dtype="float32") + bump, "v": np.zeros(3, dtype="float32")},
+            str(tmp_path / name / "model.safetensors"),
+        )
+    assert weight_difference(tmp_path / "a", tmp_path / "a") == (0.0, 2, 0)
+    assert weight_difference(tmp_path / "a", tmp_path / "b") == (0.25, 2, 1)
+    released = [{"path": "a.bin", "sha256": "1"}, {"path": "telemetry/speed.jsonl", "sha256": "2"}]
+    assert first_file_difference(released, [{"path": "a.bin", "sha256": "1"}]) == (None, 1)
+    assert first_file_difference(released, [{"path": "a.bin", "sha256": "9"}]) == ("a.bin", 1)
+
+
+def test_release_json_is_plain_json_with_a_stable_schema(run_store, tmp_path):
+    store, _ = run_store
+    bundle = build_release(store, "run-1", tmp_path / "bundle").path
+    release = json.loads((bundle / "release.json").read_text())
+    assert release["schema"] == "lmforge-release/1"
+    assert set(release) >= {
+        "run", "stages", "model", "artifacts", "raw_inputs", "code", "environment", "hardware",
+        "reproducibility", "files", "release_id",
+    }  # fmt: skip
+    assert release["code"]["files"] == source_files()
+    assert release["hardware"]["cpu_count"] == os.cpu_count()
