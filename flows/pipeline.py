@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
+from openlineage.client.event_v2 import RunState
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -180,6 +181,8 @@ def pipeline_flow(
         record.save()
     listener = PrefectArtifacts(pipeline_config.name)
     progress.add_listener(listener)
+    lineage = ctx.runner.lineage
+    lineage.pipeline_started(pipeline_config.name)
     logger.info("run %s: record at %s", run_id, record.path)
     if stage is not None:
         logger.info("--stage %s: running %s; skipping the rest", stage, ", ".join(planned))
@@ -203,6 +206,8 @@ def pipeline_flow(
     except BaseException as err:
         cancelled = is_cancellation(err)
         record.finish(CANCELLED if cancelled else FAILED, describe_stop(err))
+        lineage.pipeline_finished(RunState.ABORT if cancelled else RunState.FAIL, err)
+        lineage.close()
         if cancelled:
             # Ends this driver's Ray work: a local runtime stops, a cluster drops the job's tasks.
             shutdown_ray()
@@ -210,6 +215,8 @@ def pipeline_flow(
     finally:
         progress.remove_listener(listener)
     record.finish(COMPLETED)
+    lineage.pipeline_finished(RunState.COMPLETE)
+    lineage.close()
     report_path = record.data["report"]["markdown"] if record.data["report"] else "none (--stage run)"
     logger.info("run %s completed in %.0f s; report: %s", run_id, record.data["wall_seconds"], report_path)
     return record.data

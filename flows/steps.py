@@ -323,7 +323,8 @@ def report_step(ctx: RunContext, record: dict[str, Any]) -> StageOutcome:
     )
 
     def compute(out: Path, _work: str) -> dict[str, Any]:
-        paths = write_report(record, out)
+        # The run's lineage graph: every stage's artifact down to the raw inputs, shared ones once.
+        paths = write_report(record, out, [ctx.store.lineage(artifact_id) for artifact_id in parents])
         return {name: Path(path).name for name, path in paths.items()}
 
     # A report describes one run (statuses, timings), so it is always written afresh.

@@ -13,6 +13,7 @@ from lmforge.core.logs import get_logger
 from lmforge.infra.code_identity import code_identity
 from lmforge.infra.lineage import recipe_key, sha256_json
 from lmforge.infra.locks import Holder, describe_holder
+from lmforge.infra.openlineage import RunLineage
 from lmforge.infra.store import ArtifactStore, ExternalFile, hash_external, utc_now
 
 log = get_logger(__name__)
@@ -47,12 +48,23 @@ class StageRunner:
     ids, a fingerprint of its code and of the library versions, seed). A stored artifact with the
     same recipe is reused unless the stage is forced. Runs sharing a store take the recipe's lock
     (store.recipe_lock) for lookup, compute and publish, so one computes and the others reuse.
+
+    Each stage emits OpenLineage events (infra/openlineage.py) when the client is configured:
+    START when it starts computing, COMPLETE after publishing, FAIL or ABORT when it raises; a
+    reused stage emits START and COMPLETE marked reused, so a run's events chain every stage.
     """
 
-    def __init__(self, store: ArtifactStore, run_id: str, forced: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        run_id: str,
+        forced: set[str] | None = None,
+        lineage: RunLineage | None = None,
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.forced = forced or set()
+        self.lineage = lineage or RunLineage.from_environment(store.location, run_id)
 
     def run(
         self,
@@ -89,11 +101,16 @@ class StageRunner:
         # One attempt per recipe at a time, across processes: a second run waits here, then reuses.
         with self.store.recipe_lock(key, self.run_id).held(on_wait=self._log_wait(stage)):
             if reuse and (forced_name or stage) not in self.forced:
-                reused = self._reuse(stage, key)
+                reused = self._reuse(stage, key, parents, external)
                 if reused is not None:
                     return reused
             log.info("%s: computing", stage)
-            return self._compute(stage, kind, key, fingerprint, config, parents, seed, external, compute)
+            self.lineage.stage_started(stage, parents, external, key)
+            try:
+                return self._compute(stage, kind, key, fingerprint, config, parents, seed, external, compute)
+            except BaseException as err:
+                self.lineage.stage_failed(stage, parents, external, key, err)
+                raise
 
     @staticmethod
     def _log_wait(stage: str) -> Callable[[Holder | None], None]:
@@ -102,7 +119,9 @@ class StageRunner:
 
         return log_wait
 
-    def _reuse(self, stage: str, key: str) -> StageOutcome | None:
+    def _reuse(
+        self, stage: str, key: str, parents: list[str], external: list[dict[str, Any]]
+    ) -> StageOutcome | None:
         """The recipe's stored artifact if it passes the pre-reuse check; a damaged one is moved aside."""
         existing = self.store.find_by_recipe(key)
         if existing is None:
@@ -114,6 +133,9 @@ class StageRunner:
             return None
         log.info("%s: reusing %s (inputs, config and code unchanged)", stage, existing["id"])
         path = self.store.data_location(existing["id"])
+        # An object store's files are not read for lineage: that would download them.
+        local = None if self.store.is_remote else self.store.data_path(existing["id"])
+        self.lineage.stage_finished(stage, existing, parents, external, "reused", local)
         return StageOutcome(stage, "reused", existing["id"], path, existing["metrics"])
 
     def _compute(
@@ -133,6 +155,8 @@ class StageRunner:
         with self.store.staging(self.run_id) as output_dir:
             metrics = compute(output_dir, work_area)
             seconds = time.perf_counter() - start_time
+            # Read before publishing moves (or uploads) the staged files.
+            summary = self.lineage.summarize_output(output_dir)
             manifest = self.store.publish(
                 output_dir,
                 kind=kind,
@@ -149,5 +173,6 @@ class StageRunner:
             )
         self.store.remove_work_area(key)
         log.info("%s: published %s in %.1f s", stage, manifest["id"], seconds)
+        self.lineage.stage_finished(stage, manifest, parents, external, "completed", summary=summary)
         path = self.store.data_location(manifest["id"])
         return StageOutcome(stage, "completed", manifest["id"], path, metrics, round(seconds, 3))

@@ -1,5 +1,8 @@
 """The run report: report.md, a self-contained report.html and loss_curve.png from a run record.
 
+With the lineage trees of the run's artifacts, both show the lineage graph: a Mermaid block in the
+Markdown (GitHub draws it), an inline SVG in the HTML (no script, works offline).
+
 The run record has the structure of run.json: run_id, config_name, status, started_at, finished_at,
 wall_seconds, store, and `stages` mapping a stage name to status, artifact_id, path, metrics, seconds.
 Every part is optional: a missing stage or metric renders as "n/a", never as an error.
@@ -14,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from lmforge.infra.lineage_text import format_mermaid, format_svg
+
 STAGE_ORDER = (
     "clean",
     "tokenizer",
@@ -26,7 +31,8 @@ STAGE_ORDER = (
     "eval/mlm_accuracy",
 )
 NA = "n/a"
-Block = tuple[str, Any]  # ("text", str) | ("table", (headers, rows))
+Block = tuple[str, Any]  # ("text", str) | ("list", [str]) | ("table", (headers, rows)) | ("image", name)
+# | ("lineage", (mermaid, svg))
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -200,13 +206,19 @@ def _header_blocks(run_record: dict) -> list[Block]:
     return [("text", f"# lmforge run {run_record.get('run_id', NA)}"), ("list", lines)]
 
 
-def sections(run_record: dict, png_name: str | None) -> list[Block]:
+def sections(run_record: dict, png_name: str | None, lineage: list[dict] | None = None) -> list[Block]:
     blocks = _header_blocks(run_record)
     blocks += [("text", "## Summary"), ("table", _summary_table(run_record))]
     if png_name:
         blocks += [("text", "## Loss curves"), ("image", png_name)]
     blocks += [("text", "## Stages"), ("table", stage_table(run_record))]
+    if lineage:
+        graph = (format_mermaid(lineage), format_svg(lineage))
+        blocks += [("text", "## Lineage"), ("text", LINEAGE_NOTE), ("lineage", graph)]
     return blocks
+
+
+LINEAGE_NOTE = "Raw inputs (rounded) and the run's artifacts; data flows left to right."
 
 
 def _markdown_blocks(blocks: Iterable[Block]) -> list[str]:
@@ -218,6 +230,8 @@ def _markdown_blocks(blocks: Iterable[Block]) -> list[str]:
             out += [f"- {line}" for line in content] + [""]
         elif kind == "image":
             out += [f"![loss curves]({content})", ""]
+        elif kind == "lineage":
+            out += ["```mermaid", content[0].rstrip("\n"), "```", ""]
         else:
             headers, rows = content
             cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
@@ -238,6 +252,8 @@ def _html(blocks: Iterable[Block], png_bytes: bytes | None) -> str:
         elif kind == "image" and png_bytes is not None:
             data = base64.b64encode(png_bytes).decode()
             body.append(f'<img alt="loss curves" src="data:image/png;base64,{data}">')
+        elif kind == "lineage":
+            body.append(f'<div class="lineage">{content[1]}</div>')
         elif kind == "table":
             headers, rows = content
             head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
@@ -248,6 +264,7 @@ def _html(blocks: Iterable[Block], png_bytes: bytes | None) -> str:
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}img{max-width:100%}"
+        "div.lineage{overflow-x:auto}"
     )
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>lmforge report</title>'
@@ -338,13 +355,16 @@ def plot_loss_curves(run_record: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(run_record: dict, output_dir: Path) -> dict[str, Path]:
-    """Write report.md, report.html (PNG embedded) and loss_curve.png; returns their paths."""
+def write_report(run_record: dict, output_dir: Path, lineage: list[dict] | None = None) -> dict[str, Path]:
+    """Write report.md, report.html (PNG embedded) and loss_curve.png; returns their paths.
+
+    lineage: the lineage trees (`ArtifactStore.lineage`) of the run's artifacts, drawn as one graph.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     png = output_dir / "loss_curve.png"
     plot_loss_curves(run_record, png)
-    blocks = sections(run_record, png.name)
+    blocks = sections(run_record, png.name, lineage)
     markdown, page = output_dir / "report.md", output_dir / "report.html"
     markdown.write_text("\n".join(_markdown_blocks(blocks)))
     page.write_text(_html(blocks, png.read_bytes()))

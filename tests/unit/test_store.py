@@ -125,6 +125,13 @@ def test_lineage_walks_to_raw_inputs(tmp_path, capsys):
     assert "raw.txt" in text and child["id"] in text
     assert main(["lineage", grandchild["id"], "--json", "--store", str(store.root)]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == grandchild["id"]
+    # As graphs: the shared ancestor once, with an edge to each child.
+    assert main(["lineage", grandchild["id"], "--format", "mermaid", "--store", str(store.root)]) == 0
+    mermaid = capsys.readouterr().out
+    assert mermaid.startswith("flowchart LR") and mermaid.count(root["id"]) == 1 and "raw.txt" in mermaid
+    assert main(["lineage", grandchild["id"], "--format", "dot", "--store", str(store.root)]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith("digraph lineage {") and dot.count(f'"{root["id"]}" ->') == 2
     raw.write_text("raw corpus, edited")
     assert any("changed input file" in p for p in store.verify(root["id"]))
 
