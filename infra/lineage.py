@@ -46,7 +46,8 @@ def source_files() -> dict[str, str]:
     root = Path(lmforge.__file__).parent
     files: dict[str, str] = {}
     for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs[:] = sorted(name for name in dirs if name not in NOT_SOURCE)
+        # Tool caches (.mypy_cache, .pytest_cache) are not code the run executed.
+        dirs[:] = sorted(name for name in dirs if name not in NOT_SOURCE and not name.startswith("."))
         for name in names:
             if name.endswith((".pyc", ".pyo")) or name == STAGED_CODE_VERSION:
                 continue
@@ -101,6 +102,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
+        **cpu_info(),
         "packages": dict(sorted(packages.items())),
     }
     try:
@@ -111,6 +113,31 @@ def environment() -> dict[str, Any]:
         if torch.cuda.is_available():
             info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:
+        pass
+    return info
+
+
+# CPU flags that decide numerics or speed (bf16 kernels, AMX, AVX-512): AVX2-only machines compute
+# bf16 about 100x slower, and a release says which kind of machine made it.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict[str, Any]:
+    """`cpu_model`, the `cpu_flags` of CPU_FLAGS it has, and `memory_bytes` (Linux; empty elsewhere)."""
+    info: dict[str, Any] = {}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and "cpu_model" not in info:
+            info["cpu_model"] = value.strip()
+        elif key.strip() == "flags" and "cpu_flags" not in info:
+            info["cpu_flags"] = [flag for flag in CPU_FLAGS if flag in value.split()]
+    try:
+        info["memory_bytes"] = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
         pass
     return info
 

@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify_release.add_argument("bundle", type=Path, metavar="DIR", help="release bundle directory")
     verify_release.add_argument("--pubkey", type=Path, metavar="FILE", help="the signer's public key")
+    verify_release.add_argument(
+        "--allow-unsigned", action="store_true", help="accept a bundle without a signature (hashes only)"
+    )
     verify_release.set_defaults(handler=cmd_verify_release)
 
     reproduce = commands.add_parser(
@@ -193,12 +196,24 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--pubkey", type=Path, metavar="FILE", help="check the release's signature with this key"
     )
+    reproduce.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the raw inputs are here (default: the release's data_dir, else $LMFORGE_DATA_DIR)",
+    )
     reproduce.add_argument("--verbose", action="store_true", help="show every log line")
     reproduce.set_defaults(handler=cmd_reproduce)
 
     lineage = commands.add_parser("lineage", help="print an artifact's ancestry down to the raw inputs")
     lineage.add_argument("artifact_id")
-    lineage.add_argument("--json", action="store_true", help="print the lineage tree as JSON")
+    lineage.add_argument(
+        "--format",
+        choices=("text", "json", "dot", "mermaid"),
+        default="text",
+        help="text tree (default), JSON, or a Graphviz (dot) / Mermaid graph of the ancestry",
+    )
+    lineage.add_argument("--json", action="store_true", help="same as --format json")
     add_store_option(lineage)
     lineage.set_defaults(handler=cmd_lineage)
 
@@ -471,7 +486,14 @@ def cmd_release(args: argparse.Namespace) -> int:
 def cmd_verify_release(args: argparse.Namespace) -> int:
     from lmforge.app.release import verify_release
 
-    for note in verify_release(args.bundle, args.pubkey):
+    notes, _ = verify_release(args.bundle, args.pubkey, require_signature=not args.allow_unsigned)
+    if args.pubkey is None and not args.allow_unsigned:
+        print(
+            "warning: checked against the bundle's own release.pub: this proves the bundle is intact, "
+            "not who made it; pass --pubkey with the signer's key",
+            file=sys.stderr,
+        )
+    for note in notes:
         print(note)
     print(f"{args.bundle}: ok")
     return 0
@@ -480,7 +502,13 @@ def cmd_verify_release(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from lmforge.app.reproduce import prepare, reproduction_store, run_reproduction
 
-    plan = prepare(args.release, stages=args.stages, allow_drift=args.allow_drift, pubkey=args.pubkey)
+    plan = prepare(
+        args.release,
+        stages=args.stages,
+        allow_drift=args.allow_drift,
+        pubkey=args.pubkey,
+        data_dir=args.data_dir,
+    )
     for line in plan.describe():
         print(line)
     store = reproduction_store(args.store, plan)
@@ -502,11 +530,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from lmforge.infra.lineage_text import format_lineage
+    from lmforge.infra.lineage_text import format_dot, format_lineage, format_mermaid
 
     tree = open_store(args.store).lineage(args.artifact_id)
-    if args.json:
+    form = "json" if args.json else args.format
+    if form == "json":
         print(json.dumps(tree, indent=2))
+    elif form == "dot":
+        print(format_dot(tree), end="")
+    elif form == "mermaid":
+        print(format_mermaid(tree), end="")
     else:
         print("\n".join(format_lineage(tree)))
     return 0

@@ -47,7 +47,9 @@ def config_hub_ids(value: Any) -> list[str]:
 def model_index(release: dict[str, Any], record: dict[str, Any]) -> list[dict[str, Any]]:
     """model-index results: one entry per fine-tune (pretrained init) and evaluation stage."""
     results = []
-    stage_configs = {artifact["stage"]: artifact["config"] for artifact in release["artifacts"]}
+    # The run's own stages (an older run's ancestor of a reused artifact may share a stage name).
+    configs = {artifact["id"]: artifact["config"] for artifact in release["artifacts"]}
+    stage_configs = {stage: configs.get(artifact_id) for stage, artifact_id in release["stages"].items()}
     for stage, outcome in sorted(record["stages"].items()):
         metrics = outcome.get("metrics") or {}
         kind, _, rest = stage.partition("/")
@@ -115,6 +117,7 @@ def model_card(release: dict[str, Any], record: dict[str, Any]) -> str:
     """README.md for the bundle's model/ folder."""
     run, model = release["run"], release["model"]
     pretrain = next(item for item in release["artifacts"] if item["id"] == model["artifact_id"])
+    own = set(release["stages"].values())
     metrics = pretrain["metrics"]
     config = release["run"]["config"]["pretrain"]
     header = yaml.safe_dump(metadata(release, record), sort_keys=False, allow_unicode=True)
@@ -171,7 +174,9 @@ def model_card(release: dict[str, Any], record: dict[str, Any]) -> str:
         for item in release["raw_inputs"]
     ]
     lines += table(["input", "kind", "sha256 (first 16)", "bytes"], inputs)
-    clean = next((item for item in release["artifacts"] if item["stage"] == "clean"), None)
+    clean = next(
+        (item for item in release["artifacts"] if item["id"] in own and item["stage"] == "clean"), None
+    )
     if clean:
         counts = clean["metrics"]
         lines += [
@@ -181,7 +186,9 @@ def model_card(release: dict[str, Any], record: dict[str, Any]) -> str:
         ]
         dropped = [[reason, fmt(count)] for reason, count in sorted((counts.get("dropped") or {}).items())]
         lines += table(["dropped because", "documents"], dropped or [["(nothing dropped)", "0"]])
-    shard = next((item for item in release["artifacts"] if item["stage"] == "shard"), None)
+    shard = next(
+        (item for item in release["artifacts"] if item["id"] in own and item["stage"] == "shard"), None
+    )
     if shard:
         tokens = {
             k: v

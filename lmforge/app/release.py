@@ -21,7 +21,7 @@ import gzip
 import io
 import json
 import os
-import platform
+import re
 import shutil
 import subprocess
 import tarfile
@@ -35,12 +35,15 @@ import yaml
 from lmforge.core.errors import ConfigError, LmforgeError
 from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import TELEMETRY_DIR, sha256_file
-from lmforge.infra.lineage import REPO_ROOT, environment, sha256_json, source_files
+from lmforge.infra.lineage import REPO_ROOT, SOURCE_PACKAGES, cpu_info, environment, sha256_json, source_files
 from lmforge.infra.store import ArtifactStore, utc_now
 
 log = get_logger(__name__)
 
 RELEASE_SCHEMA = "lmforge-release/1"
+REQUIRED_KEYS = (
+    "release_id", "run", "stages", "model", "artifacts", "raw_inputs", "code", "environment", "files",
+)  # fmt: skip
 RELEASE_FILE = "release.json"
 SIGNATURE_FILE = "release.json.sig"
 PUBLIC_KEY_FILE = "release.pub"
@@ -54,6 +57,9 @@ PIPELINE_TAGS = {"clm": "text-generation", "mlm": "fill-mask"}
 # Tolerances a release declares for stages computed on GPUs (kernels there are not bitwise
 # deterministic); stages computed on CPUs must reproduce bit for bit.
 GPU_TOLERANCES = {"weights_max_abs_diff": 1e-2, "metrics_rel_diff": 2e-2}
+# Artifacts whose computation may run on a GPU; the pre-training telemetry names its device.
+GPU_KINDS = ("model", "finetune", "evaluation")
+SPEED_LOG = "telemetry/speed.jsonl"
 
 
 class ReleaseError(LmforgeError):
@@ -85,6 +91,11 @@ def load_run(store: ArtifactStore, run_id: str) -> dict[str, Any]:
     if "pretrain" not in (record.get("stages") or {}):
         raise ReleaseError(
             f"release: run {run_id} has no pretrain stage (a --stage run?); nothing to release"
+        )
+    if record.get("stage"):
+        raise ReleaseError(
+            f"release: run {run_id} ran only --stage {record['stage']}; release a run of every stage "
+            "(stored stages are reused)"
         )
     if not record.get("code_files"):
         raise ReleaseError(
@@ -173,46 +184,55 @@ def raw_inputs(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(found.values(), key=lambda entry: entry["uri"])
 
 
-def hardware() -> dict[str, Any]:
-    """CPU model and the flags that change numerics or speed, memory, and accelerators."""
-    info: dict[str, Any] = {"machine": platform.machine(), "cpu_count": os.cpu_count()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and "cpu_model" not in info:
-            info["cpu_model"] = value.strip()
-        elif key.strip() == "flags" and "cpu_flags" not in info:
-            wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")
-            info["cpu_flags"] = [flag for flag in value.split() if flag in wanted]
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        info["memory_bytes"] = pages * page_size
-    except (ValueError, OSError, AttributeError):
-        pass
-    env = environment()
-    info["cuda_available"] = env.get("cuda_available")
-    info["cuda_devices"] = env.get("cuda_devices", [])
+def hardware(model_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The machine that trained the model, as its manifest records it (CPU model and flags, memory,
+    accelerators); fields older manifests lack are read from this machine and marked so."""
+    recorded = model_manifest.get("environment") or {}
+    keys = (
+        "machine",
+        "cpu_count",
+        "cpu_model",
+        "cpu_flags",
+        "memory_bytes",
+        "cuda_available",
+        "cuda_devices",
+    )
+    info = {key: recorded[key] for key in keys if key in recorded}
+    missing = [key for key in keys if key not in info]
+    if missing:
+        here = {**environment(), **cpu_info()}
+        info.update({key: here.get(key) for key in missing})
+        info["read_at_release"] = missing
     return info
 
 
-def reproducibility(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per stage: whether a rebuild must be bit-identical (computed on CPUs) or within tolerances."""
-    stages = {}
+def training_device(store: ArtifactStore, manifest: dict[str, Any]) -> str:
+    """ "cpu" or the GPU's name a model artifact was trained on (its telemetry's start record); for
+    other artifacts, "cuda" when the process that made them saw one, else "cpu"."""
+    if manifest["kind"] == "model":
+        try:
+            speed = store.local_files(manifest["id"], SPEED_LOG) / SPEED_LOG
+            for line in speed.read_text().splitlines():
+                event = json.loads(line)
+                if event.get("event") == "start" and event.get("device_name"):
+                    return str(event["device_name"])
+        except (OSError, ValueError, LmforgeError):
+            pass
+    return "cuda" if (manifest.get("environment") or {}).get("cuda_available") else "cpu"
+
+
+def reproducibility(store: ArtifactStore, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per artifact id: whether a rebuild must be bit-identical (computed on CPUs) or may differ
+    within tolerances (GPU kernels are not bitwise deterministic)."""
+    artifacts = {}
     for manifest in manifests:
-        on_gpu = bool((manifest.get("environment") or {}).get("cuda_available")) and manifest["kind"] in (
-            "model",
-            "finetune",
-            "evaluation",
+        device = training_device(store, manifest) if manifest["kind"] in GPU_KINDS else "cpu"
+        artifacts[manifest["id"]] = (
+            {"deterministic": True, "device": "cpu", "tolerances": None}
+            if device == "cpu"
+            else {"deterministic": False, "device": device, "tolerances": dict(GPU_TOLERANCES)}
         )
-        stages[manifest["stage"]] = (
-            {"deterministic": False, "hardware": "cuda", "tolerances": dict(GPU_TOLERANCES)}
-            if on_gpu
-            else {"deterministic": True, "hardware": "cpu", "tolerances": None}
-        )
-    return {"stages": stages}
+    return {"artifacts": artifacts}
 
 
 def bundle_files(bundle: Path) -> list[dict[str, Any]]:
@@ -228,53 +248,48 @@ def bundle_files(bundle: Path) -> list[dict[str, Any]]:
 # -- the source archive ----------------------------------------------------------------------------
 
 
-def source_tree_files(root: Path = REPO_ROOT) -> list[str]:
-    """The repository's files as the run saw them: tracked and untracked-not-ignored (git), else the
-    installed package only."""
+def tracked_support_files(root: Path = REPO_ROOT) -> list[str]:
+    """The checkout's committed files outside the package folders (pyproject.toml, the lock, configs,
+    docs, tests) that exist in the work tree; none when this is no git checkout."""
     try:
         listed = subprocess.run(
-            ["git", "-C", str(root), "ls-files", "-co", "--exclude-standard", "-z"],
-            capture_output=True,
-            check=True,
-            timeout=30,
+            ["git", "-C", str(root), "ls-files", "-c", "-z"], capture_output=True, check=True, timeout=30
         ).stdout.decode()
     except (OSError, subprocess.SubprocessError):
         return []
-    # A tracked file deleted in the work tree is listed but absent: the run did not have it either.
-    names = {name for name in listed.split("\0") if name}
-    return sorted(name for name in names if (root / name).is_symlink() or (root / name).is_file())
+    names = {name for name in listed.split("\0") if name and name.split("/")[0] not in SOURCE_PACKAGES}
+    return sorted(name for name in names if (root / name).is_file() and not (root / name).is_symlink())
 
 
-def write_source_archive(dest: Path, root: Path = REPO_ROOT) -> dict[str, Any]:
-    """A reproducible .tar.gz of the source tree (sorted, zero times and owners); what it holds."""
-    names = source_tree_files(root)
-    if not names:
-        # Not a checkout (an installed wheel, a Ray Job's copy): the package itself.
-        import lmforge
+def write_source_archive(dest: Path, code_files: dict[str, str], root: Path = REPO_ROOT) -> dict[str, Any]:
+    """A byte-reproducible .tar.gz of the code a run executed: every lmforge package file, checked
+    against `code_files` (the run's record) and stored under lmforge/ as a real file (so
+    `PYTHONPATH=<extracted>` runs it, as a Ray Job's copy does), plus the checkout's committed files
+    outside the package (pyproject.toml, requirements, configs) as they are now. Untracked files
+    outside the package (scratch files, stores, bundles) never go in."""
+    import lmforge
 
-        package = Path(lmforge.__file__).parent
-        root = package.parent
-        names = sorted(
-            path.relative_to(root).as_posix()
-            for path in package.rglob("*")
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
-        )
+    package = Path(lmforge.__file__).parent
+    members: list[tuple[str, Path]] = []
+    for relative, digest in sorted(code_files.items()):
+        path = package / relative
+        if not path.is_file() or sha256_file(path) != digest:
+            raise ReleaseError(
+                f"release: {path} does not hash as the run recorded; it changed while releasing"
+            )
+        members.append((f"lmforge/{relative}", path))
+    members += [(name, root / name) for name in tracked_support_files(root)]
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name in names:
-            path = root / name
-            info = archive.gettarinfo(str(path), arcname=name)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            info.mode = 0o755 if info.mode & 0o111 else 0o644
-            if info.issym():
-                archive.addfile(info)
-            else:
-                with open(path, "rb") as handle:
-                    archive.addfile(info, handle)
+        for arcname, path in sorted(members):
+            info = tarfile.TarInfo(arcname)
+            data = path.read_bytes()
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            archive.addfile(info, io.BytesIO(data))
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as packed:
         packed.write(buffer.getvalue())
-    return {"archive": CODE_ARCHIVE, "num_files": len(names)}
+    return {"archive": CODE_ARCHIVE, "num_files": len(members)}
 
 
 def check_source_matches(record: dict[str, Any]) -> None:
@@ -349,7 +364,7 @@ def build_release(
             shutil.copytree(store.local_files(report_id), report_dir)
             if (report_dir / "loss_curve.png").is_file():
                 shutil.copy2(report_dir / "loss_curve.png", model_dir / "loss_curve.png")
-        code = write_source_archive(staging / CODE_ARCHIVE)
+        code = write_source_archive(staging / CODE_ARCHIVE, record["code_files"])
         environments: dict[str, dict[str, Any]] = {}
         artifacts = [artifact_entry(manifest, environments) for manifest in manifests]
         release: dict[str, Any] = {
@@ -381,8 +396,8 @@ def build_release(
             # The run's environment: the pre-trained model's (stages reused from earlier runs keep theirs).
             "environment": model_manifest.get("environment") or {},
             "environments": environments,
-            "hardware": hardware(),
-            "reproducibility": reproducibility(manifests),
+            "hardware": hardware(model_manifest),
+            "reproducibility": reproducibility(store, manifests),
         }
         card = model_card(release, record)
         (model_dir / "README.md").write_text(card)
@@ -435,6 +450,11 @@ def parse_release(data: bytes, source: Path) -> dict[str, Any]:
         raise ReleaseError(f"{source} is not valid JSON: {err}") from None
     if not isinstance(release, dict) or release.get("schema") != RELEASE_SCHEMA:
         raise ReleaseError(f"{source}: not an lmforge release (schema {RELEASE_SCHEMA!r} expected)")
+    missing = [key for key in REQUIRED_KEYS if key not in release]
+    if missing:
+        raise ReleaseError(f"{source}: missing {', '.join(missing)} (not a complete lmforge release)")
+    if not re.fullmatch(r"[0-9a-f]{16}", str(release["release_id"])):
+        raise ReleaseError(f"{source}: release_id {release['release_id']!r} is not 16 hex digits")
     return release
 
 
@@ -445,7 +465,9 @@ def load_release(path: Path) -> tuple[Path, dict[str, Any], bytes]:
     return source.parent, parse_release(data, source), data
 
 
-def verify_release(bundle: Path, pubkey: Path | None = None) -> list[str]:
+def verify_release(
+    bundle: Path, pubkey: Path | None = None, require_signature: bool = False
+) -> tuple[list[str], dict[str, Any]]:
     """Check the signature, then every listed file; raise ReleaseError naming the first mismatch.
 
     The signature is checked over release.json's bytes before they are parsed, so a changed byte
@@ -480,11 +502,18 @@ def verify_release(bundle: Path, pubkey: Path | None = None) -> list[str]:
         raise ReleaseError(
             f"{signature_path} exists but there is no {PUBLIC_KEY_FILE} and no --pubkey to check it"
         )
+    elif require_signature:
+        raise ReleaseError(
+            f"{bundle}: the release is not signed (no {SIGNATURE_FILE}); pass --allow-unsigned to check "
+            "file hashes only"
+        )
     else:
         notes.append("signature: none (unsigned release; file hashes only)")
     release = parse_release(data, source)
     listed = {record["path"]: record for record in release.get("files", [])}
     for relative, record in sorted(listed.items()):
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise ReleaseError(f"{source}: file path {relative!r} points outside the bundle")
         path = bundle / relative
         if not path.is_file():
             raise ReleaseError(f"{path}: missing (listed in {RELEASE_FILE})")
@@ -496,7 +525,7 @@ def verify_release(bundle: Path, pubkey: Path | None = None) -> list[str]:
             f"{bundle / extra[0]}: not listed in {RELEASE_FILE} (added after the release was made)"
         )
     notes.append(f"files: {len(listed)} ok")
-    return notes
+    return notes, release
 
 
 def card_metadata(text: str) -> dict[str, Any]:

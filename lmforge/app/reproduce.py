@@ -26,7 +26,7 @@ from lmforge.app.config import PipelineConfig
 from lmforge.app.release import (
     MODEL_DIR,
     describe_file_differences,
-    load_release,
+    release_file,
     telemetry_path,
     verify_release,
 )
@@ -34,7 +34,7 @@ from lmforge.core.configbase import validate_config
 from lmforge.core.errors import ConfigError, LmforgeError
 from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import sha256_file
-from lmforge.infra.data_paths import is_hf_uri
+from lmforge.infra.data_paths import is_hf_uri, is_pinned
 from lmforge.infra.lineage import environment, sha256_json, source_files
 from lmforge.infra.store import ArtifactStore, open_store, utc_now
 
@@ -42,6 +42,10 @@ log = get_logger(__name__)
 
 STAGE_ORDER = ("clean", "tokenizer", "shard", "pretrain", "finetune", "eval")
 IDENTICAL, WITHIN_TOLERANCE, DIFFERENT, MISSING = "identical", "within tolerance", "different", "not rebuilt"
+# An ancestor of a reused artifact from an older run, not a stage of the released run: the rebuild
+# does not make it (nothing it rebuilds depends on its content), so it is listed, not judged.
+OLDER_ANCESTOR = "not rebuilt (ancestor from an earlier run)"
+PASSING = (IDENTICAL, WITHIN_TOLERANCE, OLDER_ANCESTOR)
 DEFAULT_ROOT = "lmforge-reproductions"
 
 
@@ -117,7 +121,12 @@ def input_problems(
             continue
         uri = entry["uri"]
         if entry["kind"] == "hub" or is_hf_uri(uri):
-            checked.append(f"{uri} (hub data set pinned to its revision)")
+            if is_pinned(uri):
+                checked.append(f"{uri} (hub data set pinned to its revision)")
+            else:
+                problems.append(
+                    f"raw input {uri}: a hub data set not pinned to a revision (cannot be re-read as it was)"
+                )
             continue
         path = Path(uri).expanduser()
         if not path.is_absolute():
@@ -160,16 +169,21 @@ def package_drift(release: dict[str, Any]) -> list[str]:
 
 
 def prepare(
-    bundle: Path, stages: str | None = None, allow_drift: bool = False, pubkey: Path | None = None
+    bundle: Path,
+    stages: str | None = None,
+    allow_drift: bool = False,
+    pubkey: Path | None = None,
+    data_dir: Path | None = None,
 ) -> ReproductionPlan:
     """Everything checked before any work; ReproductionRefused listing what does not match."""
     from lmforge.flows.run_record import new_run_id
 
-    verification = verify_release(bundle, pubkey)
-    bundle_dir, release, _ = load_release(bundle)
-    config = validate_config(
-        PipelineConfig, release["run"]["config"], source=f"{bundle_dir}/release.json run.config"
-    )
+    verification, release = verify_release(bundle, pubkey)
+    bundle_dir = release_file(bundle).parent
+    recorded = dict(release["run"]["config"])
+    if data_dir is not None:
+        recorded["data_dir"] = str(Path(data_dir).expanduser().resolve())
+    config = validate_config(PipelineConfig, recorded, source=f"{bundle_dir}/release.json run.config")
     stage, families = parse_stages(stages)
     problems, checked = input_problems(release, config.resolved_data_dir(), families)
     if problems:
@@ -347,15 +361,19 @@ def compare_artifact(
         result.max_weight_abs_diff = worst_weight
         result.tensors = f"{num_differing} of {num_tensors} tensors differ"
     if entry["content_id"] == rebuilt["content_id"] and not differing:
-        result.status = IDENTICAL
+        if entry["id"] == rebuilt["id"]:
+            result.status = IDENTICAL
+        else:
+            # Same bytes from another recipe: code, library versions or config differ (--allow-drift).
+            result.first_difference = "recipe key (same content; code, libraries or config differ)"
     elif within_tolerance(entry, result, plan):
         result.status = WITHIN_TOLERANCE
     return result
 
 
 def within_tolerance(entry: dict[str, Any], result: Comparison, plan: ReproductionPlan) -> bool:
-    """Only for a stage the release declares nondeterministic, and only when rebuilt on a GPU too."""
-    declared = (plan.release.get("reproducibility") or {}).get("stages", {}).get(entry["stage"]) or {}
+    """Only for an artifact the release declares nondeterministic (made on a GPU), rebuilt on a GPU too."""
+    declared = (plan.release.get("reproducibility") or {}).get("artifacts", {}).get(entry["id"]) or {}
     tolerances = declared.get("tolerances")
     if declared.get("deterministic", True) or not tolerances or not environment().get("cuda_available"):
         return False
@@ -376,8 +394,8 @@ class ReproductionResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.comparisons) and all(
-            item.status in (IDENTICAL, WITHIN_TOLERANCE) for item in self.comparisons
+        return any(item.status in (IDENTICAL, WITHIN_TOLERANCE) for item in self.comparisons) and all(
+            item.status in PASSING for item in self.comparisons
         )
 
     def summary_lines(self) -> list[str]:
@@ -391,7 +409,7 @@ class ReproductionResult:
             f"  {item.stage}: {item.status}"
             + (f" (first difference: {item.first_difference})" if item.first_difference else "")
             for item in self.comparisons
-            if item.status != IDENTICAL
+            if item.status not in (IDENTICAL, OLDER_ANCESTOR)
         ]
         lines.append(f"report: {self.report_paths['markdown']}")
         lines.append(f"report (html): {self.report_paths['html']}")
@@ -399,14 +417,29 @@ class ReproductionResult:
 
 
 def compare_run(plan: ReproductionPlan, store: ArtifactStore, record: dict[str, Any]) -> list[Comparison]:
-    """One comparison per released artifact of the stages rebuilt, in release order."""
+    """One comparison per released artifact of the stages rebuilt, in release order.
+
+    The released run's own stages pair with the rebuild's stage of the same name. An ancestor that
+    is no stage of the released run (it reused an artifact whose parent came from an older run, as a
+    random-init fine-tune does) pairs with the rebuild's artifact of the same recipe, if any; when
+    the rebuild never made it, its row says so and does not count.
+    """
     rebuilt_ids = {name: stage["artifact_id"] for name, stage in (record.get("stages") or {}).items()}
+    released_stages = {artifact_id: name for name, artifact_id in plan.release["stages"].items()}
     comparisons = []
     for entry in plan.release["artifacts"]:
         if stage_family(entry["stage"]) not in plan.stages:
             continue
-        rebuilt_id = rebuilt_ids.get(entry["stage"])
-        rebuilt = store.get(rebuilt_id) if rebuilt_id else None
+        if entry["id"] in released_stages:
+            rebuilt_id = rebuilt_ids.get(released_stages[entry["id"]])
+            rebuilt = store.get(rebuilt_id) if rebuilt_id else None
+        else:
+            rebuilt = store.find_by_recipe(entry["recipe_key"])
+            if rebuilt is None:
+                comparisons.append(
+                    Comparison(entry["stage"], entry["id"], None, OLDER_ANCESTOR, "made by an earlier run")
+                )
+                continue
         comparisons.append(compare_artifact(entry, rebuilt, store, plan))
     return comparisons
 
@@ -438,7 +471,9 @@ HEADERS = [
 
 
 def report_markdown(plan: ReproductionPlan, comparisons: list[Comparison], seconds: float) -> str:
-    ok = comparisons and all(item.status in (IDENTICAL, WITHIN_TOLERANCE) for item in comparisons)
+    ok = any(item.status in (IDENTICAL, WITHIN_TOLERANCE) for item in comparisons) and all(
+        item.status in PASSING for item in comparisons
+    )
     lines = [
         f"# Reproduction of release {plan.release_id}",
         "",

@@ -221,7 +221,8 @@ def stage_working_dir(config: dict[str, Any], dest: Path) -> None:
     )
     (dest / JOB_CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     # The copy is not a git checkout: record the commit it was staged from for the run's lineage.
-    version = {key: value for key, value in code_version().items() if key != "lmforge_version"}
+    # (source_sha256 is not copied: the job computes it from the files it runs.)
+    version = {key: code_version()[key] for key in ("git_commit", "git_dirty")}
     (dest / "lmforge" / STAGED_CODE_VERSION).write_text(json.dumps(version) + "\n")
 
 

@@ -125,7 +125,8 @@ def test_release_bundle_loads_with_transformers_and_carries_its_lineage(tiny_run
 
     store, first, _ = tiny_runs
     bundle, public = tiny_release
-    assert any("ok" in note for note in verify_release(bundle, public))
+    notes, verified = verify_release(bundle, public, require_signature=True)
+    assert notes[0].startswith("signature: ok") and verified["release_id"]
     _, release, _ = load_release(bundle)
     model = transformers.AutoModelForCausalLM.from_pretrained(bundle / "model")
     tokenizer = transformers.AutoTokenizer.from_pretrained(bundle / "model")

@@ -125,7 +125,8 @@ def test_release_bundle_verifies_and_its_model_loads(run_store, key_pair, tmp_pa
     store, record = run_store
     result = build_release(store, "run-1", tmp_path / "bundle", sign_key=key_pair[0])
     bundle = result.path
-    notes = verify_release(bundle, key_pair[1])
+    notes, verified = verify_release(bundle, key_pair[1], require_signature=True)
+    assert verified == load_release(bundle)[1]
     assert notes[0].startswith("signature: ok") and notes[-1].endswith("ok")
     AutoModelForCausalLM.from_pretrained(bundle / "model")
     _, release, _ = load_release(bundle)
@@ -138,7 +139,12 @@ def test_release_bundle_verifies_and_its_model_loads(run_store, key_pair, tmp_pa
     ]
     assert release["raw_inputs"][0]["uri"] == "corpus.txt" and len(release["raw_inputs"][0]["sha256"]) == 64
     assert {item["path"] for item in release["files"]} >= {"model/model.safetensors", "model/README.md"}
-    assert release["reproducibility"]["stages"]["pretrain"]["deterministic"] is True
+    model_id = release["model"]["artifact_id"]
+    assert release["reproducibility"]["artifacts"][model_id] == {
+        "deterministic": True,
+        "device": "cpu",
+        "tolerances": None,
+    }
     meta = card_metadata((bundle / "model" / "README.md").read_text())
     assert meta["pipeline_tag"] == "text-generation"
     value = meta["model-index"][0]["results"][0]["metrics"][0]
@@ -146,20 +152,37 @@ def test_release_bundle_verifies_and_its_model_loads(run_store, key_pair, tmp_pa
     assert "too_short" in (bundle / "model" / "README.md").read_text()
 
 
-def test_source_archive_is_byte_identical_when_written_twice(tmp_path):
-    first = release_mod.write_source_archive(tmp_path / "a.tar.gz")
-    release_mod.write_source_archive(tmp_path / "b.tar.gz")
+def test_source_archive_holds_the_recorded_package_files_and_is_byte_identical_when_rewritten(tmp_path):
+    files = source_files()
+    first = release_mod.write_source_archive(tmp_path / "a.tar.gz", files)
+    release_mod.write_source_archive(tmp_path / "b.tar.gz", files)
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
     with tarfile.open(tmp_path / "a.tar.gz") as archive:
         names = archive.getnames()
-    assert len(names) == first["num_files"]
-    assert "pyproject.toml" in names and "training/loop.py" in names
+        loop = archive.extractfile("lmforge/training/loop.py")
+        assert loop is not None and sha256_bytes(loop.read()) == files["training/loop.py"]
+    assert len(names) == first["num_files"] and "pyproject.toml" in names
+    assert {f"lmforge/{name}" for name in files} <= set(names)
+    # The package under lmforge/ only (real files), no untracked scratch from the checkout.
+    assert not any(name.startswith(("training/", "lmforge-store", ".venv")) for name in names)
+    changed = {**files, "training/loop.py": "0" * 64}
+    with pytest.raises(ReleaseError, match="training/loop.py does not hash as the run recorded"):
+        release_mod.write_source_archive(tmp_path / "c.tar.gz", changed)
+
+
+def sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_verify_release_names_a_changed_missing_or_added_file(run_store, tmp_path):
     store, _ = run_store
     bundle = build_release(store, "run-1", tmp_path / "bundle").path
-    assert verify_release(bundle)[0].startswith("signature: none")
+    assert verify_release(bundle)[0][0].startswith("signature: none")
+    # Where a signature is required (the CLI's default), an unsigned or stripped bundle fails.
+    with pytest.raises(ReleaseError, match="not signed"):
+        verify_release(bundle, require_signature=True)
     weights = bundle / "model" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
@@ -197,7 +220,7 @@ def test_release_refuses_when_the_sources_differ_from_the_run(run_store, tmp_pat
     assert not (tmp_path / "bundle").exists()
 
 
-def test_release_refuses_unfinished_runs_and_used_folders(run_store, tmp_path):
+def test_release_refuses_unfinished_runs_partial_runs_and_used_folders(run_store, tmp_path):
     store, record = run_store
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
@@ -207,6 +230,9 @@ def test_release_refuses_unfinished_runs_and_used_folders(run_store, tmp_path):
         build_release(store, "nope", tmp_path / "bundle")
     store.write_run_record("run-1", {**record, "status": "failed"})
     with pytest.raises(ReleaseError, match="only a completed run"):
+        build_release(store, "run-1", tmp_path / "bundle")
+    store.write_run_record("run-1", {**record, "stage": "pretrain"})
+    with pytest.raises(ReleaseError, match="only --stage pretrain"):
         build_release(store, "run-1", tmp_path / "bundle")
 
 
@@ -250,14 +276,18 @@ def test_input_problems_name_changed_and_missing_files(tmp_path):
                 "size": None,
                 "kind": "hub",
                 "read_by": ["corpus-1"],
-            }
+            },
+            {"uri": "hf://o/latest", "sha256": None, "size": None, "kind": "hub", "read_by": ["corpus-1"]},
         ],
     }
     problems, checked = input_problems(release, tmp_path, ("clean",))
-    assert problems == [] and len(checked) == 3
+    assert len(checked) == 3 and problems == [
+        "raw input hf://o/latest: a hub data set not pinned to a revision (cannot be re-read as it was)"
+    ]
     (tmp_path / "a.txt").write_text("alpha!")
     (tmp_path / "b.txt").unlink()
     problems, _ = input_problems(release, tmp_path, ("clean",))
+    problems = problems[:2]
     assert problems[0].startswith("raw input a.txt: changed") and problems[1].startswith(
         "raw input b.txt: missing"
     )
@@ -315,3 +345,40 @@ def test_release_json_is_plain_json_with_a_stable_schema(run_store, tmp_path):
     }  # fmt: skip
     assert release["code"]["files"] == source_files()
     assert release["hardware"]["cpu_count"] == os.cpu_count()
+
+
+def test_compare_run_pairs_stages_by_name_and_lists_older_ancestors_without_judging_them(run_store, tmp_path):
+    from lmforge.app.release import artifact_entry
+    from lmforge.app.reproduce import (
+        IDENTICAL,
+        OLDER_ANCESTOR,
+        ReproductionPlan,
+        ReproductionResult,
+        compare_run,
+    )
+
+    store, record = run_store
+    corpus_id = record["stages"]["clean"]["artifact_id"]
+    own = artifact_entry(store.get(corpus_id), {})
+    # A reused artifact's parent made by an earlier run: same stage name, another recipe.
+    older = {**own, "id": "corpus-0000000000000000", "recipe_key": "0" * 64}
+    release = {
+        "stages": {"clean": corpus_id},
+        "model": {"artifact_id": "model-none"},
+        "artifacts": [older, own],
+        "reproducibility": {},
+    }
+    plan = ReproductionPlan(tmp_path, release, None, "clean", ("clean",), [], [], "rebuild")  # type: ignore[arg-type]
+    rebuilt = {"stages": {"clean": {"artifact_id": corpus_id}}}
+    comparisons = compare_run(plan, store, rebuilt)
+    assert [(item.released_id, item.status) for item in comparisons] == [
+        (older["id"], OLDER_ANCESTOR),
+        (corpus_id, IDENTICAL),
+    ]
+    assert ReproductionResult(plan, comparisons, 1.0, {}, "", rebuilt).ok
+    # A rebuilt artifact with other content is different, naming the first differing file.
+    changed = {**own, "files": [{**own["files"][0], "sha256": "f" * 64}], "content_id": "other"}
+    plan.release["artifacts"] = [changed]
+    (item,) = compare_run(plan, store, rebuilt)
+    assert item.status == "different" and item.first_difference == own["files"][0]["path"]
+    assert not ReproductionResult(plan, [item], 1.0, {}, "", rebuilt).ok

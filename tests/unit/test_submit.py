@@ -136,6 +136,8 @@ def test_working_dir_holds_real_package_files_and_resolved_config(tiny_env):
         )
         imported_from, version = json.loads(seen.stdout)
         assert imported_from.startswith(str(root)) and version["git_commit"] == here["git_commit"]
+        # The same package files, hashed where the job runs them.
+        assert version["source_sha256"] == here["source_sha256"]
     assert not root.exists(), "the staging folder is removed once submitted"
     assert job.submission_id == f"lmforge-{job.run_id}" and job.run_id.startswith("tiny-")
     command = job.entrypoint.split()
