@@ -194,9 +194,12 @@ def prepare(
     if drift and not allow_drift:
         shown = drift[:30] + ([f"... and {len(drift) - 30} more"] if len(drift) > 30 else [])
         raise ReproductionRefused(
-            "reproduce: this installation differs from the release's (rerun with --allow-drift to "
-            "rebuild anyway and see what changes; or extract code/source.tar.gz and install the "
-            "release's package lock):\n  " + "\n  ".join(shown)
+            "reproduce: this installation differs from the release's; nothing was run:\n  "
+            + "\n  ".join(shown)
+            + "\nTo run the release's own code: mkdir SRC && tar xzf "
+            + f"{bundle_dir / 'code' / 'source.tar.gz'} -C SRC && PYTHONPATH=SRC python -m "
+            + f"lmforge.app.cli reproduce {bundle_dir} (with the package versions release.json lists); "
+            + "or add --allow-drift to rebuild with this code and see what changes."
         )
     run_id = new_run_id(f"{config.name}-reproduction")
     return ReproductionPlan(

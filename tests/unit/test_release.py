@@ -165,6 +165,22 @@ def test_source_archive_holds_the_recorded_package_files_and_is_byte_identical_w
     assert {f"lmforge/{name}" for name in files} <= set(names)
     # The package under lmforge/ only (real files), no untracked scratch from the checkout.
     assert not any(name.startswith(("training/", "lmforge-store", ".venv")) for name in names)
+    # Extracted, the archive runs as the release's code: its package hashes as the run recorded.
+    import subprocess
+    import sys
+
+    with tarfile.open(tmp_path / "a.tar.gz") as archive:
+        archive.extractall(tmp_path / "src", filter="data")
+    probe = "import json; from lmforge.infra.lineage import source_files; print(json.dumps(source_files()))"
+    seen = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "src")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(seen.stdout) == files
     changed = {**files, "training/loop.py": "0" * 64}
     with pytest.raises(ReleaseError, match="training/loop.py does not hash as the run recorded"):
         release_mod.write_source_archive(tmp_path / "c.tar.gz", changed)
