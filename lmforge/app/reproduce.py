@@ -35,7 +35,7 @@ from lmforge.core.errors import ConfigError, LmforgeError
 from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import sha256_file
 from lmforge.infra.data_paths import is_hf_uri, is_pinned
-from lmforge.infra.lineage import environment, sha256_json, source_files
+from lmforge.infra.lineage import CPU_FLAGS, cpu_info, environment, sha256_json, source_files
 from lmforge.infra.store import ArtifactStore, open_store, utc_now
 
 log = get_logger(__name__)
@@ -168,6 +168,21 @@ def package_drift(release: dict[str, Any]) -> list[str]:
     return drift
 
 
+def hardware_drift(release: dict[str, Any]) -> list[str]:
+    """CPU features that change numerics (precision `auto` picks bf16 only with native bf16) when
+    they differ between the machine that trained the released model and this one."""
+    recorded = (release.get("hardware") or {}).get("cpu_flags")
+    if recorded is None:
+        return []
+    here = cpu_info().get("cpu_flags") or []
+    if sorted(recorded) == sorted(here):
+        return []
+    return [
+        f"hardware: the release was trained on a CPU with {', '.join(recorded) or 'none'} of "
+        f"{', '.join(CPU_FLAGS)}; this one has {', '.join(here) or 'none'} (precision and kernels may differ)"
+    ]
+
+
 def prepare(
     bundle: Path,
     stages: str | None = None,
@@ -190,7 +205,7 @@ def prepare(
         raise ReproductionRefused(
             "reproduce: the raw inputs differ from the release; nothing was run:\n  " + "\n  ".join(problems)
         )
-    drift = code_drift(release) + package_drift(release)
+    drift = code_drift(release) + package_drift(release) + hardware_drift(release)
     if drift and not allow_drift:
         shown = drift[:30] + ([f"... and {len(drift) - 30} more"] if len(drift) > 30 else [])
         raise ReproductionRefused(

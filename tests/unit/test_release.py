@@ -14,6 +14,7 @@ from lmforge.app import release as release_mod
 from lmforge.app.release import ReleaseError, build_release, card_metadata, load_release, verify_release
 from lmforge.app.reproduce import (
     first_file_difference,
+    hardware_drift,
     input_problems,
     is_telemetry_metric,
     metric_differences,
@@ -398,3 +399,14 @@ def test_compare_run_pairs_stages_by_name_and_lists_older_ancestors_without_judg
     (item,) = compare_run(plan, store, rebuilt)
     assert item.status == "different" and item.first_difference == own["files"][0]["path"]
     assert not ReproductionResult(plan, [item], 1.0, {}, "", rebuilt).ok
+
+
+def test_hardware_drift_names_cpu_features_that_change_numerics():
+    from lmforge.infra.lineage import cpu_info
+
+    here = cpu_info().get("cpu_flags") or []
+    assert hardware_drift({"hardware": {"cpu_flags": list(here)}}) == []
+    assert hardware_drift({"hardware": {}}) == []  # an older release without flags: nothing to compare
+    other = [flag for flag in ("avx2", "amx_bf16") if flag not in here] or ["amx_tile"]
+    (item,) = hardware_drift({"hardware": {"cpu_flags": other}})
+    assert item.startswith(f"hardware: the release was trained on a CPU with {', '.join(other)} of ")
