@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the raw inputs are here (default: the release's data_dir, else $LMFORGE_DATA_DIR)",
     )
+    reproduce.add_argument(
+        "--use-bundled-code",
+        action="store_true",
+        help="run the release's own lmforge (from its code/source.tar.gz) instead of the installed one",
+    )
     reproduce.add_argument("--verbose", action="store_true", help="show every log line")
     reproduce.set_defaults(handler=cmd_reproduce)
 
@@ -500,8 +505,10 @@ def cmd_verify_release(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from lmforge.app.reproduce import prepare, reproduction_store, run_reproduction
+    from lmforge.app.reproduce import prepare, reproduction_store, run_reproduction, run_with_bundled_code
 
+    if args.use_bundled_code:
+        return run_with_bundled_code(args.release, args.pubkey, reproduce_arguments(args))
     plan = prepare(
         args.release,
         stages=args.stages,
@@ -527,6 +534,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for line in result.summary_lines():
             console.print(line)
     return 0 if result.ok else 1
+
+
+def reproduce_arguments(args: argparse.Namespace) -> list[str]:
+    """The reproduce command line of `args`, less --use-bundled-code (paths made absolute)."""
+    arguments = [str(Path(args.release).resolve())]
+    for flag, value in (("--store", args.store), ("--stages", args.stages)):
+        if value:
+            arguments += [flag, str(value)]
+    for flag, path in (("--pubkey", args.pubkey), ("--data-dir", args.data_dir)):
+        if path:
+            arguments += [flag, str(Path(path).resolve())]
+    arguments += [
+        flag for flag, on in (("--allow-drift", args.allow_drift), ("--verbose", args.verbose)) if on
+    ]
+    return arguments
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

@@ -222,6 +222,48 @@ def prepare(
     )
 
 
+def extract_bundled_code(bundle: Path, pubkey: Path | None, dest: Path) -> list[str]:
+    """Verify the bundle, then extract its source archive into `dest` and check that the package in it
+    hashes as release.json's code files (so `PYTHONPATH=dest` runs the code the release was made
+    with). Returns the verification notes."""
+    import tarfile
+
+    notes, release = verify_release(bundle, pubkey)
+    archive = release_file(bundle).parent / release["code"]["archive"]
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    package = dest / "lmforge"
+    found = {
+        path.relative_to(package).as_posix(): sha256_file(path)
+        for path in package.rglob("*")
+        if path.is_file()
+    }
+    differences = describe_file_differences(release["code"]["files"], found)
+    if differences:
+        raise ReproductionRefused(
+            f"{archive}: the package in it differs from release.json's code files: {'; '.join(differences[:10])}"
+        )
+    return notes
+
+
+def run_with_bundled_code(bundle: Path, pubkey: Path | None, arguments: list[str]) -> int:
+    """`python -m lmforge.app.cli reproduce ARGUMENTS` with the release's own code first on the path;
+    its exit code."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lmforge-release-code-") as folder:
+        for note in extract_bundled_code(bundle, pubkey, Path(folder)):
+            print(f"bundled code: {note}")
+        print(f"bundled code: running reproduce with the release's lmforge from {folder}")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, env.get("PYTHONPATH")]))
+        command = [sys.executable, "-m", "lmforge.app.cli", "reproduce", *arguments]
+        return subprocess.run(command, env=env, check=False).returncode
+
+
 def reproduction_store(location: str | None, plan: ReproductionPlan) -> ArtifactStore:
     """A fresh store: the given one must hold no artifact (a rebuild that reuses proves nothing)."""
     if location is None:

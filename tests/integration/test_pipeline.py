@@ -274,6 +274,13 @@ def test_reproduce_refuses_changed_code_and_with_allow_drift_reports_what_differ
     row = next(line for line in report.splitlines() if line.startswith("| clean |"))
     assert "| different |" in row and ".parquet" in row, row
 
+    # The same changed installation, told to run the release's own code: the clean stage reproduces.
+    bundled = [*command[:-1], str(tmp_path / "store-bundled"), "--use-bundled-code"]
+    rebuilt = subprocess.run(bundled, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "REPRODUCED: 1 artifacts compared (1 identical)" in rebuilt.stdout
+    assert "code and packages: identical to the release" in rebuilt.stdout
+
 
 def test_random_init_finetune_does_not_depend_on_pretrained_weights(tiny_runs, tmp_path):
     """Pre-training longer changes the weights, not the architecture: the random-init baseline is reused."""
