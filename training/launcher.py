@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -234,14 +235,21 @@ class RayWorkerEnv:
 
     @contextmanager
     def restored_checkpoint(self) -> Iterator[Path | None]:
+        import pyarrow.fs
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             yield None
             return
-        with checkpoint.as_directory() as directory:
-            yield Path(directory)
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+            yield Path(checkpoint.path)
+            return
+        # Not Checkpoint.as_directory(): it gives every worker of a node one shared download folder,
+        # and a worker that takes the folder's lock after another finished downloads again over the
+        # files that one is reading (a truncated DeepSpeed file on resume). One folder per worker.
+        with tempfile.TemporaryDirectory(prefix=f"lmforge-restore-rank{self.rank}-") as folder:
+            yield Path(checkpoint.to_directory(folder))
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train

@@ -516,10 +516,11 @@ def uninterrupted_run(ray_runtime, wiki_inputs, tmp_path_factory):
     return root / "out"
 
 
-# In the slow tier since a clean-clone CI run on 2026-12-03 (stop 16) failed it once: the restarted
-# workers' DeepSpeed load of the checkpoint Ray Train restored raised "EOFError: Ran out of input" (a
-# truncated file) on the fsspec-backed pyarrow filesystem; it passed in the previous CI and alone.
-# Not understood yet (a partial upload racing the kill, or checkpoint pruning); see the issue 8 note.
+# In the slow tier since a clean-clone CI run on 2026-12-03 failed it once: a restarted worker's
+# DeepSpeed load of the restored checkpoint raised "EOFError: Ran out of input". Cause found in Ray's
+# Checkpoint.as_directory() (both workers of a node share one download folder, and the second one to
+# take its lock downloads again over the files the first is reading); the launcher now downloads into
+# a folder per worker. Back to the default tier once it has passed repeatedly.
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_lost_worker_restarts_from_the_last_checkpoint_on_shared_storage(
