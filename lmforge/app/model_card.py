@@ -128,7 +128,7 @@ def model_card(release: dict[str, Any], record: dict[str, Any]) -> str:
         "",
     ]
     lines += [
-        f"A `{model['auto_class']}` pre-trained from scratch by lmforge run `{run['run_id']}` "
+        f"Model class `{model['auto_class']}`, pre-trained from scratch by lmforge run `{run['run_id']}` "
         f"(objective `{model['objective']}`, {fmt(metrics.get('num_parameters'))} parameters). "
         "Everything below was measured in that run; `release.json` beside this folder records every "
         "artifact, input and setting it came from.",

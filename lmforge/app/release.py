@@ -33,12 +33,10 @@ from typing import Any
 import yaml
 
 from lmforge.core.errors import ConfigError, LmforgeError
-from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import TELEMETRY_DIR, sha256_file
-from lmforge.infra.lineage import REPO_ROOT, SOURCE_PACKAGES, cpu_info, environment, sha256_json, source_files
+from lmforge.infra.lineage import REPO_ROOT, SOURCE_PACKAGES, environment, sha256_json, source_files
 from lmforge.infra.store import ArtifactStore, utc_now
-
-log = get_logger(__name__)
+from lmforge.training.artifact import SPEED_FILE
 
 RELEASE_SCHEMA = "lmforge-release/1"
 REQUIRED_KEYS = (
@@ -59,7 +57,6 @@ PIPELINE_TAGS = {"clm": "text-generation", "mlm": "fill-mask"}
 GPU_TOLERANCES = {"weights_max_abs_diff": 1e-2, "metrics_rel_diff": 2e-2}
 # Artifacts whose computation may run on a GPU; the pre-training telemetry names its device.
 GPU_KINDS = ("model", "finetune", "evaluation")
-SPEED_LOG = "telemetry/speed.jsonl"
 
 
 class ReleaseError(LmforgeError):
@@ -200,7 +197,7 @@ def hardware(model_manifest: dict[str, Any]) -> dict[str, Any]:
     info = {key: recorded[key] for key in keys if key in recorded}
     missing = [key for key in keys if key not in info]
     if missing:
-        here = {**environment(), **cpu_info()}
+        here = environment()  # includes cpu_info()
         info.update({key: here.get(key) for key in missing})
         info["read_at_release"] = missing
     return info
@@ -211,7 +208,7 @@ def training_device(store: ArtifactStore, manifest: dict[str, Any]) -> str:
     other artifacts, "cuda" when the process that made them saw one, else "cpu"."""
     if manifest["kind"] == "model":
         try:
-            speed = store.local_files(manifest["id"], SPEED_LOG) / SPEED_LOG
+            speed = store.local_files(manifest["id"], SPEED_FILE) / SPEED_FILE
             for line in speed.read_text().splitlines():
                 event = json.loads(line)
                 if event.get("event") == "start" and event.get("device_name"):

@@ -32,13 +32,10 @@ from lmforge.app.release import (
 )
 from lmforge.core.configbase import validate_config
 from lmforge.core.errors import ConfigError, LmforgeError
-from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import sha256_file
 from lmforge.infra.data_paths import is_hf_uri, is_pinned
 from lmforge.infra.lineage import CPU_FLAGS, cpu_info, environment, sha256_json, source_files
 from lmforge.infra.store import ArtifactStore, open_store, utc_now
-
-log = get_logger(__name__)
 
 STAGE_ORDER = ("clean", "tokenizer", "shard", "pretrain", "finetune", "eval")
 IDENTICAL, WITHIN_TOLERANCE, DIFFERENT, MISSING = "identical", "within tolerance", "different", "not rebuilt"
