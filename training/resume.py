@@ -1,7 +1,13 @@
-"""Per-rank loop state for exact resume: step, loader position, and the torch/numpy/Python RNG states.
+"""Per-rank loop state for exact resume: step, loader position, and the torch RNG state.
 
 Saved as JSON (not a pickle) so the file's bytes depend only on the values: two identical runs write
 identical files.
+
+Only the generators that the loop draws from are recorded: torch's default generator (dropout) and,
+on CUDA, the device's. Masking and shuffling use their own seeded generators. The global numpy and
+Python generators are seeded at start for third-party code but are not part of the state: other
+threads of the same process draw from them at times that depend on timing (Prefect's websocket
+keep-alive pings call `random.getrandbits`), so their state would make identical runs differ.
 """
 
 from __future__ import annotations
@@ -44,26 +50,16 @@ def _decode(text: str) -> torch.Tensor:
 
 
 def capture_rng(device: torch.device) -> dict[str, Any]:
-    """The global generators' states as JSON-able values (CUDA only for `device`, if CUDA)."""
-    name, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    version, internal, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "torch": _encode(torch.get_rng_state()),
-        "numpy": [name, np.asarray(keys).tolist(), int(position), int(has_gauss), float(cached_gaussian)],
-        "python": [version, list(internal), gauss_next],
-    }
+    """torch's generator states as JSON-able values (CUDA only for `device`, if CUDA)."""
+    state: dict[str, Any] = {"torch": _encode(torch.get_rng_state())}
     if device.type == "cuda":
         state["cuda"] = _encode(torch.cuda.get_rng_state(device))
     return state
 
 
 def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    """Inverse of `capture_rng`."""
+    """Inverse of `capture_rng` (numpy/Python states that older checkpoints hold are not restored)."""
     torch.set_rng_state(_decode(state["torch"]))
-    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
     if device.type == "cuda":
         torch.cuda.set_rng_state(_decode(state["cuda"]), device)
 

@@ -516,12 +516,6 @@ def uninterrupted_run(ray_runtime, wiki_inputs, tmp_path_factory):
     return root / "out"
 
 
-# In the slow tier since a clean-clone CI run on 2026-12-03 failed it once: a restarted worker's
-# DeepSpeed load of the restored checkpoint raised "EOFError: Ran out of input". Cause found in Ray's
-# Checkpoint.as_directory() (both workers of a node share one download folder, and the second one to
-# take its lock downloads again over the files the first is reading); the launcher now downloads into
-# a folder per worker. Back to the default tier once it has passed repeatedly.
-@pytest.mark.slow
 @pytest.mark.integration
 def test_a_lost_worker_restarts_from_the_last_checkpoint_on_shared_storage(
     ray_runtime, wiki_inputs, uninterrupted_run, tmp_path

@@ -1,8 +1,10 @@
-"""Loop state files: RNG states round-trip through JSON exactly; errors name the file."""
+"""Loop state files: the torch RNG state round-trips through JSON exactly, other threads' draws from
+the global Python generator do not change the file; errors name the file."""
 
 from __future__ import annotations
 
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -23,9 +25,9 @@ pytestmark = pytest.mark.unit
 CPU = torch.device("cpu")
 
 
-def draws() -> tuple[torch.Tensor, np.ndarray, float, float]:
-    # np.random.randn leaves a cached Gaussian in numpy's state: the round trip must keep it too.
-    return torch.rand(5), np.random.randn(3), random.random(), random.gauss(0, 1)
+def draws() -> tuple[torch.Tensor, torch.Tensor]:
+    # randn leaves no cached Gaussian in torch's CPU state for 16+ values; a single one does.
+    return torch.rand(5), torch.randn(1)
 
 
 def test_rng_states_round_trip_through_the_state_file(tmp_path):
@@ -38,8 +40,7 @@ def test_rng_states_round_trip_through_the_state_file(tmp_path):
     assert (state.step, state.next_micro_batch) == (7, 14)
     restore_rng(state.rng, CPU)
     again = draws()
-    assert torch.equal(again[0], expected[0]) and np.array_equal(again[1], expected[1])
-    assert again[2:] == expected[2:]
+    assert all(torch.equal(a, b) for a, b in zip(again, expected, strict=True))
 
 
 def test_state_files_are_deterministic_bytes(tmp_path):
@@ -48,6 +49,22 @@ def test_state_files_are_deterministic_bytes(tmp_path):
         draws()
         write_loop_state(tmp_path / name, 0, LoopState(2, 2, capture_rng(CPU)))
     assert state_path(tmp_path / "a", 0).read_bytes() == state_path(tmp_path / "b", 0).read_bytes()
+
+
+def test_other_threads_drawing_from_global_generators_do_not_change_the_state(tmp_path):
+    def keep_alive_ping() -> None:  # what Prefect's websocket client does in its event-loop thread
+        random.getrandbits(32)
+        np.random.rand()
+
+    for name, background in (("quiet", None), ("pinged", keep_alive_ping)):
+        seed_everything(4)
+        draws()
+        if background is not None:
+            thread = threading.Thread(target=background)
+            thread.start()
+            thread.join()
+        write_loop_state(tmp_path / name, 0, LoopState(2, 2, capture_rng(CPU)))
+    assert state_path(tmp_path / "quiet", 0).read_bytes() == state_path(tmp_path / "pinged", 0).read_bytes()
 
 
 def test_missing_or_broken_state_names_the_file(tmp_path):
