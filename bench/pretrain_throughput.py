@@ -29,6 +29,7 @@ from lmforge.training.data import TrainStream, load_split
 from lmforge.training.deepspeed_setup import parameter_groups
 from lmforge.training.flops import measure_matmul_peak, model_flops_per_token
 from lmforge.training.inputs import LoopInputs, resolve_inputs
+from lmforge.training.objectives import BatchContext
 from lmforge.training.schedule import lr_lambda
 
 
@@ -85,12 +86,18 @@ def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str
     for step in range(config.max_steps):
         begin = time.perf_counter()
         _, indices = stream.batch(step)
-        batch = objective.prepare_batch(
-            train[torch.from_numpy(indices)], inputs.special_ids, inputs.vocab_size, config.masking, generator
+        context = BatchContext(
+            special_ids=inputs.special_ids,
+            vocab_size=inputs.vocab_size,
+            config=config,
+            generator=generator,
+            seed=inputs.seed,
+            sequence_indices=indices,
+            sentinel_ids=inputs.sentinel_ids,
         )
+        batch = objective.prepare_batch(train[torch.from_numpy(indices)], context)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inputs.precision == "bf16"):
-            loss_sum, count = objective.loss_sum(model, batch)
-        loss = loss_sum / count.clamp(min=1)
+            loss = objective.training_loss(objective.forward(model, batch))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clipping)
         optimizer.step()
@@ -102,7 +109,7 @@ def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str
     tokens_per_second = tokens_per_step * (config.max_steps - 1) / sum(step_seconds[1:])
     return {
         "tokens_per_second": tokens_per_second,
-        "mfu": model_flops_per_token(model, inputs.seq_len) * tokens_per_second / peak,
+        "mfu": model_flops_per_token(model, inputs.seq_len, inputs.target_length) * tokens_per_second / peak,
         "peak_flops_per_second": peak,
         "startup_seconds": startup_seconds,
         "loss_step1": losses[0],

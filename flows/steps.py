@@ -88,11 +88,13 @@ def tokenizer_step(ctx: RunContext, cleaned: StageOutcome) -> StageOutcome:
 
 def shard_step(ctx: RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
     cfg = ctx.config.shard
-    packing = training.get_objective(ctx.config.pretrain.objective).packing
+    objective = training.get_objective(ctx.config.pretrain.objective)
+    packing = objective.packing
+    packing_options = objective.packing_options(ctx.config.pretrain, cfg.seq_len)
     return ctx.runner.run(
         "shard",
         "shards",
-        config={"shard": cfg, "packing": packing},
+        config={"shard": cfg, "packing": packing, "packing_options": packing_options},
         parents=[cleaned.artifact_id, tokenizer.artifact_id],
         code=own_code("shard_step", "lmforge.tokenization.shard"),
         seed=ctx.config.seed,
@@ -105,18 +107,21 @@ def shard_step(ctx: RunContext, cleaned: StageOutcome, tokenizer: StageOutcome) 
             ctx.config.seed,
             # Ray's tokenize tasks read the corpus from the store, not from this process's copy.
             corpus_location=ctx.store.data_location(cleaned.artifact_id),
+            packing_options=packing_options,
         ),
     )
 
 
 def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome) -> StageOutcome:
     cfg = ctx.config.pretrain
-    # Masking settings only matter to objectives that mask; recording the defaults for the others
-    # keeps an MLM-only edit from retraining a causal model.
-    shaping = (
-        cfg
-        if training.get_objective(cfg.objective).uses_masking
-        else cfg.model_copy(update={"masking": training.MaskingConfig()})
+    # Masking (span) settings only matter to objectives that mask (corrupt spans); recording the
+    # defaults for the others keeps an MLM-only edit from retraining a causal model.
+    objective = training.get_objective(cfg.objective)
+    shaping = cfg.model_copy(
+        update={
+            **({} if objective.uses_masking else {"masking": training.MaskingConfig()}),
+            **({} if objective.uses_span else {"span": training.SpanCorruptionConfig()}),
+        }
     )
     # "auto" names a choice, not a precision: the recipe holds what the workers' hardware resolves
     # it to, so a store shared by machines of both CPU kinds never hands a bf16 model to an fp32 one.

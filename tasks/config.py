@@ -182,7 +182,10 @@ class MlmAccuracyConfig(TaskConfig):
 
 FINETUNE_TASKS.add(
     TaskSpec(
-        "sst2", Sst2FinetuneConfig, frozenset({"clm", "mlm"}), "lmforge.tasks.finetune:run_sst2_finetune"
+        "sst2",
+        Sst2FinetuneConfig,
+        frozenset({"clm", "mlm", "mlm_nsp", "mlm_sop"}),
+        "lmforge.tasks.finetune:run_sst2_finetune",
     )
 )
 EVAL_TASKS.add(TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm"}), "lmforge.tasks.icl:run_sst2_icl"))
@@ -196,7 +199,10 @@ EVAL_TASKS.add(
 )
 EVAL_TASKS.add(
     TaskSpec(
-        "mlm_accuracy", MlmAccuracyConfig, frozenset({"mlm"}), "lmforge.tasks.mlm_accuracy:run_mlm_accuracy"
+        "mlm_accuracy",
+        MlmAccuracyConfig,
+        frozenset({"mlm", "mlm_nsp", "mlm_sop"}),
+        "lmforge.tasks.mlm_accuracy:run_mlm_accuracy",
     )
 )
 

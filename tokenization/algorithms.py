@@ -32,6 +32,10 @@ class TokenizerAlgorithm:
     special_tokens: ClassVar[dict[str, str]]
     default_lowercase: ClassVar[bool] = False
     min_vocab_size: ClassVar[int] = 32
+    # How many T5 sentinel tokens `<extra_id_0>`... the algorithm adds when `tokenizer.sentinels` is
+    # unset, and whether it supports them at all.
+    default_sentinels: ClassVar[int] = 0
+    supports_sentinels: ClassVar[bool] = False
 
     @classmethod
     def special_token_list(cls) -> list[str]:
@@ -171,9 +175,19 @@ class BertWordPiece(TokenizerAlgorithm):
         return tokenizer
 
 
+def sentinel_tokens(count: int) -> list[str]:
+    """T5's span-corruption sentinels, `<extra_id_0>` ... `<extra_id_{count-1}>`."""
+    return [f"<extra_id_{index}>" for index in range(count)]
+
+
 @TOKENIZER_ALGORITHMS.register("unigram")
 class MetaspaceUnigram(TokenizerAlgorithm):
-    """SentencePiece style Unigram over Metaspace pieces; <s>/</s> double as cls/sep like RoBERTa."""
+    """SentencePiece style Unigram over Metaspace pieces; <s>/</s> double as cls/sep like RoBERTa.
+
+    With sentinels (T5's `<extra_id_N>`, 100 by default) it is T5's tokenizer: the sentinels are
+    special tokens after the named ones, and the post-processor appends </s> to every text, as T5's
+    tokenizer does (the shard stage encodes without post-processing and adds EOS itself).
+    """
 
     name = "unigram"
     special_tokens = {
@@ -185,6 +199,8 @@ class MetaspaceUnigram(TokenizerAlgorithm):
         "cls": "<s>",
         "sep": "</s>",
     }
+    default_sentinels = 100
+    supports_sentinels = True
 
     def new_tokenizer(self, lowercase: bool) -> Tokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -200,18 +216,24 @@ class MetaspaceUnigram(TokenizerAlgorithm):
 
         return trainers.UnigramTrainer(
             vocab_size=config.vocab_size,
-            special_tokens=self.special_token_list(),
+            special_tokens=self.special_token_list() + sentinel_tokens(config.resolved_sentinels()),
             unk_token="<unk>",
             show_progress=False,
         )
 
     def finalize(self, trained: Tokenizer, config: TokenizerConfig) -> Tokenizer:
-        from tokenizers import models
+        from tokenizers import models, processors
 
         # The Python binding does not expose Unigram pieces; its JSON form does.
-        specials = self.special_token_list()
+        sentinels = sentinel_tokens(config.resolved_sentinels())
+        specials = self.special_token_list() + sentinels
         vocab = canonical_unigram_pieces(json.loads(trained.to_str())["model"]["vocab"], specials)
         tokenizer = self.new_tokenizer(config.resolved_lowercase())
         tokenizer.model = models.Unigram(vocab, unk_id=specials.index("<unk>"), byte_fallback=False)
         tokenizer.add_special_tokens(specials)
+        if sentinels:
+            eos = self.special_tokens["eos"]
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"$A {eos}", pair=f"$A {eos} $B:1 {eos}:1", special_tokens=[(eos, specials.index(eos))]
+            )
         return tokenizer

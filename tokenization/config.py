@@ -18,6 +18,9 @@ class TokenizerConfig(StrictModel):
     # None: the algorithm's own default (wordpiece lowercases like BERT uncased, the others keep case).
     lowercase: bool | None = None
     max_training_documents: int | None = Field(default=None, ge=1)
+    # T5 sentinel tokens <extra_id_0>...<extra_id_{N-1}> for span corruption; None: the algorithm's
+    # default (unigram 100, the others none; only unigram supports them).
+    sentinels: int | None = Field(default=None, ge=0)
 
     @field_validator("algorithm")
     @classmethod
@@ -34,7 +37,24 @@ class TokenizerConfig(StrictModel):
             raise ValueError(
                 f"vocab_size {self.vocab_size} is below the minimum {minimum} for algorithm {self.algorithm!r}"
             )
+        algorithm = TOKENIZER_ALGORITHMS.get(self.algorithm)
+        if self.sentinels and not algorithm.supports_sentinels:
+            supported = [name for name, cls in TOKENIZER_ALGORITHMS.items() if cls.supports_sentinels]
+            raise ValueError(
+                f"sentinels: the {self.algorithm!r} tokenizer has no sentinel tokens "
+                f"(algorithms with them: {', '.join(supported)}); remove sentinels or change the algorithm"
+            )
+        if self.resolved_sentinels() + len(algorithm.special_token_list()) >= self.vocab_size:
+            raise ValueError(
+                f"sentinels: {self.resolved_sentinels()} sentinels and the special tokens leave no room "
+                f"in vocab_size {self.vocab_size}"
+            )
         return self
+
+    def resolved_sentinels(self) -> int:
+        if self.sentinels is None:
+            return TOKENIZER_ALGORITHMS.get(self.algorithm).default_sentinels
+        return self.sentinels
 
     def resolved_lowercase(self) -> bool:
         if self.lowercase is None:

@@ -7,7 +7,7 @@ streams in constant memory. The final partial window is dropped (no padding) and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -22,11 +22,15 @@ class Packer:
     # Special-token roles (keys of the tokenizer meta's special_ids) this packing needs.
     required_specials: ClassVar[tuple[str, ...]]
 
-    def __init__(self, seq_len: int, special_ids: Mapping[str, int]) -> None:
+    def __init__(self, seq_len: int, special_ids: Mapping[str, int], **options: Any) -> None:
         missing = missing_specials(type(self), special_ids)
         if missing:
             raise ValueError(f"{type(self).__name__} needs special tokens {missing}")
+        if options:
+            raise ValueError(f"{type(self).__name__} takes no packing options, got {sorted(options)}")
         self.seq_len = seq_len
+        # The length the model sees per sequence (the span packing stores longer raw sequences).
+        self.input_length = seq_len
         self.chunk_len = seq_len - self.num_wrapper_tokens()
         self._buffer = np.empty(0, dtype=TOKEN_DTYPE)
         self.num_documents = 0
@@ -97,8 +101,8 @@ class CausalPacker(Packer):
 
     required_specials = ("eos",)
 
-    def __init__(self, seq_len: int, special_ids: Mapping[str, int]) -> None:
-        super().__init__(seq_len, special_ids)
+    def __init__(self, seq_len: int, special_ids: Mapping[str, int], **options: Any) -> None:
+        super().__init__(seq_len, special_ids, **options)
         self._eos = np.array([special_ids["eos"]], dtype=TOKEN_DTYPE)
 
     def separated(self, token_ids: np.ndarray) -> list[np.ndarray]:
@@ -111,8 +115,8 @@ class MaskedPacker(Packer):
 
     required_specials = ("cls", "sep")
 
-    def __init__(self, seq_len: int, special_ids: Mapping[str, int]) -> None:
-        super().__init__(seq_len, special_ids)
+    def __init__(self, seq_len: int, special_ids: Mapping[str, int], **options: Any) -> None:
+        super().__init__(seq_len, special_ids, **options)
         self._cls = special_ids["cls"]
         self._sep = special_ids["sep"]
 
@@ -132,3 +136,62 @@ class MaskedPacker(Packer):
         sequences[:, 1:-1] = chunks
         sequences[:, -1] = self._sep
         return sequences
+
+
+@PACKINGS.register("span")
+class SpanPacker(CausalPacker):
+    """T5 style: the EOS-joined stream cut into raw windows of `raw_length` tokens, the length that
+    span corruption turns into exactly `seq_len` encoder tokens (and `target_length` targets).
+
+    The corruption itself happens at training time (fresh noise every epoch); the objective
+    computes `raw_length` and `target_length` from `seq_len` and its noise settings.
+    """
+
+    required_specials = ("eos",)
+
+    def __init__(
+        self, seq_len: int, special_ids: Mapping[str, int], *, raw_length: int, target_length: int
+    ) -> None:
+        super().__init__(raw_length, special_ids)
+        self.input_length = seq_len
+        self.target_length = target_length
+
+
+@PACKINGS.register("pair")
+class PairPacker(Packer):
+    """BERT NSP / ALBERT SOP: each document cut into chunks of `seq_len - 3` tokens that never cross a
+    document boundary; a document's last chunk is right-padded with [PAD] (it must hold at least two
+    tokens, one per segment). The objective splits each chunk into segments A and B and builds
+    `[CLS] A [SEP] B [SEP]` (seq_len tokens) at training time, so pairs are fresh each epoch.
+    """
+
+    required_specials = ("cls", "sep", "pad")
+    min_chunk_tokens = 2
+
+    def __init__(self, seq_len: int, special_ids: Mapping[str, int], **options: Any) -> None:
+        super().__init__(seq_len - 3, special_ids, **options)
+        self.input_length = seq_len
+        self._pad = special_ids["pad"]
+        self.num_padding_tokens = 0
+
+    def add_document(self, token_ids: np.ndarray | list[int]) -> np.ndarray:
+        token_ids = np.asarray(token_ids, dtype=TOKEN_DTYPE)
+        self.num_documents += 1
+        self.num_document_tokens += len(token_ids)
+        num_full, rest = divmod(len(token_ids), self.chunk_len)
+        if rest < self.min_chunk_tokens:
+            self.num_dropped_tail_tokens += rest
+            rest = 0
+        padded = np.full((num_full + (rest > 0)) * self.chunk_len, self._pad, dtype=TOKEN_DTYPE)
+        padded[: num_full * self.chunk_len + rest] = token_ids[: num_full * self.chunk_len + rest]
+        if rest:
+            self.num_padding_tokens += self.chunk_len - rest
+        sequences = padded.reshape(-1, self.chunk_len)
+        self.num_sequences += len(sequences)
+        return sequences
+
+    def finish(self) -> int:
+        return self.num_dropped_tail_tokens
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), "num_padding_tokens": self.num_padding_tokens}

@@ -34,8 +34,13 @@ def build_shards(
     output_dir: Path,
     seed: int,
     corpus_location: str | None = None,
+    packing_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write train-/validation-NNNNN.parquet and dataset_manifest.json into `output_dir`.
+
+    `config.seq_len` is the length the model sees; `packing_options` (from the objective) go to the
+    packer, e.g. the raw window length span corruption needs. The manifest's `seq_len` is the length
+    of the stored rows, `input_length` the model's.
 
     `corpus_location`: where Ray's tokenize tasks read the corpus files from (a path or fsspec URL
     holding the same file names as `corpus_dir`, e.g. the artifact store's copy); default `corpus_dir`.
@@ -57,12 +62,15 @@ def build_shards(
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_shards(output_dir)
 
+    options = dict(packing_options or {})
+    try:
+        packers = {split: packer_class(config.seq_len, special_ids, **options) for split in SPLITS}
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"packing {packing!r} with options {options}: {err}") from None
     writers = {
-        split: SplitWriter(
-            split, packer_class(config.seq_len, special_ids), output_dir, config.sequences_per_shard
-        )
-        for split in SPLITS
+        split: SplitWriter(split, packers[split], output_dir, config.sequences_per_shard) for split in SPLITS
     }
+    stored_len = packers[TRAIN].seq_len
     from lmforge.tokenization.ray_tokenize import iter_tokenized_documents
 
     base = (corpus_location or str(Path(corpus_dir).resolve())).rstrip("/")
@@ -75,7 +83,9 @@ def build_shards(
     manifest = {
         "format_version": MANIFEST_VERSION,
         "packing": packing,
-        "seq_len": config.seq_len,
+        "packing_options": options,
+        "seq_len": stored_len,
+        "input_length": config.seq_len,
         "seed": seed,
         # Only the fields that shape the shards: this file is part of the artifact's content id.
         "config": identity_view(config),
@@ -95,13 +105,13 @@ def build_shards(
         packing,
         totals[TRAIN]["num_sequences"],
         totals[VALIDATION]["num_sequences"],
-        config.seq_len,
+        stored_len,
         seconds,
     )
     return {
         **totals,
         "packing": packing,
-        "seq_len": config.seq_len,
+        "seq_len": stored_len,
         "num_shards": len(manifest["shards"]),
         "seconds": seconds,
     }

@@ -10,7 +10,7 @@ from typing import Any
 from lmforge.core.errors import ArtifactError, DataError
 from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import read_json, sha256_file
-from lmforge.tokenization.algorithms import TOKENIZER_ALGORITHMS, TokenizerAlgorithm
+from lmforge.tokenization.algorithms import TOKENIZER_ALGORITHMS, TokenizerAlgorithm, sentinel_tokens
 from lmforge.tokenization.config import TokenizerConfig
 from lmforge.tokenization.corpus_files import iter_text_batches, list_corpus_files
 
@@ -42,7 +42,7 @@ def train_tokenizer(config: TokenizerConfig, corpus_dir: Path, output_dir: Path)
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _save_pretrained(tokenizer, algorithm, output_dir)
+    _save_pretrained(tokenizer, algorithm, output_dir, sentinel_tokens(config.resolved_sentinels()))
     meta = _build_meta(config, algorithm, lowercase, output_dir, counter.num_documents)
     (output_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -86,11 +86,15 @@ class _DocumentCounter:
             yield batch
 
 
-def _save_pretrained(tokenizer: Any, algorithm: TokenizerAlgorithm, output_dir: Path) -> None:
+def _save_pretrained(
+    tokenizer: Any, algorithm: TokenizerAlgorithm, output_dir: Path, sentinels: list[str]
+) -> None:
     from transformers import PreTrainedTokenizerFast
 
     # transformers 5 does not read roles from tokenizer.json: without these, pad_token is None.
-    role_kwargs = {f"{role}_token": token for role, token in algorithm.special_tokens.items()}
+    role_kwargs: dict[str, Any] = {f"{role}_token": token for role, token in algorithm.special_tokens.items()}
+    if sentinels:  # what T5's tokenizers call extra ids; decode(skip_special_tokens=True) drops them
+        role_kwargs["extra_special_tokens"] = sentinels
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, model_max_length=NO_MODEL_MAX_LENGTH, **role_kwargs
     )
@@ -115,12 +119,16 @@ def _build_meta(
                 f"special token {token!r} ({role}) is missing from {output_dir / TOKENIZER_FILE}"
             )
         special_ids[role] = token_id
+    sentinel_ids = [saved.token_to_id(token) for token in sentinel_tokens(config.resolved_sentinels())]
+    if None in sentinel_ids:
+        raise ArtifactError(f"a sentinel token is missing from {output_dir / TOKENIZER_FILE}")
     return {
         "algorithm": config.algorithm,
         "vocab_size": saved.get_vocab_size(with_added_tokens=True),
         "lowercase": lowercase,
         "special_tokens": dict(algorithm.special_tokens),
         "special_ids": special_ids,
+        "sentinel_ids": sentinel_ids,
         "num_training_documents": num_documents,
         "tokenizer_sha256": sha256_file(output_dir / TOKENIZER_FILE),
         "config": config.model_dump(mode="json"),

@@ -1,6 +1,6 @@
-"""Pre-training: model builders, objectives (clm, mlm), DeepSpeed setup, loop, Ray Train launcher, MFU."""
+"""Pre-training: model builders, objectives (clm, mlm and its variants, span), DeepSpeed setup, loop, Ray Train launcher, MFU."""
 
-from lmforge.training.config import MaskingConfig, ModelConfig, PretrainConfig
+from lmforge.training.config import MaskingConfig, ModelConfig, PretrainConfig, SpanCorruptionConfig
 from lmforge.training.inputs import StoreInputs
 from lmforge.training.launcher import pretrain, worker_precision
 from lmforge.training.masking import mask_tokens
@@ -13,6 +13,7 @@ __all__ = [
     "MaskingConfig",
     "ModelConfig",
     "PretrainConfig",
+    "SpanCorruptionConfig",
     "TrainingError",
     "build_model",
     "get_objective",

@@ -68,6 +68,10 @@ class MaskingConfig(StrictModel):
     mask_probability: float = Field(default=0.15, gt=0.0, lt=1.0)
     replace_with_mask: float = Field(default=0.8, ge=0.0, le=1.0)
     replace_with_random: float = Field(default=0.1, ge=0.0, le=1.0)
+    # Select whole words (every sub-token of a selected word), as BERT's whole-word-masking models.
+    whole_word: bool = False
+    # True: fresh masks every epoch (RoBERTa); false: one fixed mask per sequence (original BERT).
+    dynamic: bool = True
 
     @model_validator(mode="after")
     def _check_split(self) -> MaskingConfig:
@@ -77,6 +81,14 @@ class MaskingConfig(StrictModel):
                 f"({self.replace_with_random}) must not exceed 1 (the rest stays unchanged)"
             )
         return self
+
+
+class SpanCorruptionConfig(StrictModel):
+    """T5 span corruption: `noise_density` of each sequence's tokens in spans of mean length
+    `mean_noise_span_length`, each span replaced by one sentinel (defaults as in T5)."""
+
+    noise_density: float = Field(default=0.15, gt=0.0, lt=1.0)
+    mean_noise_span_length: float = Field(default=3.0, ge=1.0)
 
 
 def _objective_names() -> list[str]:
@@ -89,6 +101,7 @@ class PretrainConfig(StrictModel):
     objective: str = choice("clm", _objective_names)
     model: ModelConfig = ModelConfig()
     masking: MaskingConfig = MaskingConfig()
+    span: SpanCorruptionConfig = SpanCorruptionConfig()
     num_workers: int = Field(default=2, ge=1)
     # "auto": use CUDA when the Ray cluster reports GPUs.
     use_gpu: Literal["auto"] | bool = "auto"

@@ -1,10 +1,12 @@
-"""Model FLOPs per token (PaLM-style 6N + attention), a measured matmul peak and nominal GPU peaks for MFU."""
+"""Model FLOPs (PaLM-style 6N + attention) for training and generation, a measured matmul peak and nominal
+GPU peaks for MFU."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,11 +39,135 @@ def flops_per_token(num_matmul_parameters: int, num_layers: int, hidden_size: in
     return 6 * num_matmul_parameters + 12 * num_layers * hidden_size * seq_len
 
 
-def model_flops_per_token(model: nn.Module, seq_len: int) -> int:
+# Conventions shared by every count below (PaLM appendix B, Chinchilla): a matmul of an [m, k] by a
+# [k, n] matrix is 2·m·k·n FLOPs; a backward pass is twice its forward (gradients of inputs and of
+# weights), hence 6 per parameter per token in training and 2 in inference. Every non-embedding
+# parameter is counted as if it were a matmul weight, biases and norm scales included: 1-2% over
+# an exact matmul count at the debug size, less as models grow. Attention scores (QK^T) and values
+# (AV) are counted in full, causal masking not subtracted. Not counted: embedding lookups, relative
+# position bias, the arithmetic of layer norms, softmax, activations, dropout, residual adds, T5's
+# d_model**-0.5 rescaling before its tied head, the loss.
+
+
+def model_flops_per_token(model: nn.Module, seq_len: int, target_len: int | None = None) -> int:
+    """Training FLOPs (forward + backward) per input token.
+
+    Decoder-only and encoder-only models: 6N + 12·L·d·S. Encoder-decoder models (T5): the FLOPs of
+    one example with `seq_len` encoder and `target_len` decoder tokens, divided by `seq_len` (rounded
+    down): T5 counts pre-training tokens on the encoder side.
+    """
+    return training_flops_per_example(model, seq_len, target_len) // seq_len
+
+
+def training_flops_per_example(model: nn.Module, seq_len: int, target_len: int | None = None) -> int:
+    """Training FLOPs (forward + backward) of one example of `seq_len` tokens.
+
+    Encoder-decoder models need `target_len`, the decoder length. Per encoder token: the encoder's
+    matmul parameters and the decoder's cross-attention key/value projections (they read the encoder
+    output); per decoder token: every other decoder parameter and the output head. Attention:
+    12·inner·(L_enc·S_enc² + L_dec·S_dec² + L_dec·S_dec·S_enc) with inner = heads·d_kv.
+    """
     config: Any = model.config
+    if not config.is_encoder_decoder:
+        if target_len is not None:
+            raise ValueError(
+                f"target_len is for encoder-decoder models; {type(model).__name__} has one stack"
+            )
+        num_layers, inner = _layers_and_inner(config)
+        return seq_len * flops_per_token(matmul_parameters(model), num_layers, inner, seq_len)
+    if target_len is None:
+        raise ValueError(f"{type(model).__name__} is an encoder-decoder model: pass target_len")
+    counts = _encoder_decoder_counts(model)
+    matmuls = 6 * (counts.per_encoder_token * seq_len + counts.per_decoder_token * target_len)
+    encoder_attention = counts.num_encoder_layers * seq_len**2
+    decoder_attention = counts.num_decoder_layers * (target_len**2 + target_len * seq_len)
+    return matmuls + 12 * counts.inner * (encoder_attention + decoder_attention)
+
+
+def inference_flops_per_token(model: nn.Module, context_len: int, encoder_len: int | None = None) -> int:
+    """Forward FLOPs to generate one token, `context_len` positions (the new one included) in view.
+
+    Decoder-only, with a KV cache of context_len - 1 positions: 2N + 4·L·inner·context_len.
+    Encoder-only (masked LM, no cache): each new token re-encodes the context, a forward over
+    context_len tokens: 2N·context_len + 4·L·inner·context_len² (the head runs on every position,
+    as Hugging Face models do). Encoder-decoder, with a self-attention cache and cached
+    cross-attention keys/values: decoder and head parameters 2N_dec, self-attention over
+    context_len decoder positions, cross-attention over `encoder_len` (default context_len)
+    encoder outputs. The encoder runs once per sequence and is not included: see
+    `encoder_inference_flops`.
+    """
+    hf_model: Any = model
+    if hf_model.config.is_encoder_decoder:
+        counts = _encoder_decoder_counts(model)
+        encoder_len = context_len if encoder_len is None else encoder_len
+        attention = 4 * counts.num_decoder_layers * counts.inner * (context_len + encoder_len)
+        return 2 * counts.per_decoder_token + attention
+    if encoder_len is not None:
+        raise ValueError(f"encoder_len is for encoder-decoder models; {type(model).__name__} has one stack")
+    num_layers, inner = _layers_and_inner(hf_model.config)
+    forward = 2 * matmul_parameters(model) + 4 * num_layers * inner * context_len
+    # Hugging Face marks left-to-right decoders (GPT-2, BertLMHeadModel) as able to generate.
+    return forward if hf_model.can_generate() else forward * context_len
+
+
+def encoder_inference_flops(model: nn.Module, encoder_len: int) -> int:
+    """Forward FLOPs an encoder-decoder model spends once per generated sequence: the encoder over
+    `encoder_len` tokens and the decoder's cross-attention keys/values of its output."""
+    counts = _encoder_decoder_counts(model)
+    attention = 4 * counts.num_encoder_layers * counts.inner * encoder_len**2
+    return 2 * counts.per_encoder_token * encoder_len + attention
+
+
+def _layers_and_inner(config: Any) -> tuple[int, int]:
     num_layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     hidden_size = getattr(config, "hidden_size", None) or config.n_embd
-    return flops_per_token(matmul_parameters(model), num_layers, hidden_size, seq_len)
+    return num_layers, hidden_size
+
+
+@dataclass(frozen=True)
+class _EncoderDecoderCounts:
+    # Matmul parameters applied once per encoder token: the encoder and the decoder's cross-attention
+    # key/value projections (they read the encoder output). Per decoder token: the rest of the
+    # decoder and the output head.
+    per_encoder_token: int
+    per_decoder_token: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    inner: int  # num_heads · d_kv, the width of queries, keys and values
+
+
+# Cross-attention key/value projections: T5 names them EncDecAttention.k/.v, BART encoder_attn.k_proj.
+_CROSS_KEY_VALUE = re.compile(r"(EncDecAttention\.[kv]|encoder_attn\.[kv]_proj)$")
+
+
+def _encoder_decoder_counts(model: Any) -> _EncoderDecoderCounts:
+    encoder, decoder, config = model.get_encoder(), model.get_decoder(), model.config
+    cross = {
+        id(param): param
+        for name, module in decoder.named_modules()
+        if _CROSS_KEY_VALUE.search(name)
+        for param in module.parameters()
+    }
+    if not cross:
+        raise ValueError(f"no cross-attention key/value projections found in {type(model).__name__}")
+    cross_key_value = sum(param.numel() for param in cross.values())
+    encoder_total, decoder_total = _non_embedding_parameters(encoder), _non_embedding_parameters(decoder)
+    head = matmul_parameters(model) - encoder_total - decoder_total
+    return _EncoderDecoderCounts(
+        per_encoder_token=encoder_total + cross_key_value,
+        per_decoder_token=decoder_total - cross_key_value + head,
+        num_encoder_layers=config.num_layers,
+        num_decoder_layers=config.num_decoder_layers,
+        inner=config.num_heads * config.d_kv,
+    )
+
+
+def _non_embedding_parameters(module: nn.Module) -> int:
+    unique = {id(param): param for param in module.parameters()}
+    for child in module.modules():
+        if isinstance(child, nn.Embedding):
+            unique.pop(id(child.weight), None)
+    return sum(param.numel() for param in unique.values())
 
 
 def measure_matmul_peak(

@@ -11,7 +11,7 @@ from lmforge.core.logs import get_logger
 from lmforge.infra.progress import ProgressTarget
 from lmforge.training.config import PretrainConfig
 from lmforge.training.data import MANIFEST, read_manifest
-from lmforge.training.objectives import get_objective
+from lmforge.training.objectives import get_objective, sentinel_count_needed
 from lmforge.training.precision import DeviceProber, ResolvedPrecision, probe_device, resolve_precision
 
 log = get_logger(__name__)
@@ -45,11 +45,15 @@ class LoopInputs:
     tokenizer_dir: str
     seed: int
     vocab_size: int
+    # Tokens the model reads per sequence (the encoder's for span corruption), and the decoder's
+    # target tokens per sequence where there is a decoder.
     seq_len: int
     # The precision the workers train in ("auto" resolved for their hardware) and why.
     precision: str
     precision_reason: str
     special_ids: dict[str, int] = field(default_factory=dict)
+    target_length: int | None = None
+    sentinel_ids: tuple[int, ...] = ()
     # Where rank 0 writes TensorBoard event files while training (None: a temporary folder).
     tensorboard_dir: str | None = None
     # Where rank 0 reports steps done (the run's progress board); None: nowhere.
@@ -89,6 +93,12 @@ def tokenizer_info(tokenizer_dir: Path) -> tuple[int, dict[str, int]]:
     return vocab_size, special_ids
 
 
+def _tokenizer_meta(tokenizer_dir: Path) -> dict:
+    from lmforge.tokenization.train import optional_tokenizer_meta
+
+    return optional_tokenizer_meta(tokenizer_dir)
+
+
 def resolve_inputs(
     config: PretrainConfig,
     shards_dir: Path,
@@ -115,7 +125,26 @@ def resolve_inputs(
     missing = {"train", "validation"} - splits
     if missing:
         raise ArtifactError(f"{Path(shards_dir) / MANIFEST}: no shards for split(s) {sorted(missing)}")
+    input_length = int(manifest.get("input_length", manifest["seq_len"]))
+    options = manifest.get("packing_options") or {}
+    try:
+        expected = objective.packing_options(config, input_length)
+    except ConfigError as err:
+        raise ConfigError(f"{Path(shards_dir) / MANIFEST}: {err}") from None
+    if options != expected:
+        raise ConfigError(
+            f"{Path(shards_dir) / MANIFEST} was packed with {options}, but objective {config.objective!r} "
+            f"with this pretrain config needs {expected}: re-run the shard stage with the same settings"
+        )
     vocab_size, special_ids = tokenizer_info(Path(tokenizer_dir))
+    sentinel_ids = tuple(int(i) for i in _tokenizer_meta(Path(tokenizer_dir)).get("sentinel_ids") or ())
+    needed = sentinel_count_needed(objective, config, int(manifest["seq_len"]))
+    if len(sentinel_ids) < needed:
+        raise ConfigError(
+            f"objective {config.objective!r} replaces each of up to {needed} noise spans per sequence with "
+            f"its own sentinel, but tokenizer {tokenizer_dir} has {len(sentinel_ids)} (<extra_id_N> tokens); "
+            f"raise tokenizer.sentinels or lower shard.seq_len / pretrain.span.noise_density"
+        )
     missing_special = [name for name in objective.required_special if name not in special_ids]
     if missing_special:
         raise ConfigError(
@@ -129,7 +158,9 @@ def resolve_inputs(
         tokenizer_dir=str(Path(tokenizer_dir).resolve()),
         seed=seed,
         vocab_size=vocab_size,
-        seq_len=manifest["seq_len"],
+        seq_len=input_length,
+        target_length=options.get("target_length"),
+        sentinel_ids=sentinel_ids,
         precision=resolved.precision,
         precision_reason=resolved.reason,
         special_ids=special_ids,

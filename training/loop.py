@@ -30,7 +30,7 @@ from lmforge.training.inputs import LoopInputs
 from lmforge.training.masking import EVAL_STREAM, IGNORE_INDEX, masking_generator
 from lmforge.training.metrics import EventLog, all_gather_object, all_reduce_sum, run_summary
 from lmforge.training.models import count_parameters
-from lmforge.training.objectives import get_objective
+from lmforge.training.objectives import BatchContext, Sums, get_objective
 from lmforge.training.resume import (
     LoopState,
     capture_rng,
@@ -148,6 +148,11 @@ class PretrainLoop:
                 f"{shards_dir}: token id {largest} is outside the tokenizer's vocabulary of "
                 f"{self.inputs.vocab_size} ({self.inputs.tokenizer_dir})"
             )
+        self.continues_word = None
+        if self.objective.uses_masking and self.config.masking.whole_word:
+            from lmforge.tokenization.word_boundaries import continuation_table_for
+
+            self.continues_word = torch.from_numpy(continuation_table_for(Path(self.inputs.tokenizer_dir)))
         self.stream = TrainStream(
             len(self.train),
             self.env.rank,
@@ -162,7 +167,7 @@ class PretrainLoop:
         model = self.objective.build_model(
             self.config.model, self.inputs.vocab_size, self.inputs.seq_len, self.inputs.special_ids
         )
-        self.flops_per_token = model_flops_per_token(model, self.inputs.seq_len)
+        self.flops_per_token = model_flops_per_token(model, self.inputs.seq_len, self.inputs.target_length)
         self.num_parameters = count_parameters(model)
         self.engine, self.optimizer, _ = deepspeed_setup.initialize(
             model, self.config, self.env.world_size, self.inputs.precision
@@ -202,14 +207,9 @@ class PretrainLoop:
             # Masks derive from (seed, epoch, rank, micro-batch): reproducible, fresh every epoch.
             generator = masking_generator(inputs.seed, epoch, self.env.rank, index)
             batch = self.objective.prepare_batch(
-                self.train[torch.from_numpy(indices)],
-                inputs.special_ids,
-                inputs.vocab_size,
-                config.masking,
-                generator,
+                self.train[torch.from_numpy(indices)], self._batch_context(generator, indices, "train")
             )
-            loss_sum, count = self.objective.loss_sum(self.engine, self._to_device(batch))
-            loss = loss_sum / count.clamp(min=1)
+            loss = self.objective.training_loss(self.objective.forward(self.engine, self._to_device(batch)))
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
@@ -221,32 +221,55 @@ class PretrainLoop:
         """Collective: token-weighted validation loss over all ranks; MLM eval masks are fixed across evaluations."""
         config, inputs = self.config, self.inputs
         self.engine.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.env.device)
-        count = torch.zeros((), dtype=torch.float64, device=self.env.device)
+        totals: dict[str, float] = {}
         batches = eval_batches(
             len(self.validation), self.env.rank, self.env.world_size, config.micro_batch_size, max_batches
         )
         for batch_index, indices in enumerate(batches):
             padding = torch.from_numpy(indices < 0)
             generator = masking_generator(inputs.seed, EVAL_STREAM, self.env.rank, batch_index)
+            rows = indices.clip(min=0)
             batch = self.objective.prepare_batch(
-                self.validation[torch.from_numpy(indices.clip(min=0))],
-                inputs.special_ids,
-                inputs.vocab_size,
-                config.masking,
-                generator,
+                self.validation[torch.from_numpy(rows)], self._batch_context(generator, rows, "validation")
             )
-            batch["labels"][padding] = IGNORE_INDEX  # padding rows only keep ZeRO-3 ranks in step
-            batch_loss, batch_count = self.objective.loss_sum(self.engine, self._to_device(batch))
-            loss_sum += batch_loss.double()
-            count += batch_count.double()
-        total_loss, total_count = all_reduce_sum([loss_sum.item(), count.item()], self.env.device)
+            for key in ("labels", "pair_labels"):  # padding rows only keep ZeRO-3 ranks in step
+                if key in batch:
+                    batch[key][padding] = IGNORE_INDEX
+            sums: Sums = self.objective.forward(self.engine, self._to_device(batch))
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        keys = sorted(totals)
+        reduced = dict(zip(keys, all_reduce_sum([totals[key] for key in keys], self.env.device), strict=True))
         self.engine.train()
-        val_loss = total_loss / max(total_count, 1.0)
-        values: dict[str, Any] = {"val_loss": val_loss, "num_eval_tokens": int(total_count)}
+        count = max(reduced["count"], 1.0)
+        val_loss = reduced["loss_sum"] / count
+        values: dict[str, Any] = {
+            "val_loss": val_loss,
+            "val_accuracy": reduced["correct"] / count,
+            "num_eval_tokens": int(reduced["count"]),
+        }
         if self.objective.packing == "clm":
             values["val_perplexity"] = math.exp(val_loss)
+        if "pair_count" in reduced:
+            pairs = max(reduced["pair_count"], 1.0)
+            values.update(
+                val_pair_loss=reduced["pair_loss_sum"] / pairs,
+                val_pair_accuracy=reduced["pair_correct"] / pairs,
+            )
         self.record("eval", **values)
+
+    def _batch_context(self, generator: torch.Generator, rows: Any, split: str) -> BatchContext:
+        return BatchContext(
+            special_ids=self.inputs.special_ids,
+            vocab_size=self.inputs.vocab_size,
+            config=self.config,
+            generator=generator,
+            seed=self.inputs.seed,
+            sequence_indices=rows,
+            split=split,
+            sentinel_ids=self.inputs.sentinel_ids,
+            continues_word=self.continues_word,
+        )
 
     def save(self, final: bool) -> None:
         """Collective: every rank saves its state into its own folder and reports it (a Ray barrier)."""

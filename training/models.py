@@ -29,8 +29,15 @@ def build_gpt2(model_config: ModelConfig, vocab_size: int, seq_len: int, special
     return GPT2LMHeadModel(config)
 
 
-def build_bert(model_config: ModelConfig, vocab_size: int, seq_len: int, special_ids: Mapping[str, int]):
-    from transformers import BertConfig, BertForMaskedLM
+def build_bert(
+    model_config: ModelConfig,
+    vocab_size: int,
+    seq_len: int,
+    special_ids: Mapping[str, int],
+    pretraining_heads: bool = False,
+):
+    """BertForMaskedLM, or with `pretraining_heads` BertForPreTraining (MLM head + pair classifier)."""
+    from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
     shape = model_config.resolve()
     config = BertConfig(
@@ -44,9 +51,35 @@ def build_bert(model_config: ModelConfig, vocab_size: int, seq_len: int, special
         max_position_embeddings=seq_len,
         pad_token_id=special_ids.get("pad", 0),
     )
-    return BertForMaskedLM(config)
+    return BertForPreTraining(config) if pretraining_heads else BertForMaskedLM(config)
 
 
 def count_parameters(model) -> int:
     """Unique parameters (tied input/output embeddings counted once)."""
     return sum(param.numel() for param in model.parameters())
+
+
+def build_t5(model_config: ModelConfig, vocab_size: int, seq_len: int, special_ids: Mapping[str, int]):
+    """T5 (v1.0 layout: ReLU feed-forward, tied embeddings) with `num_layers` in encoder and decoder.
+
+    Relative position buckets need no maximum length; the decoder starts from the pad token, as
+    T5 does.
+    """
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    shape = model_config.resolve()
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=shape.hidden_size,
+        d_kv=shape.hidden_size // shape.num_heads,
+        d_ff=shape.intermediate_size,
+        num_layers=shape.num_layers,
+        num_decoder_layers=shape.num_layers,
+        num_heads=shape.num_heads,
+        dropout_rate=shape.dropout,
+        feed_forward_proj="relu",
+        pad_token_id=special_ids["pad"],
+        eos_token_id=special_ids["eos"],
+    )
+    config.decoder_start_token_id = special_ids["pad"]
+    return T5ForConditionalGeneration(config)

@@ -27,6 +27,7 @@ from lmforge.infra.data_paths import (
 from lmforge.tasks.config import EvaluationConfig, FinetuneConfig, TaskConfig
 from lmforge.tokenization import ShardConfig, TokenizerConfig
 from lmforge.training import PretrainConfig, get_objective
+from lmforge.training.objectives import sentinel_count_needed
 
 log = get_logger(__name__)
 
@@ -74,6 +75,23 @@ class PipelineConfig(StrictModel):
                 f"tokenizer.algorithm {self.tokenizer.algorithm!r} lacks {missing} "
                 f"(algorithms that have them: {', '.join(usable) or 'none'})"
             )
+        if objective.uses_span and self.tokenizer.resolved_sentinels() == 0:
+            usable = [
+                name for name, algorithm in TOKENIZER_ALGORITHMS.items() if algorithm.supports_sentinels
+            ]
+            raise ValueError(
+                f"pretrain.objective {self.pretrain.objective!r} replaces noise spans with sentinel tokens, "
+                f"but tokenizer.algorithm {self.tokenizer.algorithm!r} with sentinels "
+                f"{self.tokenizer.sentinels} has none (algorithms with sentinels: {', '.join(usable)})"
+            )
+        if objective.uses_span:
+            options = objective.packing_options(self.pretrain, self.shard.seq_len)
+            spans = sentinel_count_needed(objective, self.pretrain, options["raw_length"])
+            if spans > self.tokenizer.resolved_sentinels():
+                raise ValueError(
+                    f"tokenizer.sentinels {self.tokenizer.resolved_sentinels()} is fewer than the {spans} "
+                    f"noise spans a shard.seq_len {self.shard.seq_len} sequence gets; raise tokenizer.sentinels"
+                )
         return self
 
     def resolved_data_dir(self) -> Path | None:

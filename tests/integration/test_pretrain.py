@@ -45,6 +45,9 @@ def wiki_documents(data_dir: Path, max_chars: int = 400_000) -> list[str]:
     return documents
 
 
+SENTINELS = [f"<extra_id_{index}>" for index in range(20)]
+
+
 def train_tokenizer(documents: list[str], out_dir: Path, vocab_size: int = 512) -> dict[str, int]:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -54,17 +57,24 @@ def train_tokenizer(documents: list[str], out_dir: Path, vocab_size: int = 512) 
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIALS.values()),
+        special_tokens=[*SPECIALS.values(), *SENTINELS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(documents, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, **{f"{k}_token": v for k, v in SPECIALS.items()}
+        tokenizer_object=tokenizer,
+        extra_special_tokens=SENTINELS,
+        **{f"{k}_token": v for k, v in SPECIALS.items()},
     )
     fast.save_pretrained(out_dir)
     special_ids = {name: tokenizer.token_to_id(token) for name, token in SPECIALS.items()}
-    meta = {"algorithm": "bpe", "vocab_size": tokenizer.get_vocab_size(), "special_ids": special_ids}
+    meta = {
+        "algorithm": "bpe",
+        "vocab_size": tokenizer.get_vocab_size(),
+        "special_ids": special_ids,
+        "sentinel_ids": [tokenizer.token_to_id(token) for token in SENTINELS],
+    }
     (out_dir / "lmforge_tokenizer.json").write_text(json.dumps(meta))
     return special_ids
 
@@ -75,6 +85,11 @@ def write_shards(
     """A minimal shard stage: split by document (every 8th to validation), pack, write Parquet."""
     from transformers import AutoTokenizer
 
+    from lmforge.training.span_corruption import raw_length_for
+
+    raw_length, target_length = raw_length_for(SEQ_LEN, 0.15, 3.0)
+    stored_len = {"span": raw_length, "pair": SEQ_LEN - 3}.get(packing, SEQ_LEN)
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     out_dir.mkdir(parents=True)
     shards = []
@@ -84,11 +99,16 @@ def write_shards(
     }
     for split, docs in splits.items():
         stream: list[int] = []
+        rows = []
         for doc in docs:
-            stream += tokenizer(doc, add_special_tokens=False)["input_ids"] + [special_ids["eos"]]
-        if packing == "clm":
-            rows = [stream[i : i + SEQ_LEN] for i in range(0, len(stream) - SEQ_LEN + 1, SEQ_LEN)]
-        else:
+            ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+            stream += ids + [special_ids["eos"]]
+            for start in range(0, len(ids) - 1, stored_len):  # pair: chunks inside one document
+                piece = ids[start : start + stored_len]
+                rows.append(piece + [special_ids["pad"]] * (stored_len - len(piece)))
+        if packing in ("clm", "span"):
+            rows = [stream[i : i + stored_len] for i in range(0, len(stream) - stored_len + 1, stored_len)]
+        elif packing == "mlm":
             body = SEQ_LEN - 2
             rows = [
                 [special_ids["cls"], *stream[i : i + body], special_ids["sep"]]
@@ -98,9 +118,17 @@ def write_shards(
         column = pa.array(rows, type=pa.list_(pa.int32()))
         pq.write_table(pa.table({"input_ids": column}), out_dir / path)
         shards.append(
-            {"path": path, "split": split, "num_sequences": len(rows), "num_tokens": len(rows) * SEQ_LEN}
+            {"path": path, "split": split, "num_sequences": len(rows), "num_tokens": len(rows) * stored_len}
         )
-    manifest = {"packing": packing, "seq_len": SEQ_LEN, "shards": shards, "special_ids": special_ids}
+    options = {"raw_length": raw_length, "target_length": target_length} if packing == "span" else {}
+    manifest = {
+        "packing": packing,
+        "packing_options": options,
+        "seq_len": stored_len,
+        "input_length": SEQ_LEN,
+        "shards": shards,
+        "special_ids": special_ids,
+    }
     (out_dir / "dataset_manifest.json").write_text(json.dumps(manifest))
 
 
@@ -110,7 +138,7 @@ def wiki_inputs(shared_data_dir, tmp_path_factory):
     documents = wiki_documents(shared_data_dir)
     tokenizer_dir = root / "tokenizer"
     special_ids = train_tokenizer(documents, tokenizer_dir)
-    for packing in ("clm", "mlm"):
+    for packing in ("clm", "mlm", "span", "pair"):
         write_shards(documents, tokenizer_dir, root / f"shards-{packing}", packing, special_ids)
     return root
 
@@ -167,7 +195,16 @@ IDENTITY_KEYS = {
         "precision",
     },
     "train": {"event", "step", "loss", "lr", "epoch", "num_tokens"},
-    "eval": {"event", "step", "val_loss", "num_eval_tokens", "val_perplexity"},
+    "eval": {
+        "event",
+        "step",
+        "val_loss",
+        "val_accuracy",
+        "num_eval_tokens",
+        "val_perplexity",
+        "val_pair_loss",
+        "val_pair_accuracy",
+    },
 }
 
 
@@ -244,7 +281,7 @@ def test_pretrain_mlm_zero3_exports_masked_lm(ray_runtime, wiki_inputs, tmp_path
 
     from lmforge.training.data import eval_batches
     from lmforge.training.masking import EVAL_STREAM, masking_generator
-    from lmforge.training.objectives import get_objective
+    from lmforge.training.objectives import BatchContext, get_objective
 
     out = tmp_path / "mlm"
     config = run_config("mlm", zero_stage=3)
@@ -271,14 +308,112 @@ def test_pretrain_mlm_zero3_exports_masked_lm(ray_runtime, wiki_inputs, tmp_path
             for index, rows in enumerate(eval_batches(len(ids), rank, 2, config.micro_batch_size, None)):
                 # Same batch shape as the run (padding rows included) so the mask draws match.
                 generator = masking_generator(0, EVAL_STREAM, rank, index)
-                batch = objective.prepare_batch(
-                    ids[rows.clip(min=0)], special_ids, len(tokenizer), config.masking, generator
+                context = BatchContext(
+                    special_ids, len(tokenizer), config, generator, 0, rows.clip(min=0), "validation"
                 )
+                batch = objective.prepare_batch(ids[rows.clip(min=0)], context)
                 batch["labels"][torch.from_numpy(rows < 0)] = -100
                 targets = int((batch["labels"] != -100).sum())
                 loss_sum += float(model(**batch).loss) * targets
                 count += targets
     assert count == read_events(out / "metrics.jsonl")[-1]["num_eval_tokens"]
+    assert summary["final_val_loss"] == pytest.approx(loss_sum / count, rel=2**-8)
+
+
+def replay_validation(objective_name, config, shards_dir, tokenizer_dir, vocab_size, score):
+    """Rebuild the run's validation batches (same draws) and sum `score(batch)` -> (loss_sum, targets)."""
+    from lmforge.tokenization.word_boundaries import continuation_table_for
+    from lmforge.training.data import eval_batches
+    from lmforge.training.masking import EVAL_STREAM, masking_generator
+    from lmforge.training.objectives import BatchContext, get_objective
+
+    meta = json.loads((tokenizer_dir / "lmforge_tokenizer.json").read_text())
+    continues_word = torch.from_numpy(continuation_table_for(tokenizer_dir))
+    ids = validation_ids(shards_dir)
+    objective = get_objective(objective_name)
+    loss_sum, count = 0.0, 0
+    with torch.no_grad():
+        for rank in range(2):
+            for index, rows in enumerate(eval_batches(len(ids), rank, 2, config.micro_batch_size, None)):
+                generator = masking_generator(0, EVAL_STREAM, rank, index)
+                context = BatchContext(
+                    meta["special_ids"], vocab_size, config, generator, 0, rows.clip(min=0), "validation",
+                    tuple(meta["sentinel_ids"]), continues_word,
+                )  # fmt: skip
+                batch = objective.prepare_batch(ids[rows.clip(min=0)], context)
+                batch["labels"][torch.from_numpy(rows < 0)] = -100
+                targets = int((batch["labels"] != -100).sum())
+                loss_sum += score(batch) * targets
+                count += targets
+    return loss_sum, count
+
+
+@pytest.mark.integration
+def test_pretrain_span_exports_a_seq2seq_model_that_fills_spans(ray_runtime, wiki_inputs, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    out = tmp_path / "span"
+    config = run_config("span", zero_stage=1)
+    summary = pretrain(config, wiki_inputs / "shards-span", wiki_inputs / "tokenizer", out, 0)
+
+    assert summary["final_train_loss"] < summary["initial_train_loss"] - 0.3
+    events = read_events(out / "metrics.jsonl")
+    start, last_eval = events[0], [e for e in events if e["event"] == "eval"][-1]
+    # Every sequence corrupts to SEQ_LEN encoder tokens, so a step reads exactly batch x SEQ_LEN tokens.
+    assert start["tokens_per_step"] == 2 * config.micro_batch_size * SEQ_LEN
+    assert 0.0 < last_eval["val_accuracy"] < 1.0
+    meta = json.loads((out / "hf" / "lmforge_pretrain.json").read_text())
+    assert meta["objective"] == "span" and meta["auto_model_class"] == "AutoModelForSeq2SeqLM"
+    model = AutoModelForSeq2SeqLM.from_pretrained(out / "hf").eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "hf")
+
+    # The export is the model the engine evaluated: HF's own seq2seq loss on the run's eval corruptions.
+    loss_sum, count = replay_validation(
+        "span", config, wiki_inputs / "shards-span", wiki_inputs / "tokenizer", len(tokenizer),
+        lambda batch: float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss),
+    )  # fmt: skip
+    assert count == last_eval["num_eval_tokens"]
+    assert summary["final_val_loss"] == pytest.approx(loss_sum / count, rel=2**-8)
+
+    # It generates span fills: the decoder starts from pad and writes sentinels and span text.
+    encoded = tokenizer("The city is <extra_id_0> of the country.", return_tensors="pt")
+    generated = model.generate(**encoded, max_new_tokens=12, do_sample=False)[0].tolist()
+    assert generated[0] == model.config.decoder_start_token_id and len(generated) > 2
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("objective", ["mlm_nsp", "mlm_sop"])
+def test_sentence_pair_objectives_report_pair_accuracy_with_static_whole_word_masks(
+    ray_runtime, wiki_inputs, tmp_path, objective
+):
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+
+    from lmforge.training.config import MaskingConfig
+
+    out = tmp_path / objective
+    config = run_config(objective, zero_stage=1).model_copy(
+        update={"masking": MaskingConfig(whole_word=True, dynamic=False)}
+    )
+    summary = pretrain(config, wiki_inputs / "shards-pair", wiki_inputs / "tokenizer", out, 0)
+
+    assert summary["final_train_loss"] < summary["initial_train_loss"]
+    evals = [e for e in read_events(out / "metrics.jsonl") if e["event"] == "eval"]
+    assert all(0.0 <= e["val_pair_accuracy"] <= 1.0 and e["val_pair_loss"] > 0 for e in evals)
+    assert all(set(e) <= IDENTITY_KEYS["eval"] for e in evals)
+    pretraining = AutoModelForPreTraining.from_pretrained(out / "hf").eval()
+    assert type(pretraining).__name__ == "BertForPreTraining"
+    masked_lm = AutoModelForMaskedLM.from_pretrained(out / "hf").eval()
+
+    # The exported MLM head reproduces the run's masked-LM validation loss on the same pairs and masks.
+    def score(batch):
+        inputs = {key: batch[key] for key in ("input_ids", "token_type_ids", "attention_mask", "labels")}
+        return float(masked_lm(**inputs).loss)
+
+    loss_sum, count = replay_validation(
+        objective, config, wiki_inputs / "shards-pair", wiki_inputs / "tokenizer",
+        pretraining.config.vocab_size, score,
+    )  # fmt: skip
+    assert count == evals[-1]["num_eval_tokens"]
     assert summary["final_val_loss"] == pytest.approx(loss_sum / count, rel=2**-8)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmforge.core.errors import ArtifactError, ConfigError
-from lmforge.tokenization.packing import PACKINGS, CausalPacker, MaskedPacker
+from lmforge.tokenization.packing import PACKINGS, CausalPacker, MaskedPacker, PairPacker, SpanPacker
 from lmforge.tokenization.shard_writer import SplitWriter, read_sequences, write_sequences
 from lmforge.tokenization.split import TRAIN, VALIDATION, split_of
 
@@ -27,8 +27,8 @@ def pack_all(packer, documents):
 
 
 @pytest.mark.unit
-def test_registry_names_both_packings():
-    assert PACKINGS.names() == ["clm", "mlm"]
+def test_registry_names_every_packing():
+    assert PACKINGS.names() == ["clm", "mlm", "pair", "span"]
     with pytest.raises(ConfigError, match="did you mean 'clm'"):
         PACKINGS.get("clmm")
 
@@ -153,3 +153,43 @@ def test_shard_schema_is_list_of_int32_and_wrong_lengths_are_caught(tmp_path):
     assert pq.read_schema(path).field("input_ids").type == pa.list_(pa.int32())
     with pytest.raises(ArtifactError, match="seq_len=6"):
         read_sequences(path, 6)
+
+
+@pytest.mark.unit
+def test_span_packing_stores_raw_windows_of_the_eos_joined_stream():
+    documents = synthetic_documents(40)
+    packer = SpanPacker(64, SPECIALS, raw_length=71, target_length=17)
+    sequences = pack_all(packer, documents)
+    stream = [token for document in documents for token in [*document, EOS]]
+    assert packer.seq_len == 71 and packer.input_length == 64 and packer.target_length == 17
+    assert sequences.tolist() == [stream[i * 71 : (i + 1) * 71] for i in range(len(stream) // 71)]
+    with pytest.raises(TypeError):
+        SpanPacker(64, SPECIALS)  # the objective must say how long the raw windows are
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("seq_len", [8, 64])
+def test_pair_packing_keeps_chunks_inside_one_document_and_pads_the_last(seq_len):
+    documents = synthetic_documents(60, seed=3)
+    packer = PairPacker(seq_len, SPECIALS)
+    sequences = pack_all(packer, documents)
+    chunk = seq_len - 3  # room for [CLS] A [SEP] B [SEP]
+    expected, padding, dropped = [], 0, 0
+    for document in documents:
+        pieces = [document[i : i + chunk] for i in range(0, len(document), chunk)]
+        if len(pieces[-1]) < 2:  # a segment pair needs two tokens
+            dropped += len(pieces.pop())
+        for piece in pieces:
+            padding += chunk - len(piece)
+            expected.append(piece + [SPECIALS["pad"]] * (chunk - len(piece)))
+    assert packer.seq_len == chunk and packer.input_length == seq_len
+    assert sequences.tolist() == expected
+    stats = packer.stats()
+    assert stats["num_padding_tokens"] == padding and stats["num_dropped_tail_tokens"] == dropped
+    assert stats["num_sequences"] == len(expected)
+
+
+@pytest.mark.unit
+def test_packings_without_options_refuse_them():
+    with pytest.raises(ValueError, match="takes no packing options"):
+        CausalPacker(16, SPECIALS, raw_length=3)

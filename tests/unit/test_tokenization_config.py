@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from lmforge.core.configbase import validate_config
 from lmforge.core.errors import ConfigError
@@ -68,3 +69,13 @@ def test_lowercase_defaults_per_algorithm():
 def test_shard_config_rejects(raw, key):
     with pytest.raises(ConfigError, match=key):
         validate_config(ShardConfig, raw, source="shards")
+
+
+def test_sentinels_default_per_algorithm_and_only_where_supported():
+    assert TokenizerConfig(algorithm="unigram").resolved_sentinels() == 100
+    assert TokenizerConfig(algorithm="unigram", sentinels=20).resolved_sentinels() == 20
+    assert TokenizerConfig(algorithm="bpe").resolved_sentinels() == 0
+    with pytest.raises(ValidationError, match="'wordpiece' tokenizer has no sentinel tokens.*unigram"):
+        TokenizerConfig(algorithm="wordpiece", sentinels=10)
+    with pytest.raises(ValidationError, match="no room in vocab_size 64"):
+        TokenizerConfig(algorithm="unigram", vocab_size=64)

@@ -85,7 +85,9 @@ def test_packing_without_its_special_tokens_is_a_config_error(corpus_dir, tokeni
         build_shards(CONFIG, "clm", corpus_dir, tokenizer_dirs["wordpiece"], tmp_path, SEED)
     with pytest.raises(ConfigError, match=r"packing 'mlm' needs special token\(s\) \['cls', 'sep'\]"):
         build_shards(CONFIG, "mlm", corpus_dir, tokenizer_dirs["bpe"], tmp_path, SEED)
-    with pytest.raises(ConfigError, match="unknown packing 'span'"):
+    with pytest.raises(ConfigError, match="unknown packing 'spans'"):
+        build_shards(CONFIG, "spans", corpus_dir, tokenizer_dirs["bpe"], tmp_path, SEED)
+    with pytest.raises(ConfigError, match=r"packing 'span' with options \{\}.*raw_length"):
         build_shards(CONFIG, "span", corpus_dir, tokenizer_dirs["bpe"], tmp_path, SEED)
 
 

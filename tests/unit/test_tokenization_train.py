@@ -113,8 +113,16 @@ def test_auto_tokenizer_round_trip(algorithm, corpus_dir, tmp_path):
     with_specials = tokenizer(SENTENCE)["input_ids"]
     if algorithm == "wordpiece":
         assert with_specials == [meta["special_ids"]["cls"], *ids, meta["special_ids"]["sep"]]
+    elif algorithm == "unigram":  # T5's tokenizer: </s> after every text, 100 sentinels
+        assert with_specials == [*ids, meta["special_ids"]["eos"]]
+        sentinels = [f"<extra_id_{index}>" for index in range(100)]
+        assert tokenizer.convert_tokens_to_ids(sentinels) == meta["sentinel_ids"]
+        assert set(sentinels) <= set(tokenizer.all_special_tokens)
+        filled = tokenizer("a <extra_id_0> b <extra_id_99>", add_special_tokens=False)["input_ids"]
+        assert meta["sentinel_ids"][0] in filled and meta["sentinel_ids"][99] in filled
     else:
         assert with_specials == ids
+        assert meta["sentinel_ids"] == []
     padded = tokenizer([SENTENCE, "Short."], padding=True)["input_ids"]
     assert padded[1][-1] == meta["special_ids"]["pad"]
 

@@ -56,9 +56,35 @@ def test_errors_inside_the_pipeline_config_name_the_section():
 
 
 def test_objectives_registry():
-    assert OBJECTIVES.names() == ["clm", "mlm"]
+    assert OBJECTIVES.names() == ["clm", "mlm", "mlm_nsp", "mlm_sop", "span"]
     assert get_objective("clm").packing == "clm" and get_objective("mlm").packing == "mlm"
+    assert get_objective("mlm_nsp").packing == get_objective("mlm_sop").packing == "pair"
+    assert get_objective("span").packing == "span"
     assert get_objective("mlm").auto_model_class == "AutoModelForMaskedLM"
+    assert get_objective("mlm_sop").auto_model_class == "AutoModelForPreTraining"
+    assert get_objective("span").auto_model_class == "AutoModelForSeq2SeqLM"
+
+
+def test_span_packing_options_and_pipeline_checks():
+    # T5's published lengths: 568 raw tokens corrupt to 512 encoder inputs and 114 targets.
+    assert get_objective("span").packing_options(PretrainConfig(objective="span"), 512) == {
+        "raw_length": 568,
+        "target_length": 114,
+    }
+    assert get_objective("clm").packing_options(PretrainConfig(), 512) == {}
+    from lmforge.app.config import PipelineConfig
+
+    base = {"name": "x", "corpus": {"sources": [{"path": "a.txt"}]}, "pretrain": {"objective": "span"}}
+    with pytest.raises(ConfigError, match="sentinel tokens.*'bpe'.*unigram"):
+        validate_config(PipelineConfig, {**base, "tokenizer": {"algorithm": "bpe"}})
+    with pytest.raises(ConfigError, match="tokenizer.sentinels 2 is fewer than the 7 noise spans"):
+        validate_config(
+            PipelineConfig,
+            {**base, "tokenizer": {"algorithm": "unigram", "sentinels": 2}, "shard": {"seq_len": 128}},
+        )
+    validate_config(
+        PipelineConfig, {**base, "tokenizer": {"algorithm": "unigram"}, "shard": {"seq_len": 128}}
+    )
 
 
 def test_deepspeed_config_uses_the_resolved_precision():

@@ -1,21 +1,27 @@
-"""FLOPs per token against a hand count of the debug GPT-2, the matmul peak and its sanity check, nominal peaks."""
+"""FLOPs against a hand count of the debug GPT-2 and against torch FlopCounterMode for GPT-2, BERT and T5
+(training and generation), the matmul peak and its sanity check, nominal peaks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from lmforge.training import ModelConfig, build_model
 from lmforge.training.flops import (
     MIN_PLAUSIBLE_PEAK,
     checked_peak,
+    encoder_inference_flops,
     flops_per_token,
+    inference_flops_per_token,
     matmul_parameters,
     measure_matmul_peak,
     model_flops_per_token,
     nominal_peak,
     plausible_peak_floor,
+    training_flops_per_example,
 )
+from lmforge.training.models import build_bert, build_gpt2, build_t5
 
 pytestmark = pytest.mark.unit
 
@@ -57,6 +63,140 @@ def test_bert_leaves_out_lookup_embeddings_but_counts_tied_head():
 
 def test_flops_formula():
     assert flops_per_token(1000, num_layers=2, hidden_size=8, seq_len=16) == 6000 + 12 * 2 * 8 * 16
+
+
+# FlopCounterMode counts 2·m·k·n per aten mm/addmm/bmm/baddbmm (bias adds left out) and the CUDA
+# sdpa kernels; it has no formula for CPU sdpa (_scaled_dot_product_flash_attention_for_cpu), so the
+# reference models run eager attention, whose QK^T and AV are plain bmm calls counted in full.
+REALISTIC_VOCAB, ENCODER_LEN, TARGET_LEN, BATCH = 2000, 64, 16, 2
+SPECIAL_IDS = {"pad": 0, "eos": 1, "mask": 4}
+BUILDERS = {"gpt2": build_gpt2, "bert": build_bert, "t5": build_t5}
+
+
+def _eager_model(architecture: str, size: str):
+    torch.manual_seed(0)
+    model = BUILDERS[architecture](ModelConfig(size=size), REALISTIC_VOCAB, ENCODER_LEN, SPECIAL_IDS)
+    model.set_attn_implementation("eager")
+    return model
+
+
+def _counted_flops(run) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def _vector_parameters(module) -> int:
+    """Biases and norm scales: counted by our 6N, not by FlopCounterMode (no matmul)."""
+    return sum(param.numel() for param in module.parameters() if param.dim() == 1)
+
+
+def _training_step(model, architecture: str) -> int:
+    inputs = torch.randint(5, REALISTIC_VOCAB, (BATCH, ENCODER_LEN))
+    targets = torch.randint(5, REALISTIC_VOCAB, (BATCH, TARGET_LEN))
+    labels = targets if architecture == "t5" else inputs
+    return _counted_flops(lambda: model(input_ids=inputs, labels=labels).loss.backward()) // BATCH
+
+
+@pytest.mark.parametrize("size", ["debug", "tiny"])
+@pytest.mark.parametrize("architecture", ["gpt2", "bert", "t5"])
+def test_training_flops_match_flop_counter(architecture, size):
+    model = _eager_model(architecture, size)
+    is_t5 = architecture == "t5"
+    ours = training_flops_per_example(model, ENCODER_LEN, TARGET_LEN if is_t5 else None)
+    measured = _training_step(model, architecture)
+    assert ours == pytest.approx(measured, rel=0.05)
+    # Exact once the vectors are set aside, so the per-token bookkeeping (T5's cross-attention keys
+    # and values run on encoder tokens, the MLM head transform, the tied heads) cannot drift unseen.
+    if is_t5:
+        vectors = ENCODER_LEN * _vector_parameters(model.encoder) + TARGET_LEN * _vector_parameters(
+            model.decoder
+        )
+    else:
+        vectors = ENCODER_LEN * _vector_parameters(model)
+    assert ours - 6 * vectors == measured
+
+
+def test_t5_flops_per_token_are_per_encoder_token():
+    model = _eager_model("t5", "debug")
+    per_example = training_flops_per_example(model, ENCODER_LEN, TARGET_LEN)
+    assert model_flops_per_token(model, ENCODER_LEN, TARGET_LEN) == per_example // ENCODER_LEN
+    assert model_flops_per_token(model, ENCODER_LEN, 2 * TARGET_LEN) > per_example // ENCODER_LEN
+    with pytest.raises(ValueError, match="target_len"):
+        model_flops_per_token(model, ENCODER_LEN)
+
+
+def test_single_stack_models_reject_target_len():
+    model = _eager_model("gpt2", "debug")
+    with pytest.raises(ValueError, match="target_len"):
+        training_flops_per_example(model, ENCODER_LEN, TARGET_LEN)
+    assert training_flops_per_example(model, ENCODER_LEN) == ENCODER_LEN * model_flops_per_token(
+        model, ENCODER_LEN
+    )
+
+
+CONTEXT_LEN = 48
+
+
+@pytest.mark.parametrize("size", ["debug", "tiny"])
+@torch.no_grad()
+def test_decoder_only_kv_cache_step_matches_flop_counter(size):
+    model = _eager_model("gpt2", size).eval()
+    tokens = torch.randint(5, REALISTIC_VOCAB, (BATCH, CONTEXT_LEN))
+    cache = model(input_ids=tokens[:, :-1], use_cache=True).past_key_values
+    measured = _counted_flops(lambda: model(input_ids=tokens[:, -1:], past_key_values=cache, use_cache=True))
+    assert inference_flops_per_token(model, CONTEXT_LEN) == pytest.approx(measured // BATCH, rel=0.05)
+
+
+@pytest.mark.parametrize("size", ["debug", "tiny"])
+@torch.no_grad()
+def test_masked_lm_generation_reencodes_the_context(size):
+    model = _eager_model("bert", size).eval()
+    tokens = torch.randint(5, REALISTIC_VOCAB, (BATCH, CONTEXT_LEN))
+    measured = _counted_flops(lambda: model(input_ids=tokens))
+    assert inference_flops_per_token(model, CONTEXT_LEN) == pytest.approx(measured // BATCH, rel=0.05)
+
+
+@pytest.mark.parametrize("size", ["debug", "tiny"])
+@torch.no_grad()
+def test_t5_decoder_step_and_encoder_match_flop_counter(size):
+    model = _eager_model("t5", size).eval()
+    source = torch.randint(5, REALISTIC_VOCAB, (BATCH, ENCODER_LEN))
+    decoded = torch.randint(5, REALISTIC_VOCAB, (BATCH, CONTEXT_LEN))
+    outputs = {}
+    encoder_flops = _counted_flops(lambda: outputs.update(encoded=model.get_encoder()(input_ids=source)))
+    # The first decoder call projects the encoder output to cross-attention keys/values, once.
+    first_flops = _counted_flops(
+        lambda: outputs.update(
+            first=model(encoder_outputs=outputs["encoded"], decoder_input_ids=decoded[:, :1], use_cache=True)
+        )
+    )
+    once = encoder_inference_flops(model, ENCODER_LEN) + inference_flops_per_token(model, 1, ENCODER_LEN)
+    assert once == pytest.approx((encoder_flops + first_flops) // BATCH, rel=0.05)
+    cache = model(
+        encoder_outputs=outputs["encoded"],
+        decoder_input_ids=decoded[:, 1:-1],
+        past_key_values=outputs["first"].past_key_values,
+        use_cache=True,
+    ).past_key_values
+    assert cache.get_seq_length() == CONTEXT_LEN - 1
+    step = _counted_flops(
+        lambda: model(
+            encoder_outputs=outputs["encoded"],
+            decoder_input_ids=decoded[:, -1:],
+            past_key_values=cache,
+            use_cache=True,
+        )
+    )
+    ours = inference_flops_per_token(model, CONTEXT_LEN, encoder_len=ENCODER_LEN)
+    assert ours == pytest.approx(step // BATCH, rel=0.05)
+
+
+def test_masked_lm_generation_costs_far_more_than_a_cached_step():
+    gpt2, bert = _eager_model("gpt2", "debug"), _eager_model("bert", "debug")
+    assert inference_flops_per_token(bert, CONTEXT_LEN) > 10 * inference_flops_per_token(gpt2, CONTEXT_LEN)
+    with pytest.raises(ValueError, match="encoder_len"):
+        inference_flops_per_token(gpt2, CONTEXT_LEN, encoder_len=ENCODER_LEN)
 
 
 def test_matmul_peak_is_plausible_for_cpu():
