@@ -143,29 +143,48 @@ def build_clm_data(data_dir: Path, pattern: str, work: Path, seq_len: int = 256)
 
     Returns the `shards` and `tokenizer` directories and the stage timings and sizes.
     """
+    data = build_pretrain_data(data_dir, pattern, work, ("clm",), "bpe", seq_len)
+    data["shards"] = data["shards"]["clm"]
+    return data
+
+
+def build_pretrain_data(
+    data_dir: Path, pattern: str, work: Path, objectives: tuple[str, ...], algorithm: str, seq_len: int
+) -> dict[str, Any]:
+    """Clean `pattern`, train one `algorithm` tokenizer (vocab 8192) and pack shards for each objective.
+
+    Returns `tokenizer`, `shards` (objective -> directory), and the stage timings and sizes.
+    """
     from lmforge.corpus import clean_corpus
     from lmforge.tokenization import ShardConfig, TokenizerConfig, build_shards, train_tokenizer
+    from lmforge.training import PretrainConfig, get_objective
 
     start = time.perf_counter()
     cleaned = clean_corpus(demo_corpus_config(pattern), data_dir, work / "corpus")
     clean_seconds = time.perf_counter() - start
     tokenizer = train_tokenizer(
-        TokenizerConfig(algorithm="bpe", vocab_size=8192, min_frequency=2),
+        TokenizerConfig(algorithm=algorithm, vocab_size=8192, min_frequency=2),
         work / "corpus",
         work / "tokenizer",
     )
-    shards = build_shards(
-        ShardConfig(seq_len=seq_len, validation_fraction=0.02),
-        "clm",
-        work / "corpus",
-        work / "tokenizer",
-        work / "shards",
-        seed=0,
-    )
+    shards, seconds = {}, {"clean": clean_seconds, "tokenizer": tokenizer["seconds"]}
+    for objective in objectives:
+        spec = get_objective(objective)
+        built = build_shards(
+            ShardConfig(seq_len=seq_len, validation_fraction=0.02),
+            spec.packing,
+            work / "corpus",
+            work / "tokenizer",
+            work / f"shards-{objective}",
+            seed=0,
+            packing_options=spec.packing_options(PretrainConfig(objective=objective), seq_len),
+        )
+        shards[objective] = work / f"shards-{objective}"
+        seconds[f"shard_{objective}"] = built["seconds"]
     return {
-        "shards": work / "shards",
+        "shards": shards,
         "tokenizer": work / "tokenizer",
         "num_docs_kept": cleaned["num_kept"],
-        "num_train_sequences": shards["train"]["num_sequences"],
-        "seconds": {"clean": clean_seconds, "tokenizer": tokenizer["seconds"], "shard": shards["seconds"]},
+        "num_train_sequences": built["train"]["num_sequences"],
+        "seconds": seconds,
     }

@@ -1,10 +1,12 @@
 """Pre-training throughput and MFU: lmforge (DeepSpeed ZeRO-1 bf16 in Ray Train) vs plain PyTorch.
 
     LMFORGE_DATA_DIR=/work/shared/data python bench/pretrain_throughput.py --sizes small --steps 50 --repeats 2
+    # the three paradigms on one Unigram tokenizer (T5 on encoder length 128):
+    LMFORGE_DATA_DIR=/work/shared/data python bench/pretrain_throughput.py --objectives clm mlm span --seq-len 128
 
 OURS is `training.pretrain` on 2 Ray Train workers x 1 CPU (ZeRO-1, bf16, micro-batch 8 each).
-BASELINE is one process, `torch.set_num_threads(2)`, the same GPT-2 from `build_model` with the same
-init, the same sequences in the same steps (16 per step: ours' 2 ranks stride the same permutation),
+BASELINE is one process, `torch.set_num_threads(2)`, the same model (GPT-2, BERT or T5) from
+`build_model` with the same init, the same sequences in the same steps (16 per step: ours' 2 ranks stride the same permutation),
 torch AdamW + the same warmup/cosine schedule and gradient clipping, bf16 autocast on CPU. Tokens/s
 leave out step 1 (warm-up) and all start-up, for both; MFU divides by a bf16 matmul peak measured
 in the same run (ours: both 1-thread workers at once, summed; baseline: 2 threads). Shards and
@@ -117,9 +119,11 @@ def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str
     }
 
 
-def measure_size(args: argparse.Namespace, size: str, shards: Path, tokenizer: Path) -> dict[str, Any]:
+def measure_size(
+    args: argparse.Namespace, size: str, shards: Path, tokenizer: Path, objective: str = "clm"
+) -> dict[str, Any]:
     config = PretrainConfig(
-        objective="clm",
+        objective=objective,
         model=ModelConfig(size=size),
         num_workers=args.workers,
         zero_stage=1,
@@ -147,6 +151,7 @@ def measure_size(args: argparse.Namespace, size: str, shards: Path, tokenizer: P
     baseline_tps = common.spread([run["tokens_per_second"] for run in baseline])
     return {
         "benchmark": "pretrain_throughput",
+        "objective": objective,
         "size": size,
         "steps": args.steps,
         "tokens_per_step": args.micro_batch_size * args.workers * inputs.seq_len,
@@ -174,6 +179,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--micro-batch-size", type=int, default=8, help="per worker, as in configs/demo.yaml")
     parser.add_argument("--pattern", default="enwiki_extract/wiki_0[0-3].txt", help="data to build from")
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        default=["clm"],
+        help="objectives to measure; more than one trains one Unigram tokenizer for all (its sentinels serve span)",
+    )
+    parser.add_argument("--seq-len", type=int, default=256, help="model input length (span: encoder tokens)")
     parser.add_argument("--shards", type=Path, help="a clm shard directory (skips building data)")
     parser.add_argument("--tokenizer", type=Path, help="its tokenizer directory")
     common.add_load_arguments(parser)
@@ -183,14 +195,24 @@ def main() -> None:
     ray_init_seconds = common.start_ray()
     try:
         with tempfile.TemporaryDirectory(prefix="lmforge-bench-data-") as tmp:
-            shards, tokenizer, data = args.shards, args.tokenizer, {}
-            if shards is None or tokenizer is None:
-                data = common.build_clm_data(common.require_data_dir(), args.pattern, Path(tmp))
+            tokenizer, data = args.tokenizer, {}
+            shards = {"clm": args.shards} if args.shards else {}
+            if not shards or tokenizer is None:
+                algorithm = "bpe" if args.objectives == ["clm"] else "unigram"
+                data = common.build_pretrain_data(
+                    common.require_data_dir(),
+                    args.pattern,
+                    Path(tmp),
+                    tuple(args.objectives),
+                    algorithm,
+                    args.seq_len,
+                )
                 shards, tokenizer = data.pop("shards"), data.pop("tokenizer")
-            for size in args.sizes:
-                result = measure_size(args, size, shards, tokenizer)
-                extra = {"ray_init_seconds": ray_init_seconds, "data": data, "machine": common.machine()}
-                common.emit({**result, **extra})
+            for objective in args.objectives:
+                for size in args.sizes:
+                    result = measure_size(args, size, shards[objective], tokenizer, objective)
+                    extra = {"ray_init_seconds": ray_init_seconds, "data": data, "machine": common.machine()}
+                    common.emit({**result, **extra})
     finally:
         ray.shutdown()
 

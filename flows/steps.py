@@ -126,14 +126,27 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
     # "auto" names a choice, not a precision: the recipe holds what the workers' hardware resolves
     # it to, so a store shared by machines of both CPU kinds never hands a bf16 model to an fp32 one.
     precision = training.worker_precision(cfg)
-    return ctx.runner.run(
-        "pretrain",
-        "model",
-        config={"pretrain": shaping, "resolved_precision": precision.precision},
-        parents=[shards.artifact_id, tokenizer.artifact_id],
-        code=own_code("pretrain_step", "lmforge.training.launcher"),
-        seed=ctx.config.seed,
-        compute=lambda out, work: training.pretrain(
+    recipe: dict[str, Any] = {"pretrain": shaping, "resolved_precision": precision.precision}
+    budget = None
+    if cfg.compute_budget_flops is not None:
+        # Matched compute: the steps a FLOP budget buys, from one measured step on these shards.
+        budget = training.plan_budget(
+            cfg,
+            ctx.store.local_files(shards.artifact_id),
+            ctx.store.local_files(tokenizer.artifact_id),
+            ctx.config.seed,
+        )
+        cfg = cfg.model_copy(update={"max_steps": budget.max_steps, "warmup_steps": budget.warmup_steps})
+        recipe = {
+            **recipe,
+            "pretrain": shaping.model_copy(
+                update={"max_steps": budget.max_steps, "warmup_steps": budget.warmup_steps}
+            ),
+            "budget": budget.as_dict(),
+        }
+
+    def compute(out: Path, work: Any) -> dict[str, Any]:
+        summary = training.pretrain(
             cfg,
             ctx.store.local_files(shards.artifact_id),
             ctx.store.local_files(tokenizer.artifact_id),
@@ -148,7 +161,17 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
             else None,
             precision=precision,
             progress=ctx.progress_target("pretrain"),
-        ),
+        )
+        return {**summary, "budget": budget.as_dict()} if budget is not None else summary
+
+    return ctx.runner.run(
+        "pretrain",
+        "model",
+        config=recipe,
+        parents=[shards.artifact_id, tokenizer.artifact_id],
+        code=own_code("pretrain_step", "lmforge.training.launcher"),
+        seed=ctx.config.seed,
+        compute=compute,
     )
 
 

@@ -83,6 +83,22 @@ class Sst2FinetuneConfig(TaskConfig):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
     log_every: int = Field(default=1, ge=1)  # loss-curve resolution in optimizer steps
+    # Encoder-decoder (span/T5) models only: text to text, as T5 was fine-tuned on GLUE. The input
+    # is prefix + sentence, the target label_words[label]; accuracy is the exact match of the
+    # greedy generation. Classifier-head models ignore both fields.
+    text_to_text_prefix: str = "sst2 sentence: "
+    label_words: list[str] = Field(default_factory=lambda: ["negative", "positive"])
+
+    @field_validator("label_words")
+    @classmethod
+    def _two_label_words(cls, words: list[str]) -> list[str]:
+        if len(words) != 2 or not all(word.strip() for word in words) or len(set(words)) != 2:
+            raise ValueError(f"label_words must be two different non-empty words (label 0, 1), got {words}")
+        if any(word != word.strip() for word in words):
+            raise ValueError(
+                f"label_words are compared with stripped generations: remove the spaces in {words}"
+            )
+        return words
 
 
 class Sst2IclConfig(TaskConfig):
@@ -100,7 +116,8 @@ class Sst2IclConfig(TaskConfig):
     template: str = "Review: {text}\nSentiment: {label}"
     label_words: dict[int, str] = Field(default_factory=lambda: {0: "negative", 1: "positive"})
     batch_size: int = operational(16, ge=1)  # throughput only
-    max_length: int | None = Field(default=None, ge=8)  # None: the model's n_positions
+    # None: the model's n_positions; for an encoder-decoder (T5's relative positions), no limit.
+    max_length: int | None = Field(default=None, ge=8)
     # Contextual calibration (Zhao et al. 2021): also report accuracy with the label probabilities
     # divided by their average over these content-free inputs, given the same demonstrations.
     calibrate: bool = True
@@ -184,11 +201,13 @@ FINETUNE_TASKS.add(
     TaskSpec(
         "sst2",
         Sst2FinetuneConfig,
-        frozenset({"clm", "mlm", "mlm_nsp", "mlm_sop"}),
+        frozenset({"clm", "mlm", "mlm_nsp", "mlm_sop", "span"}),
         "lmforge.tasks.finetune:run_sst2_finetune",
     )
 )
-EVAL_TASKS.add(TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm"}), "lmforge.tasks.icl:run_sst2_icl"))
+EVAL_TASKS.add(
+    TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm", "span"}), "lmforge.tasks.icl:run_sst2_icl")
+)
 EVAL_TASKS.add(
     TaskSpec(
         "wikitext_perplexity",
@@ -203,6 +222,126 @@ EVAL_TASKS.add(
         MlmAccuracyConfig,
         frozenset({"mlm", "mlm_nsp", "mlm_sop"}),
         "lmforge.tasks.mlm_accuracy:run_mlm_accuracy",
+    )
+)
+
+
+class WikitextPseudoPerplexityConfig(TaskConfig):
+    """Pseudo-perplexity of a masked LM on WikiText-2 (raw) validation (Salazar et al. 2020)."""
+
+    data_fields = ("path",)
+
+    name: Literal["wikitext_pseudo_perplexity"] = "wikitext_pseudo_perplexity"
+    path: str = "wikitext2_raw/valid.txt"  # or hf://Salesforce/wikitext
+    hub: dict[str, str] = hub_fallbacks(WIKITEXT2_HUB)
+    # Window length including the [CLS]/[SEP] wrappers; None: the model's max_position_embeddings.
+    max_length: int | None = Field(default=None, ge=3)
+    # Text tokens scored per window, each window moving on by this much. Every token costs one
+    # forward of a full window whatever the stride, so the default 1 (each token near its window's
+    # centre) gives the most two-sided context for free; stride == the body length is chunked.
+    stride: int = Field(default=1, ge=1)
+    # Only the first max_tokens text tokens are scored (with context from the whole text): the cost
+    # is max_tokens forwards of max_length tokens. None: every token.
+    max_tokens: int | None = Field(default=4096, ge=1)
+    batch_size: int = operational(64, ge=1)  # masked copies per forward; throughput only
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> WikitextPseudoPerplexityConfig:
+        if self.max_length is not None and self.stride > self.max_length - 2:
+            raise ValueError(
+                f"stride ({self.stride}) must not exceed max_length - 2 ({self.max_length - 2}): a window "
+                "scores at most its text tokens, max_length less the [CLS]/[SEP] wrappers"
+            )
+        return self
+
+
+MASK_PLACEHOLDER = "{mask}"
+FILL_MASK_PROBES = (
+    "The capital of France is {mask}.",
+    "Paris is the capital and largest city of {mask}.",
+    "The Atlantic {mask} lies between Europe and North America.",
+    "Water freezes at zero degrees {mask}.",
+    "The sun rises in the {mask} and sets in the west.",
+    "The keys to the cabinet {mask} on the table.",
+    "Yesterday she {mask} to the market to buy bread.",
+    "He was born in 1950 and died in {mask}.",
+)
+
+
+class FillMaskProbesConfig(TaskConfig):
+    """Top-k fill-mask predictions of a masked LM on fixed probe sentences (a qualitative check)."""
+
+    name: Literal["fill_mask_probes"] = "fill_mask_probes"
+    # Sentences with exactly one `{mask}`, replaced by the tokenizer's mask token.
+    probes: list[str] = Field(default_factory=lambda: list(FILL_MASK_PROBES), min_length=1)
+    top_k: int = Field(default=5, ge=1)
+
+    @field_validator("probes")
+    @classmethod
+    def _one_mask_each(cls, probes: list[str]) -> list[str]:
+        for index, probe in enumerate(probes):
+            if probe.count(MASK_PLACEHOLDER) != 1:
+                raise ValueError(
+                    f"probe {index} must contain {MASK_PLACEHOLDER} exactly once (found "
+                    f"{probe.count(MASK_PLACEHOLDER)}): {probe!r}"
+                )
+        repeated = sorted({probe for probe in probes if probes.count(probe) > 1})
+        if repeated:
+            raise ValueError(f"probes must be distinct; repeated: {repeated}")
+        return probes
+
+
+EVAL_TASKS.add(
+    TaskSpec(
+        "wikitext_pseudo_perplexity",
+        WikitextPseudoPerplexityConfig,
+        frozenset({"mlm", "mlm_nsp", "mlm_sop"}),
+        "lmforge.tasks.pseudo_perplexity:run_wikitext_pseudo_perplexity",
+    )
+)
+EVAL_TASKS.add(
+    TaskSpec(
+        "fill_mask_probes",
+        FillMaskProbesConfig,
+        frozenset({"mlm", "mlm_nsp", "mlm_sop"}),
+        "lmforge.tasks.fill_mask:run_fill_mask_probes",
+    )
+)
+
+
+class GenerationSamplesConfig(TaskConfig):
+    """Seeded samples of any pre-trained model: each prompt's `{mask}` is what the model writes (a
+    causal LM continues the text before it, a masked LM fills it, T5 fills it as a span)."""
+
+    name: Literal["generation_samples"] = "generation_samples"
+    prompts: list[str] = Field(
+        default_factory=lambda: [
+            "The capital of France is {mask}.",
+            "In 1905, Albert Einstein published {mask}.",
+            "The river flows through the {mask} of the city.",
+        ],
+        min_length=1,
+    )
+    max_new_tokens: int = Field(default=20, ge=1)
+    top_k: int = Field(default=50, ge=1)
+    # None: the run's seed.
+    seed: int | None = None
+
+    @field_validator("prompts")
+    @classmethod
+    def _one_placeholder(cls, prompts: list[str]) -> list[str]:
+        for index, prompt in enumerate(prompts):
+            if prompt.count(MASK_PLACEHOLDER) != 1:
+                raise ValueError(f"prompt {index} must contain {MASK_PLACEHOLDER} exactly once: {prompt!r}")
+        return prompts
+
+
+EVAL_TASKS.add(
+    TaskSpec(
+        "generation_samples",
+        GenerationSamplesConfig,
+        frozenset({"clm", "mlm", "mlm_nsp", "mlm_sop", "span"}),
+        "lmforge.tasks.samples:run_generation_samples",
     )
 )
 

@@ -1,4 +1,10 @@
-"""SST-2 in-context learning: k demonstrations, each label word scored by log-likelihood (no generation)."""
+"""SST-2 in-context learning: k demonstrations, each label word scored by log-likelihood (no generation).
+
+A causal LM scores the label word as the prompt's continuation. An encoder-decoder (T5, from the
+span objective) reads the same prompt in its encoder with the query's label slot replaced by the
+sentinel `<extra_id_0>`, and scores the label word as the span that fills it, as span corruption
+trained it to.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.core.errors import DataError
+from lmforge.core.errors import ArtifactError, DataError
 from lmforge.core.logs import get_logger
 from lmforge.tasks.config import Sst2IclConfig
 from lmforge.tasks.data import LabelledText, load_sst2
-from lmforge.tasks.modeling import boundary_token_id, load_model, load_tokenizer, max_positions, write_metrics
-from lmforge.tasks.scoring import ContinuationRequest, continuation_log_likelihoods
+from lmforge.tasks.modeling import (
+    boundary_token_id,
+    is_seq2seq,
+    load_model,
+    load_tokenizer,
+    max_positions,
+    write_metrics,
+)
+from lmforge.tasks.scoring import (
+    ContinuationRequest,
+    TargetRequest,
+    continuation_log_likelihoods,
+    target_log_likelihoods,
+)
 
 log = get_logger(__name__)
 DEMONSTRATION_SEPARATOR = "\n\n"
+SPAN_SENTINEL = "<extra_id_0>"
+CAUSAL_SCORING = "argmax over labels of the label continuation's log-likelihood"
+SPAN_FILL_SCORING = (
+    f"argmax over labels of the log-likelihood of the label word's tokens as the decoder target "
+    f"after {SPAN_SENTINEL}, the query's label slot being {SPAN_SENTINEL} in the encoder input"
+)
 
 
 def split_template(template: str) -> tuple[str, str]:
@@ -57,10 +81,14 @@ def score_labels(
     config: Sst2IclConfig,
     demonstrations: list[LabelledText],
     texts: list[str],
-    max_length: int,
+    max_length: int | None,
 ) -> tuple[list[list[float]], int]:
-    """Per text, the log-likelihood of each label's continuation (labels in sorted order); also how
-    many prompts were left-truncated."""
+    """Per text, the log-likelihood of each label (labels in sorted order); also how many prompts
+    were left-truncated to max_length tokens (None: no limit, encoder-decoders only)."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        return score_span_fill_labels(model, tokenizer, config, demonstrations, texts, max_length)
+    if max_length is None:
+        raise ValueError("a causal LM's prompts need a max_length")
     start = [token] if (token := boundary_token_id(tokenizer)) is not None else []
     labels = sorted(config.label_words)
     requests = []
@@ -73,6 +101,45 @@ def score_labels(
     scores, num_truncated = continuation_log_likelihoods(model, requests, max_length, config.batch_size)
     per_text = [scores[i : i + len(labels)] for i in range(0, len(scores), len(labels))]
     return per_text, num_truncated // len(labels)
+
+
+def span_fill_encoder_ids(
+    tokenizer: Any, config: Sst2IclConfig, demonstrations: list[LabelledText], text: str, sentinel_id: int
+) -> list[int]:
+    """The prompt of `build_prompt` (demonstrations, then the query up to its label) followed by the
+    sentinel and </s>: the whitespace before the query's label goes with the label word, whose
+    first piece carries the word-start marker, as in a span target."""
+    context, _ = build_prompt(config, demonstrations, text)
+    return [*tokenizer(context, add_special_tokens=False)["input_ids"], sentinel_id, tokenizer.eos_token_id]
+
+
+def score_span_fill_labels(
+    model: Any,
+    tokenizer: Any,
+    config: Sst2IclConfig,
+    demonstrations: list[LabelledText],
+    texts: list[str],
+    max_length: int | None,
+) -> tuple[list[list[float]], int]:
+    """`score_labels` for an encoder-decoder: per label, the summed log-probability of the label
+    word's tokens (`tokenizer(word, add_special_tokens=False)`) as the decoder target after the
+    decoder start token and `<extra_id_0>`; neither the sentinel nor a closing </s> is scored.
+    Prompts over max_length tokens lose tokens from the left (the sentinel and </s> stay)."""
+    sentinel_id = tokenizer.convert_tokens_to_ids(SPAN_SENTINEL)
+    if sentinel_id is None or sentinel_id == tokenizer.unk_token_id or tokenizer.eos_token_id is None:
+        raise ArtifactError(f"span-fill scoring needs a tokenizer with {SPAN_SENTINEL} and an eos token")
+    labels = sorted(config.label_words)
+    words = {
+        label: tokenizer(config.label_words[label], add_special_tokens=False)["input_ids"] for label in labels
+    }
+    requests, num_truncated = [], 0
+    for text in texts:
+        encoder_ids = span_fill_encoder_ids(tokenizer, config, demonstrations, text, sentinel_id)
+        if max_length is not None and len(encoder_ids) > max_length:
+            encoder_ids, num_truncated = encoder_ids[-max_length:], num_truncated + 1
+        requests += [TargetRequest(encoder_ids, [sentinel_id], words[label]) for label in labels]
+    scores = target_log_likelihoods(model, requests, config.batch_size)
+    return [scores[i : i + len(labels)] for i in range(0, len(scores), len(labels))], num_truncated
 
 
 def log_softmax(values: list[float]) -> list[float]:
@@ -116,7 +183,7 @@ def evaluate_ordering(
     config: Sst2IclConfig,
     demonstrations: list[LabelledText],
     dev: list[LabelledText],
-    max_length: int,
+    max_length: int | None,
 ) -> dict[str, Any]:
     """Raw (and, with config.calibrate, calibrated) accuracy for one set of demonstrations."""
     labels = sorted(config.label_words)
@@ -158,15 +225,20 @@ def run_sst2_icl(
     seed: int,
 ) -> dict[str, Any]:
     """Accuracy per (k, ordering) and mean/std per k on the SST-2 dev set; writes metrics.json."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     began = time.perf_counter()
     key = f"evaluation.tasks[{config.name}]"
     train = load_sst2(config.train_path, data_dir, f"{key}.train_path", "train")
     dev = load_sst2(config.dev_path, data_dir, f"{key}.dev_path", "validation")[: config.max_examples]
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(AutoModelForCausalLM, model_dir)
-    max_length = min(config.max_length or max_positions(model.config), max_positions(model.config))
+    seq2seq = is_seq2seq(model_dir)
+    model = load_model(AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM, model_dir)
+    max_length: int | None
+    if seq2seq:  # relative position buckets: no maximum input length
+        max_length = config.max_length
+    else:
+        max_length = min(config.max_length or max_positions(model.config), max_positions(model.config))
     gold = [row.label for row in dev]
     runs: list[dict[str, Any]] = []
     shots: dict[str, dict[str, Any]] = {}
@@ -196,7 +268,7 @@ def run_sst2_icl(
         "shots": shots,
         "runs": runs,
         "std_kind": "population standard deviation (ddof=0) over orderings",
-        "scoring": "argmax over labels of the label continuation's log-likelihood",
+        "scoring": SPAN_FILL_SCORING if seq2seq else CAUSAL_SCORING,
         "majority_label": majority_label,
         "majority_baseline_accuracy": gold.count(majority_label) / len(dev),
     }

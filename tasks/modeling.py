@@ -10,6 +10,9 @@ from lmforge.core.errors import ArtifactError
 from lmforge.infra.artifact_files import TELEMETRY_DIR
 
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
+# What the pre-training export writes next to the model (objective, auto_model_class, seq_len, ...).
+PRETRAIN_META_FILE = "lmforge_pretrain.json"
+SEQ2SEQ_AUTO_CLASS = "AutoModelForSeq2SeqLM"
 
 
 def load_tokenizer(model_dir: Path) -> Any:
@@ -37,6 +40,33 @@ def load_model(auto_class: Any, model_dir: Path, **kwargs: Any) -> Any:
     except (OSError, ValueError) as err:
         raise ArtifactError(f"{model_dir}: cannot load a {auto_class.__name__} ({err})") from None
     return model.eval()
+
+
+def pretrain_meta(model_dir: Path) -> dict[str, Any]:
+    """The export's lmforge_pretrain.json, or {} for a model directory made elsewhere."""
+    path = Path(model_dir) / PRETRAIN_META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def is_seq2seq(model_dir: Path) -> bool:
+    """Whether the model is an encoder-decoder (T5 from the span objective): the export's
+    auto_model_class says so; without the export's metadata, the model config does."""
+    auto_class = pretrain_meta(model_dir).get("auto_model_class")
+    if isinstance(auto_class, str):
+        return auto_class == SEQ2SEQ_AUTO_CLASS
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{model_dir}: cannot load a model config ({err})") from None
+    return bool(getattr(config, "is_encoder_decoder", False))
 
 
 def max_positions(model_config: Any) -> int:

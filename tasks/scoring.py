@@ -1,6 +1,7 @@
-"""Log-likelihood of continuations under a causal LM, with shared work done once.
+"""Log-likelihood of continuations under a causal LM, with shared work done once; and of decoder
+targets under an encoder-decoder (`target_log_likelihoods`).
 
-Two savings, both exact (the same sums up to float32 rounding):
+For the causal LM, two savings, both exact (the same sums up to float32 rounding):
 - requests whose model input is the same, or a prefix of another's, share one row: the input is
   context + continuation[:-1], so the one-token labels of an ICL prompt are all scored from one pass;
 - the token prefix every untruncated row starts with (the ICL demonstrations) runs once, and each
@@ -162,3 +163,65 @@ def target_log_probs(
     logits = head(hidden[batch_rows, positions]).float()
     values = torch.log_softmax(logits, dim=-1)[torch.arange(len(keys)), torch.tensor([t for *_, t in keys])]
     return dict(zip(keys, values.double().tolist(), strict=True))
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """An encoder input and a decoder sequence `given_ids + target_ids`; only the targets are scored."""
+
+    encoder_ids: list[int]
+    given_ids: list[int]
+    target_ids: list[int]
+
+
+def pad_rows(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask of the real tokens), right-padded to the longest row."""
+    ids = torch.full((len(rows), max(len(row) for row in rows)), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = torch.tensor(row)
+        mask[index, : len(row)] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def target_log_likelihoods(model: Any, requests: Sequence[TargetRequest], batch_size: int) -> list[float]:
+    """Per request, the sum over its target tokens of log p(token | encoder input, decoder start
+    token, given tokens, earlier target tokens) under an encoder-decoder (teacher forcing).
+
+    Each distinct encoder input runs through the encoder once, in batches of `batch_size` inputs;
+    every request on it reuses the encoder states. Right padding is exact: the encoder masks it,
+    and the causal decoder never attends to the padding after a row's real tokens.
+    """
+    from transformers.modeling_outputs import BaseModelOutput
+
+    if any(not request.target_ids for request in requests):
+        raise ValueError("a request needs at least one target token")
+    pad_id, start_id = model.config.pad_token_id, model.config.decoder_start_token_id
+    encoder_inputs = list(dict.fromkeys(tuple(request.encoder_ids) for request in requests))
+    users: dict[tuple[int, ...], list[int]] = {ids: [] for ids in encoder_inputs}
+    for index, request in enumerate(requests):
+        users[tuple(request.encoder_ids)].append(index)
+    scores = [0.0] * len(requests)
+    for begin in range(0, len(encoder_inputs), batch_size):
+        chunk = encoder_inputs[begin : begin + batch_size]
+        input_ids, attention_mask = pad_rows([list(ids) for ids in chunk], pad_id)
+        hidden = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        served = [(row, index) for row, ids in enumerate(chunk) for index in users[ids]]
+        rows = torch.tensor([row for row, _ in served])
+        decoder_ids, _ = pad_rows(
+            [[start_id, *requests[i].given_ids, *requests[i].target_ids[:-1]] for _, i in served], pad_id
+        )
+        logits = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden[rows]),
+            attention_mask=attention_mask[rows],
+            decoder_input_ids=decoder_ids,
+        ).logits
+        log_probs = torch.log_softmax(logits.float(), dim=-1).double()
+        for position, (_, index) in enumerate(served):
+            request = requests[index]
+            first = len(request.given_ids)
+            scores[index] = sum(
+                float(log_probs[position, first + j, token]) for j, token in enumerate(request.target_ids)
+            )
+    return scores

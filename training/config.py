@@ -120,6 +120,9 @@ class PretrainConfig(StrictModel):
     adam_betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = Field(default=20, ge=0)
     max_steps: int = Field(default=200, ge=1)
+    # Matched compute: when set, max_steps is derived from this many training FLOPs and the measured
+    # FLOPs of one step (training/budget.py), and warmup_steps cut to a tenth of them if longer.
+    compute_budget_flops: float | None = Field(default=None, gt=0)
     lr_decay: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
     gradient_clipping: float = Field(default=1.0, ge=0.0)
@@ -161,7 +164,9 @@ class PretrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_schedule(self) -> PretrainConfig:
-        if self.warmup_steps > self.max_steps:
+        if self.compute_budget_flops is not None and "max_steps" in self.model_fields_set:
+            raise ValueError("set max_steps or compute_budget_flops, not both (the budget derives max_steps)")
+        if self.warmup_steps > self.max_steps and self.compute_budget_flops is None:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if self.precision == "fp16" and self.use_gpu is False:
             raise ValueError(

@@ -43,6 +43,13 @@ from lmforge.training.resume import (
 logger = get_logger(__name__)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 class WorkerEnv(Protocol):
     rank: int
     world_size: int
@@ -104,6 +111,8 @@ class PretrainLoop:
             if self.is_log_step():
                 self.flush_train_losses()
             self._call("on_step_end")
+        # Peak resident memory of each worker process (the whole attempt), gathered for the summary.
+        self.record("memory", telemetry=True, peak_rss_bytes=all_gather_object(peak_rss_bytes()))
         self.save(final=True)
         self._call("on_train_end")
 

@@ -120,14 +120,21 @@ def run_summary(
         "initial_train_loss": train[0]["loss"] if train else None,
         "final_train_loss": last.get("loss"),
         "final_val_loss": evals[-1]["val_loss"] if evals else None,
+        # Token accuracy on the objective's targets (next token, masked tokens, span fills).
+        "final_val_accuracy": evals[-1].get("val_accuracy") if evals else None,
+        "tokens_per_step": start.get("tokens_per_step"),
         "num_tokens_trained": last.get("num_tokens", 0),
         "loss_curve": [[record["step"], record["loss"]] for record in train if curve_step(record["step"])],
         "val_curve": [[record["step"], record["val_loss"]] for record in evals],
     }
     if clm:
         summary["val_perplexity"] = math.exp(summary["final_val_loss"]) if evals else None
+    if evals and "val_pair_accuracy" in evals[-1]:
+        summary["final_val_pair_accuracy"] = evals[-1]["val_pair_accuracy"]
+        summary["final_val_pair_loss"] = evals[-1]["val_pair_loss"]
     summary.update(speed_summary(telemetry, summary["num_tokens_trained"], summary["flops_per_token"]))
     summary["worker_nodes"] = telemetry.last("placement").get("worker_nodes")
+    summary["peak_rss_bytes_per_worker"] = telemetry.last("memory").get("peak_rss_bytes")
     summary["restarts"] = [{"from_step": record["step"]} for record in telemetry.of("resume")]
     return summary
 

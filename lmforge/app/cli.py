@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from lmforge.core.errors import LmforgeError
+from lmforge.core.errors import ConfigError, LmforgeError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,6 +309,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lmforge.flows.pipeline import stage_plan
 
     stage_plan(args.stage)
+    if config.lab is not None and args.stage:
+        raise ConfigError(
+            f"--stage {args.stage}: a lab config runs whole branches; run a branch's config instead"
+        )
     for fallback in apply_hub_fallbacks(config, config.resolved_data_dir())[1]:
         print(f"{fallback.key}: no local copy of {fallback.local!r}; reading {fallback.hub}")
     config = resolve_inputs(config)
@@ -324,11 +328,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         prefect_api(console.print, store.run_dir(run_id) / "prefect"),
     ):
         console.print(f"run id: {run_id}  (full log: {log_path})")
-        from lmforge.flows.pipeline import pipeline_flow
+        if config.lab is not None:
+            from lmforge.flows.lab import paradigm_lab_flow
 
-        record = pipeline_flow(
-            config=config, run_id=run_id, store=store.location, force=args.force, stage=args.stage
-        )
+            console.print(f"paradigm lab: branches {', '.join(config.lab.branches)}, one run each")
+            record = paradigm_lab_flow(config=config, run_id=run_id, store=store.location, force=args.force)
+        else:
+            from lmforge.flows.pipeline import pipeline_flow
+
+            record = pipeline_flow(
+                config=config, run_id=run_id, store=store.location, force=args.force, stage=args.stage
+            )
         console.print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
         console.print(f"run record: {store.run_dir(run_id) / 'run.json'}")
         if record["report"]:

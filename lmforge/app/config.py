@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -39,6 +41,23 @@ class RayConfig(StrictModel):
     num_cpus: int | None = Field(default=None, ge=1)
 
 
+class LabConfig(StrictModel):
+    """The paradigm lab (`lab:` section): one pipeline per branch, all from this config, at matched
+    compute. Each branch's overrides are merged into the rest of the config (e.g. `{pretrain:
+    {objective: span}}`); its pre-training gets `compute_budget_flops` and derives its own max_steps
+    from the measured FLOPs of one of its steps."""
+
+    compute_budget_flops: float = Field(gt=0)
+    branches: dict[str, dict[str, Any]] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _branch_names(self) -> LabConfig:
+        for name in self.branches:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+                raise ValueError(f"branches: name {name!r} must be lowercase letters, digits and dashes")
+        return self
+
+
 class PipelineConfig(StrictModel):
     """Everything one pipeline run needs; saved (resolved) inside every artifact it produces."""
 
@@ -53,6 +72,13 @@ class PipelineConfig(StrictModel):
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    lab: LabConfig | None = None
+
+    @model_validator(mode="after")
+    def _branches_are_valid(self) -> PipelineConfig:
+        if self.lab is not None:
+            branch_configs(self)  # each branch validates as a pipeline of its own
+        return self
 
     @model_validator(mode="after")
     def _tokenizer_fits_objective(self) -> PipelineConfig:
@@ -102,6 +128,38 @@ class PipelineConfig(StrictModel):
                 raise ConfigError(f"data_dir: {self.data_dir!r} is not a directory")
             return path
         return default_data_dir()
+
+
+def branch_configs(config: PipelineConfig) -> dict[str, PipelineConfig]:
+    """The lab's branches as pipeline configs named `<name>-<branch>`, with the lab's FLOP budget."""
+    from lmforge.core.configbase import validate_config
+
+    if config.lab is None:
+        return {}
+    base = config.model_dump(mode="json", exclude_unset=True, exclude={"lab"})
+    branches = {}
+    for branch, overrides in config.lab.branches.items():
+        merged = deep_merge(base, overrides)
+        merged["name"] = f"{config.name}-{branch}"
+        pretrain = merged.setdefault("pretrain", {})
+        if "max_steps" in pretrain:
+            raise ConfigError(
+                f"lab.branches.{branch}: pretrain.max_steps is derived from lab.compute_budget_flops; remove it"
+            )
+        pretrain["compute_budget_flops"] = config.lab.compute_budget_flops
+        branches[branch] = validate_config(PipelineConfig, merged, source=f"lab.branches.{branch}")
+    return branches
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in: mappings recursively, anything else replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def check_inputs(config: PipelineConfig) -> None:

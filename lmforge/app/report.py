@@ -221,6 +221,16 @@ def sections(run_record: dict, png_name: str | None, lineage: list[dict] | None 
 LINEAGE_NOTE = "Raw inputs (rounded) and the run's artifacts; data flows left to right."
 
 
+def markdown_lines(blocks: Iterable[Block]) -> list[str]:
+    """Report blocks as Markdown lines (the lab report renders its own blocks with these too)."""
+    return _markdown_blocks(blocks)
+
+
+def html_page(blocks: Iterable[Block], png_bytes: bytes | None) -> str:
+    """Report blocks as one self-contained HTML page (the PNG inlined)."""
+    return _html(blocks, png_bytes)
+
+
 def _markdown_blocks(blocks: Iterable[Block]) -> list[str]:
     out: list[str] = []
     for kind, content in blocks:

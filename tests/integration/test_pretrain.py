@@ -418,6 +418,45 @@ def test_sentence_pair_objectives_report_pair_accuracy_with_static_whole_word_ma
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("objective", "packing"), [("clm", "clm"), ("mlm", "mlm"), ("mlm_sop", "pair"), ("span", "span")]
+)
+def test_a_flop_budget_buys_the_steps_its_measured_step_costs(wiki_inputs, objective, packing):
+    """The measured FLOPs of a step (FlopCounterMode) agree with the analytical count within 5%, and
+    the budget divides into steps by them."""
+    from lmforge.training.budget import plan_budget
+    from lmforge.training.flops import model_flops_per_token
+    from lmforge.training.inputs import resolve_inputs
+    from lmforge.training.objectives import get_objective
+
+    config = run_config(objective, zero_stage=1).model_copy(update={"precision": "fp32"})
+    shards, tokenizer = wiki_inputs / f"shards-{packing}", wiki_inputs / "tokenizer"
+    inputs = resolve_inputs(config, shards, tokenizer, seed=0)
+    model = get_objective(objective).build_model(
+        config.model, inputs.vocab_size, inputs.seq_len, inputs.special_ids
+    )
+    tokens_per_step = config.micro_batch_size * config.num_workers * inputs.seq_len
+    analytical = model_flops_per_token(model, inputs.seq_len, inputs.target_length) * tokens_per_step
+
+    budgeted = config.model_copy(update={"compute_budget_flops": 25.5 * analytical, "warmup_steps": 5})
+    plan = plan_budget(budgeted, shards, tokenizer, seed=0)
+    assert plan.flops_per_step == pytest.approx(analytical, rel=0.05)
+    assert plan.max_steps == int(25.5 * analytical // plan.flops_per_step)
+    assert plan.warmup_steps == min(5, plan.max_steps // 10)
+    # Loss-bearing tokens: every next token (clm), ~15% (masked LMs), the span targets (span).
+    expected = {"clm": (inputs.seq_len - 1) / inputs.seq_len, "mlm": 0.15, "mlm_sop": 0.15 * 0.8}
+    share = plan.loss_tokens_per_step / tokens_per_step
+    if objective == "span":
+        assert (
+            plan.loss_tokens_per_step == config.micro_batch_size * config.num_workers * inputs.target_length
+        )
+    elif objective == "clm":
+        assert share == pytest.approx(expected["clm"])
+    else:
+        assert 0.05 < share < 0.2  # one micro-batch's draw of ~15% of the non-special, non-pad tokens
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_identical_runs_share_a_content_id(ray_runtime, wiki_inputs, tmp_path):
     """Two 2-worker ZeRO-3 runs differing only in log cadence: every file outside telemetry/ matches."""

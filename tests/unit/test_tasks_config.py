@@ -28,8 +28,11 @@ def test_defaults_and_registries():
         "wikitext_perplexity",
         "mlm_accuracy",
     ]
-    assert FINETUNE_TASKS["sst2"].applies_to == {"clm", "mlm", "mlm_nsp", "mlm_sop"}
-    assert EVAL_TASKS["sst2_icl"].applies_to == EVAL_TASKS["wikitext_perplexity"].applies_to == {"clm"}
+    assert FINETUNE_TASKS["sst2"].applies_to == {"clm", "mlm", "mlm_nsp", "mlm_sop", "span"}
+    assert EVAL_TASKS["sst2_icl"].applies_to == {"clm", "span"}
+    assert EVAL_TASKS["wikitext_perplexity"].applies_to == {"clm"}
+    assert EVAL_TASKS["wikitext_pseudo_perplexity"].applies_to == {"mlm", "mlm_nsp", "mlm_sop"}
+    assert EVAL_TASKS["generation_samples"].applies_to == {"clm", "mlm", "mlm_nsp", "mlm_sop", "span"}
     assert EVAL_TASKS["mlm_accuracy"].applies_to == {"mlm", "mlm_nsp", "mlm_sop"}
     assert [t.name for t in EvaluationConfig().tasks_for("mlm")] == ["mlm_accuracy"]
     assert [t.name for t in EvaluationConfig().tasks_for("clm")] == ["sst2_icl", "wikitext_perplexity"]
@@ -59,7 +62,7 @@ def test_loading_configs_does_not_import_torch():
         ),
         (
             {"tasks": [{"name": "nope"}]},
-            "tasks.0: `name` must be one of the eval tasks: mlm_accuracy, sst2_icl, wikitext_perplexity",
+            "tasks.0: `name` must be one of the eval tasks: fill_mask_probes, generation_samples, mlm_accuracy, sst2_icl, wikitext_perplexity, wikitext_pseudo_perplexity",
         ),
         ({"tasks": [{"name": "mlm_accuracy", "mask_prob": 0.1}]}, "unknown key 'tasks.0.mask_prob'"),
         ({"tasks": [{"name": "sst2_icl"}, {"name": "sst2_icl"}]}, "repeated: sst2_icl"),

@@ -1,4 +1,5 @@
-"""SST-2 ICL: prompt format, prefix-cached scoring and calibration against per-example brute force."""
+"""SST-2 ICL: prompt format, prefix-cached scoring and calibration against per-example brute force;
+T5 span-fill scoring against a hand computation with model(input_ids, labels=...)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from lmforge.tasks.icl import (
 from lmforge.tasks.modeling import load_model, load_tokenizer
 from lmforge.tasks.scoring import ContinuationRequest, continuation_log_likelihoods, plan_rows, shared_prefix
 from tests.unit.test_tasks_support import build_tiny_gpt2, write_sst2
+from tests.unit.test_tasks_t5_support import build_tiny_t5
 
 pytestmark = pytest.mark.unit
 
@@ -281,3 +283,74 @@ def load_model_and_tokenizer(model_dir):
     from transformers import AutoModelForCausalLM
 
     return load_model(AutoModelForCausalLM, model_dir), load_tokenizer(model_dir)
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    return build_tiny_t5(tmp_path_factory.mktemp("t5") / "hf")
+
+
+def hand_span_fill_scores(model, tokenizer, config, demos, text: str, max_length=None) -> torch.Tensor:
+    """Per label (0, 1): the prompt written out by hand with <extra_id_0> in the query's label slot,
+    then one unpadded model(input_ids, labels=<extra_id_0> word </s>) per label; the label word's
+    log-probabilities read off the logits (the sentinel and </s> positions are not summed)."""
+    shown = (
+        "".join(f"Review: {d.text}\nSentiment: {config.label_words[d.label]}\n\n" for d in demos)
+        + f"Review: {text}\nSentiment:"
+    )
+    sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    # The tokenizer appends </s>; the sentinel goes between the prompt and it.
+    encoder_ids = tokenizer(shown)["input_ids"]
+    encoder_ids = [*encoder_ids[:-1], sentinel, encoder_ids[-1]][-(max_length or len(encoder_ids) + 1) :]
+    scores = []
+    with torch.no_grad():
+        for label in (0, 1):
+            word_ids = tokenizer(config.label_words[label])["input_ids"][:-1]  # without its </s>
+            labels = torch.tensor([[sentinel, *word_ids, tokenizer.eos_token_id]])
+            logits = model(input_ids=torch.tensor([encoder_ids]), labels=labels).logits[0].double()
+            log_probs = torch.log_softmax(logits, dim=-1)
+            scores.append(sum(float(log_probs[1 + j, token]) for j, token in enumerate(word_ids)))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("max_length", [None, 24])
+def test_t5_span_fill_scores_equal_hand_computation(t5_dir, data_dir, max_length):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model, tokenizer = load_model(AutoModelForSeq2SeqLM, t5_dir), load_tokenizer(t5_dir)
+    # A multi-piece label word checks the sum over its tokens.
+    config = Sst2IclConfig(label_words={0: "negative", 1: "very positive"}, batch_size=2)
+    assert len(tokenizer("very positive", add_special_tokens=False)["input_ids"]) > 1
+    train = load_sst2("sst2/train.tsv", data_dir, "k", "train")
+    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")[:5]
+    demos = [train[i] for i in sample_demonstrations(train, 2, 0, 1)]
+    texts = [row.text for row in dev]
+    scores, num_truncated = score_labels(model, tokenizer, config, demos, texts, max_length)
+    assert num_truncated == (0 if max_length is None else len(texts))
+    for text, row in zip(texts, scores, strict=True):
+        expected = hand_span_fill_scores(model, tokenizer, config, demos, text, max_length)
+        assert row == pytest.approx(expected.tolist(), rel=1e-5, abs=1e-5)
+
+
+def test_t5_run_equals_hand_computation(t5_dir, data_dir, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = Sst2IclConfig(shots=[0, 2], num_orderings=3, max_examples=6)
+    metrics = run_sst2_icl(config, t5_dir, None, data_dir, tmp_path, seed=0)
+    assert metrics["max_length"] is None and "<extra_id_0>" in metrics["scoring"]
+    model, tokenizer = load_model(AutoModelForSeq2SeqLM, t5_dir), load_tokenizer(t5_dir)
+    train = load_sst2("sst2/train.tsv", data_dir, "k", "train")
+    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")[:6]
+    gold = torch.tensor([row.label for row in dev])
+    for run in metrics["runs"]:
+        demos = [train[i] for i in run["demonstration_indices"]]
+        raw = torch.stack([hand_span_fill_scores(model, tokenizer, config, demos, r.text) for r in dev])
+        prior = torch.stack(
+            [hand_span_fill_scores(model, tokenizer, config, demos, t).softmax(0) for t in ("N/A", "")]
+        ).mean(0)
+        calibrated = (raw.softmax(1) / prior).argmax(1)
+        assert run["accuracy"] == int((raw.argmax(1) == gold).sum()) / len(dev)
+        assert run["calibrated_accuracy"] == int((calibrated == gold).sum()) / len(dev)
+        assert list(run["content_free_prior"].values()) == pytest.approx(prior.tolist(), rel=1e-5)
+    summary = dict(summary_rows({"stages": {"eval/sst2_icl": {"metrics": metrics}}}))
+    assert "SST-2 ICL accuracy, k=2" in summary and "SST-2 ICL calibrated accuracy, k=0" in summary
