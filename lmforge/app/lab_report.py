@@ -59,6 +59,15 @@ def _icl(record: dict) -> str:
     return ", ".join(f"k={k}: {fmt(shot.get('mean_accuracy'), 3)}" for k, shot in shots)
 
 
+def _invalid(record: dict) -> str:
+    """Text-to-text fine-tunes only: the share of generations that were neither label word."""
+    values = [
+        stage_metrics(record, f"finetune/sst2/{init}").get("invalid_fraction")
+        for init in ("pretrained", "random")
+    ]
+    return NA if all(value is None for value in values) else ", ".join(fmt(value, 3) for value in values)
+
+
 def _perplexity(record: dict) -> str:
     ppl = stage_metrics(record, "eval/wikitext_perplexity").get("perplexity")
     if ppl is not None:
@@ -82,7 +91,11 @@ def comparison_rows(branches: dict[str, dict], store: Any) -> tuple[list[str], l
     rows: list[list[str]] = []
 
     def row(label: str, values: list[Any]) -> None:
-        rows.append([label, *[value if isinstance(value, str) else fmt(value) for value in values]])
+        cells = [
+            value if isinstance(value, str) else fmt(float(value) if isinstance(value, int) else value)
+            for value in values
+        ]
+        rows.append([label, *cells])
 
     records = list(branches.values())
     pre = [_pretrain(record) for record in records]
@@ -114,6 +127,10 @@ def comparison_rows(branches: dict[str, dict], store: Any) -> tuple[list[str], l
             f"SST-2 fine-tune accuracy, {init} init",
             [stage_metrics(record, f"finetune/sst2/{init}").get("dev_accuracy") for record in records],
         )
+    row(
+        "SST-2 text-to-text outputs that are no label word (pretrained, random)",
+        [_invalid(record) for record in records],
+    )
     row("SST-2 ICL accuracy by k", [_icl(record) for record in records])
     row("WikiText-2 perplexity / pseudo-perplexity", [_perplexity(record) for record in records])
     row("pre-training tokens/s", [metrics.get("tokens_per_second") for metrics in pre])

@@ -39,6 +39,12 @@ def test_branch_errors_name_the_branch():
     raw["lab"]["branches"]["clm"] = {"pretrain": {"objective": "clm", "max_steps": 10}}
     with pytest.raises(ConfigError, match=r"lab\.branches\.clm: pretrain\.max_steps is derived"):
         validate_config(PipelineConfig, raw)
+    raw["lab"]["branches"]["clm"] = {"pretrain": {"objective": "clm"}}
+    with pytest.raises(ConfigError, match=r"lab: pretrain\.max_steps is derived"):
+        validate_config(PipelineConfig, {**raw, "pretrain": {**raw["pretrain"], "max_steps": 50}})
+    # A dumped config (as a flow parameter carries it) holds max_steps at its default: accepted.
+    dumped = validate_config(PipelineConfig, raw).model_dump(mode="json")
+    assert list(branch_configs(validate_config(PipelineConfig, dumped))) == ["mlm", "clm", "span"]
     raw["lab"]["branches"] = {"only": {}}
     with pytest.raises(ConfigError, match="branches"):
         validate_config(PipelineConfig, raw)
