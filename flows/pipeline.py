@@ -162,6 +162,11 @@ def pipeline_flow(
     enable_info_logs()  # a served run's process has no CLI to do it
     logger = get_run_logger()
     pipeline_config = as_pipeline_config(config)
+    if pipeline_config.lab is not None:
+        raise ConfigError(
+            f"config {pipeline_config.name!r} has a lab: section: run it with `lmforge run` or the "
+            "lmforge-paradigm-lab flow, or run one branch's config with this flow"
+        )
     steps.forced_stages(force)
     planned = stage_plan(stage)
     # Hub data sets are pinned to a commit once, here: every stage's recipe and reader see that one.

@@ -220,7 +220,8 @@ EVAL_TASKS.add(
     TaskSpec(
         "mlm_accuracy",
         MlmAccuracyConfig,
-        frozenset({"mlm", "mlm_nsp", "mlm_sop"}),
+        # Reads validation shards as [CLS] ... [SEP] rows: the mlm packing's, not the pair packing's.
+        frozenset({"mlm"}),
         "lmforge.tasks.mlm_accuracy:run_mlm_accuracy",
     )
 )

@@ -79,9 +79,10 @@ def max_positions(model_config: Any) -> int:
 
 
 def boundary_token_id(tokenizer: Any) -> int | None:
-    """The token a causal LM saw at document starts: BOS if defined, else EOS (documents are joined
-    with EOS when packing for clm), else None."""
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+    """The token a causal LM saw at document starts: EOS (the clm packing joins documents with EOS),
+    else BOS, else None. Byte-level BPE uses one token for both; a Unigram tokenizer's BOS <s> never
+    occurs in clm shards."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.bos_token_id):
         if token_id is not None:
             return int(token_id)
     return None

@@ -16,6 +16,7 @@ from lmforge.training.tensorboard import TensorBoardLogger
 if TYPE_CHECKING:
     from lmforge.training.inputs import LoopInputs
     from lmforge.training.loop import PretrainLoop
+    from lmforge.training.objectives import Objective
 
 __all__ = ["LOGGERS", "Callback", "TensorBoardLogger", "build_callbacks"]
 
@@ -105,6 +106,34 @@ class HFExport(Callback):
             loop.is_writer,
             metadata,
         )
+        if loop.is_writer:
+            set_export_template(directory / HF_DIR, loop.objective, inputs.special_ids)
+
+
+def set_export_template(hf_dir: Path, objective: Objective, special_ids: dict[str, int]) -> None:
+    """Make the exported tokenizer add the special tokens `objective` trained with (a Unigram
+    tokenizer shared by a lab's branches appends </s> T5's way; a masked LM wants <s> ... </s>).
+
+    A causal LM gets no template-added tokens; a tokenizer's own non-template post-processor (byte-level
+    BPE's offsets) is kept."""
+    from tokenizers import Tokenizer, processors
+
+    path = hf_dir / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(path))
+    tokens = {role: str(tokenizer.id_to_token(token_id)) for role, token_id in special_ids.items()}
+    template = objective.export_template(tokens)
+    if template is None:
+        if not isinstance(tokenizer.post_processor, processors.TemplateProcessing):
+            return
+        tokenizer.post_processor = None
+    else:
+        used = sorted({token for token in template[1].replace(":1", "").split() if not token.startswith("$")})
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=template[0],
+            pair=template[1],
+            special_tokens=[(token, tokenizer.token_to_id(token)) for token in used],
+        )
+    tokenizer.save(str(path))
 
 
 def build_callbacks(inputs: LoopInputs, peak_seconds: float = PEAK_SECONDS) -> list[Callback]:

@@ -164,8 +164,23 @@ class PretrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_schedule(self) -> PretrainConfig:
-        if self.compute_budget_flops is not None and "max_steps" in self.model_fields_set:
+        # A dumped config (a job file, a release, a flow parameter) carries max_steps at its default,
+        # so only another value counts as set.
+        if (
+            self.compute_budget_flops is not None
+            and self.max_steps != type(self).model_fields["max_steps"].default
+        ):
             raise ValueError("set max_steps or compute_budget_flops, not both (the budget derives max_steps)")
+        if self.objective == "mlm_nsp" and self.micro_batch_size < 2:
+            raise ValueError(
+                "objective 'mlm_nsp' takes each random next segment from another row of the micro-batch: "
+                f"micro_batch_size must be at least 2, got {self.micro_batch_size}"
+            )
+        if self.objective in ("mlm_nsp", "mlm_sop") and not self.masking.dynamic:
+            raise ValueError(
+                f"masking.dynamic false with objective {self.objective!r}: sentence pairs are cut afresh "
+                "each epoch, so their masks cannot stay fixed; use dynamic masking or objective 'mlm'"
+            )
         if self.warmup_steps > self.max_steps and self.compute_budget_flops is None:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         if self.precision == "fp16" and self.use_gpu is False:

@@ -99,6 +99,11 @@ class Objective:
         """How the report samples this objective's model (continuation, fill-mask or span fill)."""
         return "continuation"
 
+    def export_template(self, tokens: Mapping[str, str]) -> tuple[str, str] | None:
+        """(single, pair) TemplateProcessing the exported tokenizer applies, so `tokenizer(text)` wraps
+        text as this objective's training did (`tokens`: role -> token string); None: no specials."""
+        return None
+
 
 def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> Sums:
     flat_labels = labels.reshape(-1)
@@ -171,6 +176,10 @@ class MaskedLM(Objective):
 
     def generation_example(self) -> str:
         return "fill-mask"
+
+    def export_template(self, tokens: Mapping[str, str]) -> tuple[str, str] | None:
+        cls, sep = tokens["cls"], tokens["sep"]
+        return f"{cls} $A {sep}", f"{cls} $A {sep} $B:1 {sep}:1"
 
 
 class SentencePairMLM(MaskedLM):
@@ -296,6 +305,10 @@ class SpanCorruption(Objective):
 
     def generation_example(self) -> str:
         return "span-fill"
+
+    def export_template(self, tokens: Mapping[str, str]) -> tuple[str, str] | None:
+        eos = tokens["eos"]  # T5 appends </s> to encoder inputs
+        return f"$A {eos}", f"$A {eos} $B:1 {eos}:1"
 
 
 def get_objective(name: str) -> Objective:

@@ -420,6 +420,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from lmforge.core.configbase import load_config
 
     config = load_config(PipelineConfig, args.config, args.overrides)
+    if config.lab is not None:
+        raise ConfigError(
+            f"{args.config}: a lab config cannot be deployed as the pipeline flow yet; deploy one "
+            "branch's config, or run the lab with `lmforge run`"
+        )
     # Local inputs must exist or have a hub fallback; hub data sets are pinned by each run, not here,
     # so a scheduled run reads what the hub holds then.
     check_inputs(apply_hub_fallbacks(config, config.resolved_data_dir())[0])

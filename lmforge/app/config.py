@@ -136,13 +136,12 @@ def branch_configs(config: PipelineConfig) -> dict[str, PipelineConfig]:
 
     if config.lab is None:
         return {}
-    base = config.model_dump(mode="json", exclude_unset=True, exclude={"lab"})
+    base = config.model_dump(mode="json", exclude={"lab"})
     # The budget derives the steps. A dumped config (a flow parameter) carries max_steps at its
     # default, so only a value other than the default counts as set.
     default_steps = PretrainConfig.model_fields["max_steps"].default
     if config.pretrain.max_steps != default_steps:
         raise ConfigError("lab: pretrain.max_steps is derived from lab.compute_budget_flops; remove it")
-    base.get("pretrain", {}).pop("max_steps", None)
     branches = {}
     for branch, overrides in config.lab.branches.items():
         if "max_steps" in (overrides.get("pretrain") or {}):

@@ -116,7 +116,7 @@ def comparison_rows(branches: dict[str, dict], store: Any) -> tuple[list[str], l
     )
     row("inference FLOPs per generated token", [inference_flops(store, record) for record in records])
     row(
-        "peak memory per worker (GiB)",
+        "peak host memory per worker (GiB, RSS)",
         [_peak_gib(metrics.get("peak_rss_bytes_per_worker")) for metrics in pre],
     )
     row("validation loss (own objective)", [metrics.get("final_val_loss") for metrics in pre])

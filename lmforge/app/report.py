@@ -112,6 +112,9 @@ def summary_rows(run_record: dict) -> list[tuple[str, str]]:
     if ppl or "eval/wikitext_perplexity" in (run_record.get("stages") or {}):
         rows.append(("WikiText-2 perplexity", fmt(ppl.get("perplexity"))))
         rows.append(("WikiText-2 bits per byte", fmt(ppl.get("bits_per_byte"))))
+    pseudo = stage_metrics(run_record, "eval/wikitext_pseudo_perplexity")
+    if pseudo or "eval/wikitext_pseudo_perplexity" in (run_record.get("stages") or {}):
+        rows.append(("WikiText-2 pseudo-perplexity (masked LM)", fmt(pseudo.get("pseudo_perplexity"))))
     mlm = stage_metrics(run_record, "eval/mlm_accuracy")
     if mlm or "eval/mlm_accuracy" in (run_record.get("stages") or {}):
         rows.append(("MLM masked-token accuracy", fmt(mlm.get("accuracy"))))
@@ -211,10 +214,36 @@ def sections(run_record: dict, png_name: str | None, lineage: list[dict] | None 
     blocks += [("text", "## Summary"), ("table", _summary_table(run_record))]
     if png_name:
         blocks += [("text", "## Loss curves"), ("image", png_name)]
+    blocks += probe_blocks(run_record)
     blocks += [("text", "## Stages"), ("table", stage_table(run_record))]
     if lineage:
         graph = (format_mermaid(lineage), format_svg(lineage))
         blocks += [("text", "## Lineage"), ("text", LINEAGE_NOTE), ("lineage", graph)]
+    return blocks
+
+
+def probe_blocks(run_record: dict) -> list[Block]:
+    """Fill-mask probes (top-k per probe sentence) and generation samples, where the run has them."""
+    blocks: list[Block] = []
+    probes = stage_metrics(run_record, "eval/fill_mask_probes").get("probes") or []
+    if probes:
+        rows = [
+            [
+                probe.get("sentence", NA),
+                ", ".join(
+                    f"{p['token_str'].strip()} ({p['score']:.3f})" for p in probe.get("predictions", [])
+                ),
+            ]
+            for probe in probes
+        ]
+        blocks += [
+            ("text", "## Fill-mask probes"),
+            ("table", (["probe", "top predictions (probability)"], rows)),
+        ]
+    samples = stage_metrics(run_record, "eval/generation_samples").get("samples") or []
+    if samples:
+        rows = [[sample["prompt"], sample["output"]] for sample in samples]
+        blocks += [("text", "## Samples (seeded top-k)"), ("table", (["prompt", "output"], rows))]
     return blocks
 
 

@@ -72,7 +72,7 @@ def test_report_opens_with_a_measured_comparison_table(lab_run):
         "loss-bearing tokens per step",
         "training FLOPs per loss-bearing token",
         "inference FLOPs per generated token",
-        "peak memory per worker (GiB)",
+        "peak host memory per worker (GiB, RSS)",
         "validation loss (own objective)",
         "SST-2 fine-tune accuracy, pretrained init",
         "SST-2 fine-tune accuracy, random init",

@@ -383,7 +383,7 @@ def test_pretrain_span_exports_a_seq2seq_model_that_fills_spans(ray_runtime, wik
 
 @pytest.mark.integration
 @pytest.mark.parametrize("objective", ["mlm_nsp", "mlm_sop"])
-def test_sentence_pair_objectives_report_pair_accuracy_with_static_whole_word_masks(
+def test_sentence_pair_objectives_report_pair_accuracy_with_whole_word_masks(
     ray_runtime, wiki_inputs, tmp_path, objective
 ):
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
@@ -392,7 +392,7 @@ def test_sentence_pair_objectives_report_pair_accuracy_with_static_whole_word_ma
 
     out = tmp_path / objective
     config = run_config(objective, zero_stage=1).model_copy(
-        update={"masking": MaskingConfig(whole_word=True, dynamic=False)}
+        update={"masking": MaskingConfig(whole_word=True)}
     )
     summary = pretrain(config, wiki_inputs / "shards-pair", wiki_inputs / "tokenizer", out, 0)
 

@@ -177,3 +177,33 @@ def test_curves_read_from_stage_files_when_metrics_lack_them(tmp_path):
     pretrain, finetune = stage_curves(record)
     assert pretrain == {"train loss": [(1.0, 9.0), (2.0, 8.0)], "val loss": [(2.0, 8.5)]}
     assert finetune == {"sst2/random": [(1.0, 0.7), (2.0, 0.6)]}
+
+
+def test_fill_mask_probes_samples_and_pseudo_perplexity_render(tmp_path):
+    record = {
+        "run_id": "r",
+        "stages": {
+            "eval/fill_mask_probes": {
+                "metrics": {
+                    "probes": [
+                        {
+                            "probe": "Paris is the capital of {mask}.",
+                            "sentence": "Paris is the capital of [MASK].",
+                            "predictions": [
+                                {"token_str": " france", "score": 0.5},
+                                {"token_str": "the", "score": 0.25},
+                            ],
+                        }
+                    ]
+                }
+            },
+            "eval/generation_samples": {
+                "metrics": {"samples": [{"prompt": "The river", "output": " flows"}]}
+            },
+            "eval/wikitext_pseudo_perplexity": {"metrics": {"pseudo_perplexity": 41.5}},
+        },
+    }
+    markdown = write_report(record, tmp_path)["markdown"].read_text()
+    assert "| Paris is the capital of [MASK]. | france (0.500), the (0.250) |" in markdown
+    assert "| The river |  flows |" in markdown
+    assert "| WikiText-2 pseudo-perplexity (masked LM) | 41.5 |" in markdown

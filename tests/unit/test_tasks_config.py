@@ -33,7 +33,7 @@ def test_defaults_and_registries():
     assert EVAL_TASKS["wikitext_perplexity"].applies_to == {"clm"}
     assert EVAL_TASKS["wikitext_pseudo_perplexity"].applies_to == {"mlm", "mlm_nsp", "mlm_sop"}
     assert EVAL_TASKS["generation_samples"].applies_to == {"clm", "mlm", "mlm_nsp", "mlm_sop", "span"}
-    assert EVAL_TASKS["mlm_accuracy"].applies_to == {"mlm", "mlm_nsp", "mlm_sop"}
+    assert EVAL_TASKS["mlm_accuracy"].applies_to == {"mlm"}
     assert [t.name for t in EvaluationConfig().tasks_for("mlm")] == ["mlm_accuracy"]
     assert [t.name for t in EvaluationConfig().tasks_for("clm")] == ["sst2_icl", "wikitext_perplexity"]
     assert Sst2FinetuneConfig().train_size == 2000 and Sst2IclConfig().shots == [0, 1, 5]

@@ -201,3 +201,16 @@ def test_scaling_fields_are_operational():
     recipe = identity_view(PretrainConfig(resources_per_worker={"CPU": 2}, placement_strategy="SPREAD"))
     assert "resources_per_worker" not in recipe and "placement_strategy" not in recipe
     assert recipe == identity_view(PretrainConfig())
+
+
+def test_budget_and_pair_objective_checks():
+    budgeted = PretrainConfig(objective="clm", compute_budget_flops=1e12)
+    # A dumped config carries max_steps at its default: it reloads (a job file, a release, a flow parameter).
+    assert PretrainConfig.model_validate(budgeted.model_dump(mode="json")).compute_budget_flops == 1e12
+    with pytest.raises(ValueError, match="set max_steps or compute_budget_flops, not both"):
+        PretrainConfig(compute_budget_flops=1e12, max_steps=50)
+    with pytest.raises(ValueError, match="micro_batch_size must be at least 2"):
+        PretrainConfig(objective="mlm_nsp", micro_batch_size=1)
+    with pytest.raises(ValueError, match="masking.dynamic false with objective 'mlm_sop'"):
+        PretrainConfig(objective="mlm_sop", masking=MaskingConfig(dynamic=False))
+    assert not PretrainConfig(objective="mlm", masking=MaskingConfig(dynamic=False)).masking.dynamic
