@@ -51,7 +51,13 @@ CODE_ARCHIVE = "code/source.tar.gz"
 # Files of a bundle that release.json cannot list by hash: itself and what signs it.
 UNLISTED = (RELEASE_FILE, SIGNATURE_FILE, PUBLIC_KEY_FILE)
 # What the Hub calls each objective's task, and the class that reloads its export.
-PIPELINE_TAGS = {"clm": "text-generation", "mlm": "fill-mask"}
+PIPELINE_TAGS = {
+    "clm": "text-generation",
+    "mlm": "fill-mask",
+    "mlm_nsp": "fill-mask",
+    "mlm_sop": "fill-mask",
+    "span": "text2text-generation",
+}
 # Tolerances a release declares for stages computed on GPUs (kernels there are not bitwise
 # deterministic); stages computed on CPUs must reproduce bit for bit.
 GPU_TOLERANCES = {"weights_max_abs_diff": 1e-2, "metrics_rel_diff": 2e-2}
