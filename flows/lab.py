@@ -18,7 +18,13 @@ from lmforge.app.config import PipelineConfig, branch_configs, resolve_inputs
 from lmforge.core.errors import ConfigError
 from lmforge.core.logs import enable_info_logs
 from lmforge.flows import steps
-from lmforge.flows.pipeline import as_pipeline_config, describe_stop, is_cancellation, pipeline_flow
+from lmforge.flows.pipeline import (
+    as_pipeline_config,
+    describe_stop,
+    flow_run_name,
+    is_cancellation,
+    pipeline_flow,
+)
 from lmforge.flows.run_record import CANCELLED, COMPLETED, FAILED, RunRecord, new_run_id
 from lmforge.infra.stage_runner import StageOutcome
 from lmforge.infra.store import default_store_location
@@ -26,18 +32,7 @@ from lmforge.infra.store import default_store_location
 LAB_FLOW_NAME = "lmforge-paradigm-lab"
 
 
-def _lab_run_name() -> str:
-    from prefect.runtime import flow_run
-
-    parameters = flow_run.parameters
-    if parameters.get("run_id"):
-        return str(parameters["run_id"])
-    config = parameters.get("config")
-    name = config.get("name") if isinstance(config, dict) else getattr(config, "name", None)
-    return new_run_id(str(name or "lab"))
-
-
-@flow(name=LAB_FLOW_NAME, flow_run_name=_lab_run_name, validate_parameters=False)
+@flow(name=LAB_FLOW_NAME, flow_run_name=flow_run_name, validate_parameters=False)
 def paradigm_lab_flow(
     config: PipelineConfig, run_id: str | None = None, store: str | None = None, force: str | None = None
 ) -> dict[str, Any]:

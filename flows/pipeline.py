@@ -108,7 +108,7 @@ def report_task(ctx: steps.RunContext, record: dict[str, Any]) -> StageOutcome:
     return _watched("report", steps.report_step, ctx, record)
 
 
-def _flow_run_name() -> str:
+def flow_run_name() -> str:
     """The run id: given, or `<config name>-<UTC time>-<random>` (also for scheduled runs)."""
     from prefect.runtime import flow_run
 
@@ -141,7 +141,7 @@ def stage_plan(stage: str | None) -> tuple[str, ...]:
     return (*STAGE_NEEDS[stage], stage)
 
 
-@flow(name=FLOW_NAME, flow_run_name=_flow_run_name, validate_parameters=False)
+@flow(name=FLOW_NAME, flow_run_name=flow_run_name, validate_parameters=False)
 def pipeline_flow(
     config: PipelineConfig,
     run_id: str | None = None,

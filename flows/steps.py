@@ -136,14 +136,9 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
             ctx.store.local_files(tokenizer.artifact_id),
             ctx.config.seed,
         )
-        cfg = cfg.model_copy(update={"max_steps": budget.max_steps, "warmup_steps": budget.warmup_steps})
-        recipe = {
-            **recipe,
-            "pretrain": shaping.model_copy(
-                update={"max_steps": budget.max_steps, "warmup_steps": budget.warmup_steps}
-            ),
-            "budget": budget.as_dict(),
-        }
+        steps = {"max_steps": budget.max_steps, "warmup_steps": budget.warmup_steps}
+        cfg = cfg.model_copy(update=steps)
+        recipe = {**recipe, "pretrain": shaping.model_copy(update=steps), "budget": budget.as_dict()}
 
     def compute(out: Path, work: Any) -> dict[str, Any]:
         summary = training.pretrain(

@@ -10,7 +10,7 @@ element-wise update is not counted (it is O(parameters), not O(parameters x toke
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from lmforge.core.logs import get_logger
 from lmforge.training.config import PretrainConfig
 from lmforge.training.data import load_split
 from lmforge.training.masking import masking_generator
-from lmforge.training.objectives import BatchContext, get_objective
+from lmforge.training.objectives import BatchContext, get_objective, word_continuation_table
 
 log = get_logger(__name__)
 
@@ -36,12 +36,7 @@ class StepBudget:
     warmup_steps: int
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "flops_per_step": self.flops_per_step,
-            "loss_tokens_per_step": self.loss_tokens_per_step,
-            "max_steps": self.max_steps,
-            "warmup_steps": self.warmup_steps,
-        }
+        return asdict(self)
 
 
 def measure_step_flops(
@@ -58,11 +53,6 @@ def measure_step_flops(
     model = objective.build_model(config.model, inputs.vocab_size, inputs.seq_len, inputs.special_ids)
     model.set_attn_implementation("eager")
     rows = load_split(Path(shards_dir), "train")[: config.micro_batch_size]
-    continues_word = None
-    if objective.uses_masking and config.masking.whole_word:
-        from lmforge.tokenization.word_boundaries import continuation_table_for
-
-        continues_word = torch.from_numpy(continuation_table_for(Path(tokenizer_dir)))
     context = BatchContext(
         special_ids=inputs.special_ids,
         vocab_size=inputs.vocab_size,
@@ -71,7 +61,7 @@ def measure_step_flops(
         seed=seed,
         sequence_indices=torch.arange(len(rows)).numpy(),
         sentinel_ids=inputs.sentinel_ids,
-        continues_word=continues_word,
+        continues_word=word_continuation_table(config, Path(tokenizer_dir)),
     )
     batch = objective.prepare_batch(rows, context)
     with FlopCounterMode(display=False) as counter:

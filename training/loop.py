@@ -30,7 +30,7 @@ from lmforge.training.inputs import LoopInputs
 from lmforge.training.masking import EVAL_STREAM, IGNORE_INDEX, masking_generator
 from lmforge.training.metrics import EventLog, all_gather_object, all_reduce_sum, run_summary
 from lmforge.training.models import count_parameters
-from lmforge.training.objectives import BatchContext, Sums, get_objective
+from lmforge.training.objectives import BatchContext, Sums, get_objective, word_continuation_table
 from lmforge.training.resume import (
     LoopState,
     capture_rng,
@@ -157,11 +157,7 @@ class PretrainLoop:
                 f"{shards_dir}: token id {largest} is outside the tokenizer's vocabulary of "
                 f"{self.inputs.vocab_size} ({self.inputs.tokenizer_dir})"
             )
-        self.continues_word = None
-        if self.objective.uses_masking and self.config.masking.whole_word:
-            from lmforge.tokenization.word_boundaries import continuation_table_for
-
-            self.continues_word = torch.from_numpy(continuation_table_for(Path(self.inputs.tokenizer_dir)))
+        self.continues_word = word_continuation_table(self.config, Path(self.inputs.tokenizer_dir))
         self.stream = TrainStream(
             len(self.train),
             self.env.rank,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,10 +96,6 @@ class Objective:
             loss = loss + sums["pair_loss_sum"] / sums["pair_count"].clamp(min=1)
         return loss
 
-    def generation_example(self) -> str:
-        """How the report samples this objective's model (continuation, fill-mask or span fill)."""
-        return "continuation"
-
     def export_template(self, tokens: Mapping[str, str]) -> tuple[str, str] | None:
         """(single, pair) TemplateProcessing the exported tokenizer applies, so `tokenizer(text)` wraps
         text as this objective's training did (`tokens`: role -> token string); None: no specials."""
@@ -173,9 +170,6 @@ class MaskedLM(Objective):
     def prepare_batch(self, input_ids, ctx) -> Batch:
         masked, labels = _masked(input_ids, ctx)
         return {"input_ids": masked, "labels": labels}
-
-    def generation_example(self) -> str:
-        return "fill-mask"
 
     def export_template(self, tokens: Mapping[str, str]) -> tuple[str, str] | None:
         cls, sep = tokens["cls"], tokens["sep"]
@@ -303,12 +297,18 @@ class SpanCorruption(Objective):
         output = model(input_ids=batch["input_ids"], decoder_input_ids=batch["decoder_input_ids"])
         return output.logits, batch["labels"]
 
-    def generation_example(self) -> str:
-        return "span-fill"
-
     def export_template(self, tokens: Mapping[str, str]) -> tuple[str, str] | None:
         eos = tokens["eos"]  # T5 appends </s> to encoder inputs
         return f"$A {eos}", f"$A {eos} $B:1 {eos}:1"
+
+
+def word_continuation_table(config: PretrainConfig, tokenizer_dir: Path) -> torch.Tensor | None:
+    """Token id -> continues a word, when `config` masks whole words; else None (nothing to load)."""
+    if not (get_objective(config.objective).uses_masking and config.masking.whole_word):
+        return None
+    from lmforge.tokenization.word_boundaries import continuation_table_for
+
+    return torch.from_numpy(continuation_table_for(Path(tokenizer_dir)))
 
 
 def get_objective(name: str) -> Objective:
