@@ -90,17 +90,19 @@ def pretrain_task(ctx: steps.RunContext, shards: StageOutcome, tokenizer: StageO
     return _watched("pretrain", steps.pretrain_step, ctx, shards, tokenizer)
 
 
-@task(name="finetune", task_run_name="finetune-{task_config.name}-{init}", cache_policy=NO_CACHE)
-def finetune_task(ctx: steps.RunContext, task_config: Any, init: str, model: StageOutcome) -> StageOutcome:
-    stage = f"finetune/{task_config.name}/{init}"
-    return _watched(stage, steps.finetune_step, ctx, task_config, init, model)
+@task(name="finetune", task_run_name="finetune-{task_config.id}-{cell.label}-{init}", cache_policy=NO_CACHE)
+def finetune_task(
+    ctx: steps.RunContext, task_config: Any, cell: Any, init: str, model: StageOutcome
+) -> StageOutcome:
+    stage = steps.finetune_stage(task_config, cell, init)
+    return _watched(stage, steps.finetune_step, ctx, task_config, cell, init, model)
 
 
-@task(name="evaluate", task_run_name="eval-{task_config.name}", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="eval-{task_config.id}", cache_policy=NO_CACHE)
 def eval_task(
     ctx: steps.RunContext, task_config: Any, model: StageOutcome, shards: StageOutcome
 ) -> StageOutcome:
-    return _watched(f"eval/{task_config.name}", steps.eval_step, ctx, task_config, model, shards)
+    return _watched(f"eval/{task_config.id}", steps.eval_step, ctx, task_config, model, shards)
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -275,9 +277,11 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord, planned: tuple[str, ..
     # Their recipes parse source code; do it here, once, not in the fan-out's threads (CPython
     # 3.11.7's ast.parse is not thread-safe).
     steps.prepare_fan_out(ctx)
+    # Every cell of every fine-tune grid, both inits: Ray runs as many at once as it has CPUs for.
     futures = [
-        finetune_task.submit(ctx, task_config, init, model)
+        finetune_task.submit(ctx, task_config, cell, init, model)
         for task_config in ctx.config.finetune.tasks_for(objective)
+        for cell in task_config.cells()
         for init in steps.FINETUNE_INITS
         if "finetune" in planned
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,16 +170,26 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
     )
 
 
-def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutcome) -> StageOutcome:
-    entry = tasks.FINETUNE_TASKS.get(task_config.name)
-    config: dict[str, Any] = {"task": task_config, "init": init}
+def finetune_stage(task_config: Any, cell: Any, init: str) -> str:
+    """`finetune/<task id>/<strategy>-<size>-s<seed index>/<init>`, e.g. finetune/sst2/finetune-2000-s0/random."""
+    return f"finetune/{task_config.id}/{cell.label}/{init}"
+
+
+def finetune_step(
+    ctx: RunContext, task_config: Any, cell: Any, init: str, model: StageOutcome
+) -> StageOutcome:
+    """One cell of a fine-tune task's grid from one init. Its recipe holds the task config without
+    the grid fields (which cells exist) plus the cell, so adding a seed or size reuses the others."""
+    entry = tasks.FINETUNE_TASKS.get(task_config.type)
+    config: dict[str, Any] = {"task": task_config, "cell": asdict(cell), "init": init}
     recipe_parents: list[str] | None = None
     if init == "random":
         # A random init reads the architecture and tokenizer files, never the trained weights: its
         # recipe names those files' hashes instead of the model's content id.
         config["architecture"] = architecture_files(ctx.store.get(model.artifact_id))
         recipe_parents = []
-    stage = f"finetune/{task_config.name}/{init}"
+    stage = finetune_stage(task_config, cell, init)
+    seed = cell.seed(ctx.config.seed)
     return ctx.runner.run(
         stage,
         "finetune",
@@ -187,7 +197,7 @@ def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutc
         parents=[model.artifact_id],
         recipe_parents=recipe_parents,
         code=finetune_code(task_config),
-        seed=ctx.config.seed,
+        seed=seed,
         external_files=task_inputs(task_config, ctx.data_dir),
         forced_name="finetune",
         compute=lambda out, _work: _run_on_node(
@@ -197,18 +207,19 @@ def finetune_step(ctx: RunContext, task_config: Any, init: str, model: StageOutc
             ctx.store.location,
             model.artifact_id,
             task_config,
+            cell,
             init,
             ctx.data_dir,
-            ctx.config.seed,
+            seed,
             ctx.progress_target(stage),
         ),
     )
 
 
 def eval_step(ctx: RunContext, task_config: Any, model: StageOutcome, shards: StageOutcome) -> StageOutcome:
-    entry = tasks.EVAL_TASKS.get(task_config.name)
+    entry = tasks.EVAL_TASKS.get(task_config.type)
     return ctx.runner.run(
-        f"eval/{task_config.name}",
+        f"eval/{task_config.id}",
         "evaluation",
         config=task_config,
         parents=[model.artifact_id, shards.artifact_id],
@@ -264,13 +275,14 @@ def finetune_on_node(
     store_location: str,
     model_id: str,
     task_config: Any,
+    cell: Any,
     init: str,
     data_dir: Path | None,
     seed: int,
     progress: ProgressTarget,
 ) -> dict[str, Any]:
     model_dir = open_store(store_location).local_files(model_id, "hf/") / "hf"
-    return entry.run(task_config, model_dir, init, data_dir, output_dir, seed, progress=progress)
+    return entry.run(task_config, cell, model_dir, init, data_dir, output_dir, seed, progress=progress)
 
 
 def eval_on_node(
@@ -296,10 +308,10 @@ TRAINED_FILES = frozenset({"hf/model.safetensors", "hf/pytorch_model.bin", "hf/l
 def prepare_fan_out(ctx: RunContext) -> None:
     """Compute (and cache) the code identity of every fan-out stage on the calling thread."""
     objective = ctx.config.pretrain.objective
-    for task_config in ctx.config.finetune.tasks_for(objective):
-        code_identity(finetune_code(task_config))
-    for task_config in ctx.config.evaluation.tasks_for(objective):
-        code_identity(eval_code(task_config))
+    for finetune_config in ctx.config.finetune.tasks_for(objective):
+        code_identity(finetune_code(finetune_config))
+    for eval_config in ctx.config.evaluation.tasks_for(objective):
+        code_identity(eval_code(eval_config))
 
 
 def architecture_files(model_manifest: dict[str, Any]) -> dict[str, str]:
@@ -317,12 +329,12 @@ def task_module(entry: Any) -> str:
 
 
 def finetune_code(task_config: Any) -> tuple[str, ...]:
-    module = task_module(tasks.FINETUNE_TASKS.get(task_config.name))
+    module = task_module(tasks.FINETUNE_TASKS.get(task_config.type))
     return (*own_code("finetune_step", module), f"{__name__}:finetune_on_node")
 
 
 def eval_code(task_config: Any) -> tuple[str, ...]:
-    module = task_module(tasks.EVAL_TASKS.get(task_config.name))
+    module = task_module(tasks.EVAL_TASKS.get(task_config.type))
     return (*own_code("eval_step", module), f"{__name__}:eval_on_node")
 
 
@@ -332,7 +344,7 @@ def task_inputs(task_config: Any, data_dir: Path | None) -> list[ExternalFile]:
 
     return [
         ExternalFile(
-            path, None if is_hf_uri(path) else resolve_file(path, data_dir, f"{task_config.name}.{field}")
+            path, None if is_hf_uri(path) else resolve_file(path, data_dir, f"{task_config.id}.{field}")
         )
         for field, path in task_paths(task_config)
     ]

@@ -1,6 +1,6 @@
 """Typed configs for downstream tasks; the task lists accept exactly the names in the registries.
 
-Adding a task: a config class here with `name: Literal["..."]` (its data-path fields named in
+Adding a task: a config class here with `type: Literal["..."]` (its data-path fields named in
 `data_fields`, their default hub fallbacks in `hub`), one `TaskSpec` registry entry, and the runner
 module. The `FinetuneConfig` / `EvaluationConfig` list types are built from the registries.
 """
@@ -8,6 +8,8 @@ module. The `FinetuneConfig` / `EvaluationConfig` list types are built from the 
 from __future__ import annotations
 
 import difflib
+import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
@@ -22,6 +24,7 @@ SST2_HUB = {
     "train_path": f"hf://nyu-mll/glue?config={SST2_HF_CONFIG}&split=train",
     "dev_path": f"hf://nyu-mll/glue?config={SST2_HF_CONFIG}&split=validation",
 }
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 WIKITEXT2_HUB = {"path": f"hf://Salesforce/wikitext?config={WIKITEXT_HF_CONFIG}&split=validation"}
 
 
@@ -36,13 +39,43 @@ def hub_fallbacks(defaults: dict[str, str]) -> Any:
 
 
 class TaskConfig(StrictModel):
-    """Base of every task config; subclasses narrow `name` to their registry key."""
+    """Base of every task config: `type` is the registry key (subclasses narrow it to theirs), `id`
+    names the instance (stage and output names; default: the type), so one type can run several
+    times in a config under different ids."""
 
     # The fields naming a data file (relative to the data dir) or an hf:// data set.
     data_fields: ClassVar[tuple[str, ...]] = ()
 
-    name: str
+    type: str
+    id: str = ""  # set to the type when not given (see _type_and_id)
     hub: dict[str, str] = hub_fallbacks({})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_and_id(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "name" in data:  # the key's spelling before task instances had ids
+            if "type" in data:
+                raise ValueError("give the task's `type` only (`name` is its old spelling)")
+            data["type"] = data.pop("name")
+        if "type" not in data:
+            default = cls.model_fields["type"].default
+            if isinstance(default, str):
+                data["type"] = default
+        if not data.get("id") and isinstance(data.get("type"), str):
+            data["id"] = data["type"]
+        return data
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_a_name(cls, value: str) -> str:
+        if not TASK_ID.fullmatch(value):
+            raise ValueError(
+                f"task id {value!r} must be letters, digits, '_' or '-' (it names stages and folders)"
+            )
+        return value
 
     @field_validator("hub")
     @classmethod
@@ -65,40 +98,176 @@ class TaskConfig(StrictModel):
         return hub
 
 
-class Sst2FinetuneConfig(TaskConfig):
-    """SST-2 sequence classification; the same budget for the pretrained and the random-init model."""
+STRATEGIES = ("finetune", "linear_probe")
+Strategy = Literal["finetune", "linear_probe"]
+TrainSize = Annotated[int, Field(ge=1)] | Literal["all"]
 
-    data_fields = ("train_path", "dev_path")
 
-    name: Literal["sst2"] = "sst2"
-    # Local paths resolve against the data dir; `hf://nyu-mll/glue` loads GLUE sst2 from the hub.
-    train_path: str = "sst2/train.tsv"
-    dev_path: str = "sst2/dev.tsv"
-    hub: dict[str, str] = hub_fallbacks(SST2_HUB)
-    train_size: int | None = Field(default=2000, ge=1)  # seeded random subset; None = all rows
-    max_length: int = Field(default=64, ge=2)
+@dataclass(frozen=True)
+class Cell:
+    """One point of a fine-tune task's grid: adaptation strategy, labeled examples (None: all of
+    them) and seed index. Each cell runs once per init as its own stage."""
+
+    strategy: str
+    train_size: int | None
+    seed_index: int
+
+    @property
+    def label(self) -> str:
+        """`finetune-2000-s0`: the stage name's cell part."""
+        return f"{self.strategy}-{self.train_size or 'all'}-s{self.seed_index}"
+
+    def seed(self, run_seed: int) -> int:
+        """The seed of this cell's training subset, data order and new weights: seed index k of a
+        run with seed S trains with S + k, for both inits."""
+        return run_seed + self.seed_index
+
+
+class GridTaskConfig(TaskConfig):
+    """A fine-tune task run over strategies x train sizes x seeds, each cell pretrained and random init.
+
+    The grid fields are left out of each cell's recipe (the cell itself goes in): adding a seed or a
+    train size computes only the new cells, and every existing one is reused."""
+
+    # Which adaptation: `finetune` trains every weight; `linear_probe` freezes the pre-trained
+    # body and trains only the weights the task adds (the head).
+    strategies: list[Strategy] = operational(["finetune"], min_length=1)
+    seeds: int = operational(3, ge=1)
+    # Labeled examples per cell: seeded subsets, nested (a seed's 100 lie inside its 500); "all".
+    train_sizes: list[TrainSize] = operational(["all"], min_length=1)
+
+    @field_validator("strategies", "train_sizes")
+    @classmethod
+    def _distinct(cls, values: list[Any]) -> list[Any]:
+        repeated = sorted({str(value) for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"values must be distinct; repeated: {', '.join(repeated)}")
+        return values
+
+    def cells(self) -> list[Cell]:
+        return [
+            Cell(strategy, None if size == "all" else int(size), seed_index)
+            for strategy in self.strategies
+            for size in self.train_sizes
+            for seed_index in range(self.seeds)
+        ]
+
+
+class ColumnsConfig(StrictModel):
+    """Which column holds what: a name, or a 0-based position (files without a header)."""
+
+    text: str | int = "text"
+    text_pair: str | int | None = None  # the second text of a pair task (entailment, similarity)
+    label: str | int = "label"
+
+
+class TargetConfig(StrictModel):
+    """A dev metric value to reach: the report gives the epochs (and seconds) each init needed."""
+
+    metric: str = "accuracy"
+    value: float
+
+
+class ClassificationConfig(GridTaskConfig):
+    """Sequence classification of one text or a text pair into any number of classes.
+
+    Heads follow each paradigm's paper: a classifier on [CLS] for masked LMs; GPT-1's input
+    transformations for causal LMs ([Start] text [Extract], pairs [Start] A [Delim] B [Extract], new
+    embeddings for those tokens, a linear head on [Extract], plus `aux_lm_weight` x the LM loss on
+    the task's text); text to text with a task prefix for T5.
+    """
+
+    data_fields = ("train_path", "dev_path", "train_labels_path", "dev_labels_path")
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
+
+    type: Literal["classification"] = "classification"
+    # A file (csv, tsv, jsonl, parquet; relative to the data dir) or hf://dataset[?config=..&split=..].
+    train_path: str
+    # None: the dev set is carved out of train_path (dev_fraction, seeded by split_seed).
+    dev_path: str | None = None
+    dev_fraction: float = Field(default=0.1, gt=0, lt=1)
+    split_seed: int = 0
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"  # auto: by extension
+    header: bool = True  # csv/tsv: the first line names the columns; false: use positions in columns
+    # Labels in a separate line-aligned file (one per line), instead of a column.
+    train_labels_path: str | None = None
+    dev_labels_path: str | None = None
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    # The label set in class order. Values in the data are these names, or integer positions in this
+    # list. None: read from the training data (integers in numeric order, else names sorted).
+    labels: list[str | int] | None = None
+    # GPT-1's similarity transform: a pair is scored in both orders and the two [Extract] logits summed.
+    symmetric: bool = False
+    max_dev_examples: int | None = Field(default=None, ge=1)  # a seeded subset bounds eval cost
+    max_length: int = Field(default=128, ge=4)
     epochs: int = Field(default=3, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=3e-4, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    # linear_probe trains only a head, which takes a larger step size.
+    probe_learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
     log_every: int = Field(default=1, ge=1)  # loss-curve resolution in optimizer steps
-    # Encoder-decoder (span/T5) models only: text to text, as T5 was fine-tuned on GLUE. The input
-    # is prefix + sentence, the target label_words[label]; accuracy is the exact match of the
-    # greedy generation. Classifier-head models ignore both fields.
-    text_to_text_prefix: str = "sst2 sentence: "
-    label_words: list[str] = Field(default_factory=lambda: ["negative", "positive"])
+    # Causal LMs: L = L_task + aux_lm_weight * L_LM on the task's inputs (GPT-1, section 3.2); 0: off.
+    aux_lm_weight: float = Field(default=0.5, ge=0)
+    target: TargetConfig | None = None
+    # Encoder-decoder (T5) models, strategy finetune: the input is this template, the target the
+    # label's word (label_words, default: the label names); accuracy is the exact match of the
+    # greedy generation. Slots: {task} (the id), {text}, {text_pair}.
+    text_to_text_template: str = "{task} sentence: {text}"
+    text_to_text_pair_template: str = "{task} sentence1: {text} sentence2: {text_pair}"
+    label_words: dict[str, str] | None = None
+    # Store each cell's fine-tuned model (HF format, loadable with AutoModelForSequenceClassification
+    # or AutoModelForSeq2SeqLM): a full model per cell, so off by default.
+    save_model: bool = False
 
-    @field_validator("label_words")
-    @classmethod
-    def _two_label_words(cls, words: list[str]) -> list[str]:
-        if len(words) != 2 or not all(word.strip() for word in words) or len(set(words)) != 2:
-            raise ValueError(f"label_words must be two different non-empty words (label 0, 1), got {words}")
-        if any(word != word.strip() for word in words):
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassificationConfig:
+        if self.symmetric and self.columns.text_pair is None:
+            raise ValueError("symmetric: true scores a pair in both orders; set columns.text_pair")
+        if self.dev_labels_path is not None and self.dev_path is None:
+            raise ValueError("dev_labels_path needs dev_path (a carved dev set takes train's labels)")
+        if self.target is not None and self.target.metric not in self.metrics:
             raise ValueError(
-                f"label_words are compared with stripped generations: remove the spaces in {words}"
+                f"target.metric {self.target.metric!r} is not one of this task's metrics: {', '.join(self.metrics)}"
             )
-        return words
+        for field, template in (
+            ("text_to_text_template", self.text_to_text_template),
+            ("text_to_text_pair_template", self.text_to_text_pair_template),
+        ):
+            slots = {"{text}"} | ({"{text_pair}"} if field.endswith("pair_template") else set())
+            missing = [slot for slot in sorted(slots) if slot not in template]
+            if missing:
+                raise ValueError(f"{field} must contain {', '.join(missing)}, got {template!r}")
+        if self.labels is not None:
+            names = [str(label) for label in self.labels]
+            if len(set(names)) != len(names) or not all(name.strip() for name in names):
+                raise ValueError(f"labels must be distinct and non-empty, got {self.labels}")
+            if len(names) < 2:
+                raise ValueError(f"a classification task needs at least 2 labels, got {self.labels}")
+        if self.label_words is not None:
+            words = list(self.label_words.values())
+            if len(set(words)) != len(words) or any(w != w.strip() or not w for w in words):
+                raise ValueError(
+                    f"label_words must be distinct, non-empty and unpadded (they are compared with "
+                    f"stripped generations), got {self.label_words}"
+                )
+        return self
+
+
+class Sst2FinetuneConfig(ClassificationConfig):
+    """GLUE SST-2 as a classification preset: the local GLUE files or the hub's nyu-mll/glue sst2."""
+
+    type: Literal["sst2"] = "sst2"  # type: ignore[assignment]
+    train_path: str = "sst2/train.tsv"
+    dev_path: str | None = "sst2/dev.tsv"
+    hub: dict[str, str] = hub_fallbacks(SST2_HUB)
+    columns: ColumnsConfig = Field(default_factory=lambda: ColumnsConfig(text="sentence", label="label"))
+    labels: list[str | int] | None = Field(default_factory=lambda: list[str | int](["0", "1"]))
+    max_length: int = Field(default=64, ge=4)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    text_to_text_template: str = "sst2 sentence: {text}"
+    label_words: dict[str, str] | None = Field(default_factory=lambda: {"0": "negative", "1": "positive"})
 
 
 class Sst2IclConfig(TaskConfig):
@@ -106,7 +275,7 @@ class Sst2IclConfig(TaskConfig):
 
     data_fields = ("train_path", "dev_path")
 
-    name: Literal["sst2_icl"] = "sst2_icl"
+    type: Literal["sst2_icl"] = "sst2_icl"
     train_path: str = "sst2/train.tsv"
     dev_path: str = "sst2/dev.tsv"
     hub: dict[str, str] = hub_fallbacks(SST2_HUB)
@@ -166,7 +335,7 @@ class WikitextPerplexityConfig(TaskConfig):
 
     data_fields = ("path",)
 
-    name: Literal["wikitext_perplexity"] = "wikitext_perplexity"
+    type: Literal["wikitext_perplexity"] = "wikitext_perplexity"
     path: str = "wikitext2_raw/valid.txt"  # or hf://Salesforce/wikitext
     hub: dict[str, str] = hub_fallbacks(WIKITEXT2_HUB)
     max_length: int | None = Field(default=None, ge=2)  # window length; None: the model's n_positions
@@ -189,7 +358,7 @@ class WikitextPerplexityConfig(TaskConfig):
 class MlmAccuracyConfig(TaskConfig):
     """Masked-token accuracy and loss on the validation shards, with a fixed masking seed."""
 
-    name: Literal["mlm_accuracy"] = "mlm_accuracy"
+    type: Literal["mlm_accuracy"] = "mlm_accuracy"
     max_sequences: int | None = Field(default=2000, ge=1)
     batch_size: int = operational(32, ge=1)  # throughput only
     mask_probability: float = Field(default=0.15, gt=0, lt=1)
@@ -197,14 +366,16 @@ class MlmAccuracyConfig(TaskConfig):
     mask_seed: int = 0
 
 
-FINETUNE_TASKS.add(
-    TaskSpec(
-        "sst2",
-        Sst2FinetuneConfig,
-        frozenset({"clm", "mlm", "mlm_nsp", "mlm_sop", "span"}),
-        "lmforge.tasks.finetune:run_sst2_finetune",
+ALL_OBJECTIVES = frozenset({"clm", "mlm", "mlm_nsp", "mlm_sop", "span"})
+for _classification in (ClassificationConfig, Sst2FinetuneConfig):
+    FINETUNE_TASKS.add(
+        TaskSpec(
+            _classification.model_fields["type"].default,
+            _classification,
+            ALL_OBJECTIVES,
+            "lmforge.tasks.classification:run_classification",
+        )
     )
-)
 EVAL_TASKS.add(
     TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm", "span"}), "lmforge.tasks.icl:run_sst2_icl")
 )
@@ -232,7 +403,7 @@ class WikitextPseudoPerplexityConfig(TaskConfig):
 
     data_fields = ("path",)
 
-    name: Literal["wikitext_pseudo_perplexity"] = "wikitext_pseudo_perplexity"
+    type: Literal["wikitext_pseudo_perplexity"] = "wikitext_pseudo_perplexity"
     path: str = "wikitext2_raw/valid.txt"  # or hf://Salesforce/wikitext
     hub: dict[str, str] = hub_fallbacks(WIKITEXT2_HUB)
     # Window length including the [CLS]/[SEP] wrappers; None: the model's max_position_embeddings.
@@ -272,7 +443,7 @@ FILL_MASK_PROBES = (
 class FillMaskProbesConfig(TaskConfig):
     """Top-k fill-mask predictions of a masked LM on fixed probe sentences (a qualitative check)."""
 
-    name: Literal["fill_mask_probes"] = "fill_mask_probes"
+    type: Literal["fill_mask_probes"] = "fill_mask_probes"
     # Sentences with exactly one `{mask}`, replaced by the tokenizer's mask token.
     probes: list[str] = Field(default_factory=lambda: list(FILL_MASK_PROBES), min_length=1)
     top_k: int = Field(default=5, ge=1)
@@ -314,7 +485,7 @@ class GenerationSamplesConfig(TaskConfig):
     """Seeded samples of any pre-trained model: each prompt's `{mask}` is what the model writes (a
     causal LM continues the text before it, a masked LM fills it, T5 fills it as a span)."""
 
-    name: Literal["generation_samples"] = "generation_samples"
+    type: Literal["generation_samples"] = "generation_samples"
     prompts: list[str] = Field(
         default_factory=lambda: [
             "The capital of France is {mask}.",
@@ -348,7 +519,7 @@ EVAL_TASKS.add(
 
 
 def _task_union(registry: TaskRegistry) -> Any:
-    """`Annotated[Union[...], Discriminator]` over the registry's config classes, keyed by `name`.
+    """`Annotated[Union[...], Discriminator]` over the registry's config classes, keyed by `type`.
 
     The union tags are class names so that validation errors read `tasks.0.shots`, not
     `tasks.0.sst2_icl.shots` (configbase drops capitalised location parts).
@@ -356,11 +527,14 @@ def _task_union(registry: TaskRegistry) -> Any:
     classes = registry.config_classes()
     if len(classes) == 1:
         return classes[0]
-    tag_of_name = {spec.name: spec.config_cls.__name__ for _, spec in registry.items()}
+    tag_of_type = {spec.name: spec.config_cls.__name__ for _, spec in registry.items()}
 
     def discriminate(value: Any) -> str | None:
-        name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
-        return tag_of_name.get(name) if isinstance(name, str) else None
+        if isinstance(value, dict):  # `name` is the key's old spelling
+            kind = value.get("type", value.get("name"))
+        else:
+            kind = getattr(value, "type", None)
+        return tag_of_type.get(kind) if isinstance(kind, str) else None
 
     members = tuple(Annotated[cls, Tag(cls.__name__)] for cls in classes)
     return Annotated[
@@ -368,13 +542,13 @@ def _task_union(registry: TaskRegistry) -> Any:
         Discriminator(
             discriminate,
             custom_error_type="unknown_task",
-            custom_error_message=f"`name` must be one of the {registry.kind}s: {', '.join(registry.names())}",
+            custom_error_message=f"`type` must be one of the {registry.kind}s: {', '.join(registry.names())}",
         ),
     ]
 
 
 if TYPE_CHECKING:  # the type checker cannot follow a union built at import time
-    FinetuneTaskConfig = TaskConfig
+    FinetuneTaskConfig = GridTaskConfig
     EvalTaskConfig = TaskConfig
 else:
     FinetuneTaskConfig = _task_union(FINETUNE_TASKS)
@@ -385,24 +559,28 @@ def _configs(*configs: TaskConfig) -> list[TaskConfig]:
     return list(configs)
 
 
-def _unique_names(tasks: list[TaskConfig]) -> list[TaskConfig]:
-    names = [task.name for task in tasks]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+def _unique_ids(tasks: list[TaskConfig]) -> list[TaskConfig]:
+    ids = [task.id for task in tasks]
+    duplicates = sorted({task_id for task_id in ids if ids.count(task_id) > 1})
     if duplicates:
-        # Outputs are keyed by task name (finetune/<name>/..., eval/<name>), so names must be unique.
-        raise ValueError(f"each task may appear once; repeated: {', '.join(duplicates)}")
+        # Outputs are keyed by task id (finetune/<id>/..., eval/<id>), so ids must be unique.
+        raise ValueError(
+            f"task ids must be unique; repeated: {', '.join(duplicates)} (give each instance its own `id`)"
+        )
     return tasks
 
 
 class FinetuneConfig(StrictModel):
-    """Fine-tune tasks, each run twice: from the pretrained weights and from a random init."""
+    """Fine-tune tasks: each cell of each task's grid runs from the pretrained weights and from a random init."""
 
-    tasks: list[FinetuneTaskConfig] = Field(default_factory=lambda: _configs(Sst2FinetuneConfig()))
+    tasks: list[FinetuneTaskConfig] = Field(
+        default_factory=lambda: list[GridTaskConfig]([Sst2FinetuneConfig()])
+    )
 
-    _unique = field_validator("tasks")(_unique_names)
+    _unique = field_validator("tasks")(_unique_ids)
 
-    def tasks_for(self, objective: str) -> list[TaskConfig]:
-        return [task for task in self.tasks if objective in FINETUNE_TASKS[task.name].applies_to]
+    def tasks_for(self, objective: str) -> list[GridTaskConfig]:
+        return [task for task in self.tasks if objective in FINETUNE_TASKS[task.type].applies_to]
 
 
 class EvaluationConfig(StrictModel):
@@ -412,7 +590,7 @@ class EvaluationConfig(StrictModel):
         default_factory=lambda: _configs(Sst2IclConfig(), WikitextPerplexityConfig(), MlmAccuracyConfig())
     )
 
-    _unique = field_validator("tasks")(_unique_names)
+    _unique = field_validator("tasks")(_unique_ids)
 
     def tasks_for(self, objective: str) -> list[TaskConfig]:
-        return [task for task in self.tasks if objective in EVAL_TASKS[task.name].applies_to]
+        return [task for task in self.tasks if objective in EVAL_TASKS[task.type].applies_to]

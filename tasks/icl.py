@@ -228,7 +228,7 @@ def run_sst2_icl(
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     began = time.perf_counter()
-    key = f"evaluation.tasks[{config.name}]"
+    key = f"evaluation.tasks[{config.id}]"
     train = load_sst2(config.train_path, data_dir, f"{key}.train_path", "train")
     dev = load_sst2(config.dev_path, data_dir, f"{key}.dev_path", "validation")[: config.max_examples]
     tokenizer = load_tokenizer(model_dir)

@@ -11,9 +11,10 @@ from lmforge.tasks.data import SST2_HF_CONFIG, WIKITEXT_HF_CONFIG, parse_hf_uri
 
 
 def task_paths(task: StrictModel) -> list[tuple[str, str]]:
-    """(field, path-or-uri) of every data file one task config reads, fields in name order."""
+    """(field, path-or-uri) of every data file one task config reads, fields in name order (an
+    optional field left unset reads nothing)."""
     fields: tuple[str, ...] = getattr(type(task), "data_fields", ())
-    return [(field, getattr(task, field)) for field in sorted(fields)]
+    return [(field, getattr(task, field)) for field in sorted(fields) if getattr(task, field) is not None]
 
 
 def task_inputs(finetune: FinetuneConfig, evaluation: EvaluationConfig) -> list[tuple[str, str]]:

@@ -76,7 +76,7 @@ def run_mlm_accuracy(
 
     began = time.perf_counter()
     if shards_dir is None:
-        raise ConfigError(f"evaluation.tasks[{config.name}]: needs the shards directory of the run")
+        raise ConfigError(f"evaluation.tasks[{config.id}]: needs the shards directory of the run")
     sequences = read_validation_sequences(Path(shards_dir), config.max_sequences)
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.mask_token_id is None:

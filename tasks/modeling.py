@@ -88,14 +88,16 @@ def boundary_token_id(tokenizer: Any) -> int | None:
     return None
 
 
-def write_metrics(output_dir: Path, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+def write_metrics(
+    output_dir: Path, metrics: dict[str, Any], seconds: float, extra_telemetry: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write metrics.json and telemetry/timings.json; return the metrics plus `seconds` for the manifest.
 
     metrics.json is part of the artifact's content id, so it holds only what the task computes
     deterministically; wall-clock time goes under telemetry/, which the store leaves out of the id.
     """
     write_json(output_dir / "metrics.json", metrics)
-    write_json(output_dir / TELEMETRY_DIR / "timings.json", {"seconds": seconds})
+    write_json(output_dir / TELEMETRY_DIR / "timings.json", {"seconds": seconds, **(extra_telemetry or {})})
     return {**metrics, "seconds": seconds}
 
 

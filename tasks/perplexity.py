@@ -120,7 +120,7 @@ def run_wikitext_perplexity(
     from transformers import AutoModelForCausalLM
 
     began = time.perf_counter()
-    key = f"evaluation.tasks[{config.name}]"
+    key = f"evaluation.tasks[{config.id}]"
     text = load_text(config.path, data_dir, f"{key}.path")
     tokenizer = load_tokenizer(model_dir)
     model = load_model(AutoModelForCausalLM, model_dir)

@@ -137,7 +137,7 @@ def run_wikitext_pseudo_perplexity(
     from transformers import AutoModelForMaskedLM
 
     began = time.perf_counter()
-    key = f"evaluation.tasks[{config.name}]"
+    key = f"evaluation.tasks[{config.id}]"
     text = load_text(config.path, data_dir, f"{key}.path")
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.mask_token_id is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,7 +285,7 @@ def _rewrite_inputs(
 
     sources = [source_fn(source_key(index), source) for index, source in enumerate(config.corpus.sources)]
 
-    def rewritten(section: str, tasks: list[TaskConfig]) -> list[TaskConfig]:
+    def rewritten(section: str, tasks: Sequence[TaskConfig]) -> list[Any]:
         return [
             task.model_copy(
                 update={

@@ -55,7 +55,10 @@ def model_index(release: dict[str, Any], record: dict[str, Any]) -> list[dict[st
         kind, _, rest = stage.partition("/")
         if kind == "finetune" and rest.endswith("/pretrained"):
             task = rest.split("/")[0]
-            values = [("accuracy", "dev accuracy", metrics.get("dev_accuracy"))]
+            values = [
+                ("accuracy", "dev accuracy", metrics.get("dev_accuracy")),
+                ("f1", "dev macro-F1", metrics.get("dev_macro_f1")),
+            ]
             task_type = TASK_TYPES["finetune"]
         elif kind == "eval":
             task = rest

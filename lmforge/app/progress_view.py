@@ -20,7 +20,7 @@ from rich.text import Text
 
 from lmforge.infra.progress import ProgressListener, ProgressUpdate
 
-STAGE_WIDTH = 24  # "finetune/sst2/pretrained", "eval/wikitext_perplexity"
+STAGE_WIDTH = 42  # "finetune/sst2/finetune-2000-s0/pretrained", "eval/wikitext_perplexity"
 MAX_DETAIL_CHARS = 200
 
 

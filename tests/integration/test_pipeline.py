@@ -14,13 +14,15 @@ from lmforge.infra.store import ArtifactStore
 
 pytestmark = pytest.mark.integration
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# tiny.yaml's one fine-tune cell: SST-2, strategy finetune, 256 examples, seed index 0.
+SST2_CELL = "finetune/sst2/finetune-256-s0"
 CLM_STAGES = {
     "clean",
     "tokenizer",
     "shard",
     "pretrain",
-    "finetune/sst2/pretrained",
-    "finetune/sst2/random",
+    f"{SST2_CELL}/pretrained",
+    f"{SST2_CELL}/random",
     "eval/sst2_icl",
     "eval/wikitext_perplexity",
     "report",
@@ -87,7 +89,7 @@ def test_two_fresh_stores_give_identical_artifact_ids(tiny_runs, tiny_reproducti
     again = tiny_reproduction.record
     assert_same_artifacts(first, again)
     # Deterministic metrics agree exactly between the two independent computations.
-    for name in ("finetune/sst2/pretrained", "finetune/sst2/random"):
+    for name in (f"{SST2_CELL}/pretrained", f"{SST2_CELL}/random"):
         assert (
             again["stages"][name]["metrics"]["dev_accuracy"]
             == first["stages"][name]["metrics"]["dev_accuracy"]
@@ -290,11 +292,11 @@ def test_random_init_finetune_does_not_depend_on_pretrained_weights(tiny_runs, t
     stages = longer["stages"]
     assert stages["pretrain"]["status"] == "completed"
     assert stages["pretrain"]["artifact_id"] != first["stages"]["pretrain"]["artifact_id"]
-    assert stages["finetune/sst2/pretrained"]["status"] == "completed"
-    assert stages["finetune/sst2/random"]["status"] == "reused"
+    assert stages[f"{SST2_CELL}/pretrained"]["status"] == "completed"
+    assert stages[f"{SST2_CELL}/random"]["status"] == "reused"
     assert (
-        stages["finetune/sst2/random"]["artifact_id"]
-        == first["stages"]["finetune/sst2/random"]["artifact_id"]
+        stages[f"{SST2_CELL}/random"]["artifact_id"]
+        == first["stages"][f"{SST2_CELL}/random"]["artifact_id"]
     )
 
 
@@ -328,7 +330,9 @@ def sst2_dev_correct(classifier_dir: Path, data_dir: Path, max_length: int) -> t
     correct = 0
     with torch.no_grad():
         for row in rows:
-            ids = tokenizer(row["sentence"].strip(), truncation=True, max_length=max_length)["input_ids"]
+            # GPT-1's input transformation: <|start|> text <|extract|>, the text cut to fit.
+            body = tokenizer(row["sentence"].strip(), add_special_tokens=False)["input_ids"][: max_length - 2]
+            ids = [tokenizer.convert_tokens_to_ids("<|start|>"), *body, tokenizer.convert_tokens_to_ids("<|extract|>")]
             correct += int(model(input_ids=torch.tensor([ids])).logits[0].argmax()) == int(row["label"])
     return correct, len(rows)
 
@@ -345,7 +349,7 @@ def test_stage_metrics_are_real(tiny_runs, shared_data_dir):
     assert pretrain["val_perplexity"] == pytest.approx(math.exp(pretrain["final_val_loss"]), rel=1e-6)
     assert 0 < pretrain["mfu"] < 1 and pretrain["tokens_per_second"] > 0
     for init in ("pretrained", "random"):
-        stage = stages[f"finetune/sst2/{init}"]
+        stage = stages[f"{SST2_CELL}/{init}"]
         correct, size = sst2_dev_correct(Path(stage["path"]) / "model", shared_data_dir, max_length=48)
         assert stage["metrics"]["dev_accuracy"] == correct / size
     perplexity = stages["eval/wikitext_perplexity"]["metrics"]
@@ -413,7 +417,7 @@ def test_tiny_bert_pipeline_mlm_path(tiny_bert_runs):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     record = tiny_bert_runs[0]
-    expected = {"clean", "tokenizer", "shard", "pretrain", "finetune/sst2/pretrained", "finetune/sst2/random"}
+    expected = {"clean", "tokenizer", "shard", "pretrain", f"{SST2_CELL}/pretrained", f"{SST2_CELL}/random"}
     assert set(record["stages"]) == expected | {"eval/mlm_accuracy", "report"}
     accuracy = record["stages"]["eval/mlm_accuracy"]["metrics"]
     hf_dir = Path(record["stages"]["pretrain"]["path"]) / "hf"

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.unit
 
 
 def test_defaults_and_registries():
-    assert [task.name for task in FinetuneConfig().tasks] == ["sst2"]
-    assert [task.name for task in EvaluationConfig().tasks] == [
+    assert [task.type for task in FinetuneConfig().tasks] == ["sst2"]
+    assert [task.id for task in EvaluationConfig().tasks] == [
         "sst2_icl",
         "wikitext_perplexity",
         "mlm_accuracy",
@@ -34,16 +34,21 @@ def test_defaults_and_registries():
     assert EVAL_TASKS["wikitext_pseudo_perplexity"].applies_to == {"mlm", "mlm_nsp", "mlm_sop"}
     assert EVAL_TASKS["generation_samples"].applies_to == {"clm", "mlm", "mlm_nsp", "mlm_sop", "span"}
     assert EVAL_TASKS["mlm_accuracy"].applies_to == {"mlm"}
-    assert [t.name for t in EvaluationConfig().tasks_for("mlm")] == ["mlm_accuracy"]
-    assert [t.name for t in EvaluationConfig().tasks_for("clm")] == ["sst2_icl", "wikitext_perplexity"]
-    assert Sst2FinetuneConfig().train_size == 2000 and Sst2IclConfig().shots == [0, 1, 5]
+    assert [t.type for t in EvaluationConfig().tasks_for("mlm")] == ["mlm_accuracy"]
+    assert [t.type for t in EvaluationConfig().tasks_for("clm")] == ["sst2_icl", "wikitext_perplexity"]
+    assert FINETUNE_TASKS["classification"].applies_to == FINETUNE_TASKS["sst2"].applies_to
+    assert Sst2FinetuneConfig().seeds == 3 and Sst2FinetuneConfig().train_sizes == ["all"]
+    assert Sst2IclConfig().shots == [0, 1, 5]
 
 
 def test_every_registered_name_validates_to_its_config_class():
     for registry, root in ((FINETUNE_TASKS, FinetuneConfig), (EVAL_TASKS, EvaluationConfig)):
         for name, spec in registry.items():
-            parsed = validate_config(root, {"tasks": [{"name": name}]})
-            assert type(parsed.tasks[0]) is spec.config_cls
+            required = {"train_path": "data.csv"} if name == "classification" else {}
+            parsed = validate_config(root, {"tasks": [{"type": name, **required}]})
+            assert type(parsed.tasks[0]) is spec.config_cls and parsed.tasks[0].id == name
+            # `name` is the key's old spelling, still read.
+            assert validate_config(root, {"tasks": [{"name": name, **required}]}) == parsed
 
 
 def test_loading_configs_does_not_import_torch():
@@ -62,7 +67,7 @@ def test_loading_configs_does_not_import_torch():
         ),
         (
             {"tasks": [{"name": "nope"}]},
-            "tasks.0: `name` must be one of the eval tasks: fill_mask_probes, generation_samples, mlm_accuracy, sst2_icl, wikitext_perplexity, wikitext_pseudo_perplexity",
+            "tasks.0: `type` must be one of the eval tasks: fill_mask_probes, generation_samples, mlm_accuracy, sst2_icl, wikitext_perplexity, wikitext_pseudo_perplexity",
         ),
         ({"tasks": [{"name": "mlm_accuracy", "mask_prob": 0.1}]}, "unknown key 'tasks.0.mask_prob'"),
         ({"tasks": [{"name": "sst2_icl"}, {"name": "sst2_icl"}]}, "repeated: sst2_icl"),
@@ -84,8 +89,17 @@ def test_invalid_evaluation_configs_name_the_key(raw, message):
 def test_invalid_finetune_config_names_the_key():
     with pytest.raises(ConfigError, match=r"tasks\.0\.warmup_fraction"):
         validate_config(FinetuneConfig, {"tasks": [{"name": "sst2", "warmup_fraction": 1.5}]})
-    with pytest.raises(ConfigError, match=r"tasks\.0\.name"):
-        validate_config(FinetuneConfig, {"tasks": [{"name": "sst5"}]})
+    with pytest.raises(
+        ConfigError, match=r"tasks\.0: `type` must be one of the finetune tasks: classification, sst2"
+    ):
+        validate_config(FinetuneConfig, {"tasks": [{"type": "sst5"}]})
+    with pytest.raises(ConfigError, match=r"missing required key 'tasks\.0\.train_path'"):
+        validate_config(FinetuneConfig, {"tasks": [{"type": "classification"}]})
+    with pytest.raises(ConfigError, match=r"task ids must be unique; repeated: sst2"):
+        validate_config(FinetuneConfig, {"tasks": [{"type": "sst2"}, {"type": "sst2", "seeds": 1}]})
+    # Several instances of one type under their own ids.
+    two = validate_config(FinetuneConfig, {"tasks": [{"type": "sst2"}, {"type": "sst2", "id": "sst2_small"}]})
+    assert [task.id for task in two.tasks] == ["sst2", "sst2_small"]
 
 
 def test_check_inputs_names_the_missing_key(tmp_path):

@@ -57,7 +57,12 @@ def test_outputs_are_deterministic_and_hold_the_table(bert_dir, tmp_path):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert saved == {key: value for key, value in first.items() if key != "seconds"}
-    assert saved["config"] == {"name": "fill_mask_probes", "probes": list(FILL_MASK_PROBES), "top_k": 3}
+    assert saved["config"] == {
+        "type": "fill_mask_probes",
+        "id": "fill_mask_probes",
+        "probes": list(FILL_MASK_PROBES),
+        "top_k": 3,
+    }
     table = (tmp_path / "a" / MARKDOWN_FILE).read_text().splitlines()
     assert table[0] == "| Probe | 1 | 2 | 3 |" and len(table) == 2 + len(FILL_MASK_PROBES)
     best = first["probes"][0]["predictions"][0]

@@ -1,5 +1,6 @@
-"""SST-2 fine-tuning: learns on a tiny subset, pretrained vs random init share the architecture only;
-T5 text to text, its accuracy checked against per-example generation."""
+"""Classification fine-tuning per paradigm (BERT [CLS], GPT-1 transforms + auxiliary LM loss, T5
+text to text), linear probes, grids and data handling; metrics checked against the saved model run
+one example at a time through Hugging Face's own classes."""
 
 from __future__ import annotations
 
@@ -8,17 +9,32 @@ import json
 import pytest
 import torch
 
-from lmforge.app.report import fmt, summary_rows
-from lmforge.tasks import FINETUNE_TASKS
-from lmforge.tasks.config import Sst2FinetuneConfig
-from lmforge.tasks.data import LabelledText, load_sst2
-from lmforge.tasks.finetune import build_classifier, build_seq2seq, encode
+from lmforge.core.configbase import identity_view, validate_config
+from lmforge.core.errors import ConfigError, DataError
+from lmforge.tasks import FINETUNE_TASKS, FinetuneConfig
+from lmforge.tasks.classification import (
+    DELIM,
+    EXTRACT,
+    START,
+    build_sequence_classifier,
+    classification_metrics,
+    load_task_data,
+)
+from lmforge.tasks.config import Cell, ClassificationConfig, Sst2FinetuneConfig
+from lmforge.tasks.finetune import epochs_to_target, instantiate
 from lmforge.tasks.modeling import load_tokenizer
+from lmforge.tasks.readers import LabelSet
 from tests.unit.test_tasks_support import build_tiny_bert, build_tiny_gpt2, write_sst2
 from tests.unit.test_tasks_t5_support import build_tiny_t5, write_synthetic_sst2
 
 pytestmark = pytest.mark.unit
-CONFIG = Sst2FinetuneConfig(train_size=32, epochs=6, batch_size=8, learning_rate=3e-3, max_length=24)
+CONFIG = Sst2FinetuneConfig(epochs=6, batch_size=8, learning_rate=3e-3, max_length=24, save_model=True)
+CELL = Cell("finetune", 32, 0)
+TWO = LabelSet(["0", "1"])
+
+
+def run(config, cell, model_dir, init, data_dir, out, seed=0):
+    return FINETUNE_TASKS[config.type].run(config, cell, model_dir, init, data_dir, out, seed)
 
 
 @pytest.fixture(scope="module")
@@ -38,174 +54,300 @@ def bert_dir(tmp_path_factory):
     return build_tiny_bert(tmp_path_factory.mktemp("bert"))
 
 
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    return build_tiny_t5(tmp_path_factory.mktemp("t5") / "hf")
+
+
 def test_random_and_pretrained_share_config_not_weights(gpt2_dir):
     from transformers import AutoModelForCausalLM
 
-    pretrained = build_classifier(gpt2_dir, "pretrained", pad_token_id=0, seed=1)
-    random_init = build_classifier(gpt2_dir, "random", pad_token_id=0, seed=1)
+    pretrained = build_sequence_classifier(gpt2_dir, "pretrained", TWO, pad_token_id=0, seed=1)
+    random_init = build_sequence_classifier(gpt2_dir, "random", TWO, pad_token_id=0, seed=1)
     assert pretrained.config.to_dict() == random_init.config.to_dict()
     assert pretrained.config.pad_token_id == 0 and pretrained.config.num_labels == 2
     lm_state = AutoModelForCausalLM.from_pretrained(gpt2_dir).state_dict()
     body = "transformer.h.0.attn.c_attn.weight"
     assert torch.equal(pretrained.state_dict()[body], lm_state[body])
     assert not torch.equal(random_init.state_dict()[body], lm_state[body])
-    # Seeded: the same init twice is the same model.
-    again = build_classifier(gpt2_dir, "random", pad_token_id=0, seed=1)
+    again = build_sequence_classifier(gpt2_dir, "random", TWO, pad_token_id=0, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(random_init.parameters(), again.parameters(), strict=True))
 
 
-def brute_force_dev_metrics(classifier_dir, data_dir) -> tuple[int, float]:
-    """(correct predictions, mean loss) of the saved classifier, one unpadded dev example at a time."""
+def reference_logits(model_dir, texts_and_pairs, form):
+    """The saved classifier's logits, one unpadded example at a time through HF's own forward."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
-    tokenizer = load_tokenizer(classifier_dir)
-    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")
-    correct, loss_sum = 0, 0.0
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    rows = []
     with torch.no_grad():
-        for row in dev:
-            # The tokenizer's own post-processor adds [CLS]/[SEP] for BERT and nothing for GPT-2.
-            ids = tokenizer(row.text, truncation=True, max_length=CONFIG.max_length)["input_ids"]
-            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
-            correct += int(logits.argmax()) == row.label
-            loss_sum -= float(torch.log_softmax(logits, -1)[row.label])
-    return correct, loss_sum / len(dev)
+        for text, pair in texts_and_pairs:
+            ids = form(tokenizer, text, pair)
+            rows.append(model(input_ids=torch.tensor([ids])).logits[0].double())
+    return rows
 
 
-def assert_dev_metrics_match_saved_model(metrics, output_dir, data_dir):
-    correct, loss = brute_force_dev_metrics(output_dir / "model", data_dir)
-    assert metrics["dev_accuracy"] == correct / metrics["dev_size"]
-    assert metrics["dev_loss"] == pytest.approx(loss, rel=1e-5)
+def gpt1_form(tokenizer, text, pair):
+    body = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.convert_tokens_to_ids(START), *body]
+    if pair is not None:
+        ids += [
+            tokenizer.convert_tokens_to_ids(DELIM),
+            *tokenizer(pair, add_special_tokens=False)["input_ids"],
+        ]
+    return [*ids, tokenizer.convert_tokens_to_ids(EXTRACT)]
+
+
+def assert_metrics_match_saved_model(metrics, output_dir, data, form):
+    logits = reference_logits(output_dir / "model", [(row.text, row.text_pair) for row in data.dev], form)
+    predictions = [int(row.argmax()) for row in logits]
+    gold = [row.label for row in data.dev]
+    reference = classification_metrics(predictions, gold, len(data.labels.names))
+    assert metrics["dev_accuracy"] == reference["accuracy"]
+    assert metrics["dev_macro_f1"] == pytest.approx(reference["macro_f1"], abs=1e-12)
+    loss = sum(-float(torch.log_softmax(row, -1)[label]) for row, label in zip(logits, gold, strict=True))
+    assert metrics["dev_loss"] == pytest.approx(loss / len(gold), rel=1e-5)
 
 
 @pytest.mark.parametrize("init", ["pretrained", "random"])
-def test_gpt2_finetune_learns_and_saves(gpt2_dir, data_dir, tmp_path, init):
+def test_gpt_finetune_uses_gpt1_transforms_learns_and_saves(gpt2_dir, data_dir, tmp_path, init):
     from transformers import AutoModelForSequenceClassification
 
-    metrics = FINETUNE_TASKS["sst2"].run(CONFIG, gpt2_dir, init, data_dir, tmp_path, 0)
-    assert metrics["train_size"] == 32 and metrics["num_steps"] == 6 * 4 and len(metrics["loss_curve"]) == 24
+    metrics = run(CONFIG, CELL, gpt2_dir, init, data_dir, tmp_path)
+    assert metrics["train_size"] == 32 and metrics["num_steps"] == 6 * 4 == len(metrics["loss_curve"])
+    assert metrics["input_format"] == f"{START} A {EXTRACT}" and metrics["aux_lm_weight"] == 0.5
     assert metrics["final_train_loss"] < metrics["initial_train_loss"] - 0.1
-    assert_dev_metrics_match_saved_model(metrics, tmp_path, data_dir)
-    assert json.loads((tmp_path / "loss_curve.json").read_text()) == metrics["loss_curve"]
+    assert [row["epoch"] for row in metrics["epoch_metrics"]] == list(range(1, 7))
+    assert metrics["epoch_metrics"][-1]["dev_accuracy"] == metrics["dev_accuracy"]
+    data = load_task_data(CONFIG, data_dir, "k")
+    # HF's GPT2ForSequenceClassification pools the last non-pad token: the <|extract|> state.
+    assert_metrics_match_saved_model(metrics, tmp_path, data, gpt1_form)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     # metrics.json is part of the content id: exactly the returned metrics without time or curve.
-    assert saved == {k: v for k, v in metrics.items() if k not in ("seconds", "loss_curve")}
-    assert json.loads((tmp_path / "telemetry" / "timings.json").read_text()) == {
-        "seconds": metrics["seconds"]
-    }
+    timing = ("seconds", "loss_curve", "epoch_seconds", "seconds_to_target")
+    assert saved == {k: v for k, v in metrics.items() if k not in timing}
+    telemetry = json.loads((tmp_path / "telemetry" / "timings.json").read_text())
+    assert len(telemetry["epoch_seconds"]) == 6 and telemetry["seconds"] == metrics["seconds"]
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert reloaded.config.id2label == {0: "0", 1: "1"}
     # The tokenizer had no pad token: EOS pads, and the saved config says so.
     assert reloaded.config.pad_token_id == load_tokenizer(tmp_path / "model").pad_token_id is not None
 
 
+def test_auxiliary_lm_loss_is_the_lm_loss_on_the_task_text(gpt2_dir, data_dir):
+    """One batch's loss with aux weight w is the task loss plus w x GPT-2's own LM loss on the same
+    sequences (the transform tokens never targets); weight 0 leaves the task loss alone."""
+    from transformers import GPT2LMHeadModel
+
+    from lmforge.tasks.classification import causal_head
+
+    data = load_task_data(CONFIG, data_dir, "k")
+    rows = data.train[:4]
+    losses = {}
+    for weight in (0.0, 0.7):
+        head = causal_head(
+            CONFIG.model_copy(update={"aux_lm_weight": weight}), gpt2_dir, "pretrained", data, rows, CELL, 0
+        )
+        head.model.train()
+        for module in head.model.modules():  # training mode (the aux loss is a training loss), no dropout
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        losses[weight] = head.batch_loss([0, 1, 2, 3]).item()
+    lm = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+    lm.resize_token_embeddings(head.model.get_input_embeddings().weight.shape[0], mean_resizing=False)
+    lm.transformer.load_state_dict(head.model.transformer.state_dict())
+    total, count = 0.0, 0
+    extract = head.tokenizer.convert_tokens_to_ids(EXTRACT)
+    with torch.no_grad():
+        for row in rows:
+            ids = gpt1_form(head.tokenizer, row.text, None)
+            targets = torch.tensor(ids[1:])
+            targets[targets == extract] = -100
+            logits = lm(input_ids=torch.tensor([ids])).logits[0, :-1]
+            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            count += int((targets != -100).sum())
+    assert losses[0.7] == pytest.approx(losses[0.0] + 0.7 * total / count, rel=1e-4)
+
+
+def test_linear_probe_trains_only_the_head(gpt2_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    metrics = run(CONFIG, Cell("linear_probe", 32, 0), gpt2_dir, "pretrained", data_dir, tmp_path)
+    assert metrics["trainable_parameters"] == 32 * 2 and metrics["aux_lm_weight"] == 0.0
+    before, after = (
+        load_file(gpt2_dir / "model.safetensors"),
+        load_file(tmp_path / "model" / "model.safetensors"),
+    )
+    assert set(after) - set(before) == {"score.weight"}
+    for name, tensor in before.items():
+        if name in after:
+            kept = after[name][: tensor.shape[0]]  # the embedding table grew by the transform tokens
+            assert torch.equal(kept, tensor), name
+
+
 def test_finetune_metrics_file_is_identical_on_a_rerun(gpt2_dir, data_dir, tmp_path):
     for name in ("a", "b"):
-        FINETUNE_TASKS["sst2"].run(CONFIG, gpt2_dir, "random", data_dir, tmp_path / name, 0)
+        run(CONFIG, CELL, gpt2_dir, "random", data_dir, tmp_path / name)
     for file in ("metrics.json", "loss_curve.json"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
-def test_bert_encoding_and_finetune(bert_dir, data_dir, tmp_path):
+def write_pairs(path, rows, header="premise,hypothesis,gold"):
+    lines = [header] + [f'"{a}","{b}",{label}' for a, b, label in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+PAIRS = [
+    ("the film is good", "it is good", "entailment"),
+    ("the film is bad", "it is good", "contradiction"),
+    ("a great movie", "a great movie indeed", "entailment"),
+    ("an awful movie", "a great movie", "contradiction"),
+    ("the cast is fine", "the weather is cold", "neutral"),
+] * 8
+
+
+def test_bert_pairs_three_classes_from_csv_with_a_carved_dev_set(bert_dir, tmp_path):
+    write_pairs(tmp_path / "nli.csv", PAIRS)
+    config = ClassificationConfig(
+        id="nli",
+        train_path=str(tmp_path / "nli.csv"),
+        columns={"text": "premise", "text_pair": "hypothesis", "label": "gold"},
+        dev_fraction=0.25,
+        epochs=2,
+        batch_size=8,
+        learning_rate=3e-3,
+        max_length=32,
+        save_model=True,
+    )
+    data = load_task_data(config, None, "k")
+    assert data.labels.names == ["contradiction", "entailment", "neutral"]
+    assert len(data.dev) == 10 and len(data.train) == 30
+    metrics = run(config, Cell("finetune", None, 1), bert_dir, "pretrained", None, tmp_path / "out")
+    assert metrics["input_format"] == "[CLS] A [SEP] B [SEP]" and metrics["train_size"] == 30
+    assert metrics["labels"] == ["contradiction", "entailment", "neutral"]
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "model").eval()
     tokenizer = load_tokenizer(bert_dir)
-    [ids] = encode(tokenizer, [LabelledText("a charming film " * 20, 1)], max_length=10)
-    assert len(ids) == 10 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
-    metrics = FINETUNE_TASKS["sst2"].run(CONFIG, bert_dir, "pretrained", data_dir, tmp_path, 0)
-    assert metrics["final_train_loss"] < metrics["initial_train_loss"]
-    assert_dev_metrics_match_saved_model(metrics, tmp_path, data_dir)
+    # [CLS] A [SEP] B [SEP] with token types 0 then 1, as BERT's own pair encoding.
+    first = data.dev[0]
+    a = tokenizer(first.text, add_special_tokens=False)["input_ids"]
+    b = tokenizer(first.text_pair, add_special_tokens=False)["input_ids"]
+    ids = [tokenizer.cls_token_id, *a, tokenizer.sep_token_id, *b, tokenizer.sep_token_id]
+    types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits[0]
+    assert metrics["epoch_metrics"][-1]["dev_loss"] == metrics["dev_loss"]
+    assert torch.isfinite(logits).all()
 
 
-T5_CONFIG = Sst2FinetuneConfig(train_size=24, epochs=2, batch_size=8, learning_rate=3e-3, max_length=24)
+def test_symmetric_pairs_sum_both_orders(gpt2_dir, tmp_path):
+    write_pairs(tmp_path / "sim.csv", [(a, b, "1" if lab == "entailment" else "0") for a, b, lab in PAIRS])
+    config = ClassificationConfig(
+        id="sim",
+        train_path=str(tmp_path / "sim.csv"),
+        columns={"text": "premise", "text_pair": "hypothesis", "label": "gold"},
+        symmetric=True,
+        epochs=1,
+        batch_size=8,
+        max_length=32,
+    )
+    metrics = run(config, Cell("finetune", 16, 0), gpt2_dir, "random", None, tmp_path / "out")
+    assert metrics["input_format"] == f"{START} A {DELIM} B {EXTRACT} (both orders, logits summed)"
+    with pytest.raises(ConfigError, match="symmetric"):
+        validate_config(
+            FinetuneConfig, {"tasks": [{"type": "classification", "train_path": "x.csv", "symmetric": True}]}
+        )
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return build_tiny_t5(tmp_path_factory.mktemp("t5") / "hf")
-
-
-def test_t5_random_and_pretrained_share_config_not_weights(t5_dir):
-    from transformers import AutoModelForSeq2SeqLM
-
-    pretrained = build_seq2seq(t5_dir, "pretrained", seed=1)
-    random_init = build_seq2seq(t5_dir, "random", seed=1)
-    assert pretrained.config.to_dict() == random_init.config.to_dict()
-    saved = AutoModelForSeq2SeqLM.from_pretrained(t5_dir).state_dict()
-    body = "encoder.block.0.layer.0.SelfAttention.q.weight"
-    assert torch.equal(pretrained.state_dict()[body], saved[body])
-    assert not torch.equal(random_init.state_dict()[body], saved[body])
-    again = build_seq2seq(t5_dir, "random", seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(random_init.parameters(), again.parameters(), strict=True))
-
-
-def brute_force_text_to_text(model_dir, data_dir, config) -> dict[str, float]:
-    """Dev metrics of the saved model, one unpadded example at a time: generate, decode, compare."""
+def test_t5_text_to_text_and_probe(t5_dir, tmp_path):
+    write_synthetic_sst2(tmp_path / "data", num_train=48, num_dev=20)
+    config = Sst2FinetuneConfig(epochs=6, batch_size=8, learning_rate=1e-2, max_length=24, save_model=True)
+    metrics = run(config, Cell("finetune", None, 0), t5_dir, "random", tmp_path / "data", tmp_path / "tt")
+    assert metrics["model_family"] == "seq2seq" and metrics["dev_majority_baseline_accuracy"] == 0.5
+    assert metrics["dev_accuracy"] >= 0.95 and metrics["dev_invalid_fraction"] == 0
+    # Check against the saved model's own greedy generation, one example at a time.
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dev = load_sst2("sst2/dev.tsv", data_dir, "k", "validation")
-    correct = invalid = 0
-    loss_sum, num_tokens = 0.0, 0
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "tt" / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tt" / "model")
+    data = load_task_data(config, tmp_path / "data", "k")
+    correct = 0
     with torch.no_grad():
-        for row in dev:
-            text = config.text_to_text_prefix + row.text
-            source = tokenizer(text, truncation=True, max_length=config.max_length, return_tensors="pt")
-            assert source["input_ids"][0, -1] == tokenizer.eos_token_id
-            target = tokenizer(config.label_words[row.label], return_tensors="pt")["input_ids"]
+        for row in data.dev:
+            source = tokenizer("sst2 sentence: " + row.text, return_tensors="pt")
             output = model.generate(**source, max_new_tokens=8, do_sample=False, num_beams=1)
-            generated = tokenizer.decode(output[0], skip_special_tokens=True).strip()
-            correct += generated == config.label_words[row.label]
-            invalid += generated not in config.label_words
-            loss_sum += float(model(**source, labels=target).loss) * target.shape[1]
-            num_tokens += target.shape[1]
-    return {
-        "dev_accuracy": correct / len(dev),
-        "invalid_fraction": invalid / len(dev),
-        "dev_loss": loss_sum / num_tokens,
+            correct += (
+                tokenizer.decode(output[0], skip_special_tokens=True).strip()
+                == ["negative", "positive"][row.label]
+            )
+    assert metrics["dev_accuracy"] == correct / len(data.dev)
+    probe = run(
+        config, Cell("linear_probe", None, 0), t5_dir, "pretrained", tmp_path / "data", tmp_path / "p"
+    )
+    assert probe["trainable_parameters"] < probe["num_parameters"] / 10
+    assert "dev_invalid_fraction" not in probe
+
+
+def test_grid_cells_seeds_and_recipes():
+    config = validate_config(
+        FinetuneConfig,
+        {
+            "tasks": [
+                {"name": "sst2", "train_sizes": [100, "all"], "strategies": ["finetune", "linear_probe"]}
+            ]
+        },
+    ).tasks[0]
+    cells = config.cells()
+    assert len(cells) == 2 * 2 * 3 and cells[0] == Cell("finetune", 100, 0)
+    assert [cell.label for cell in cells[:4]] == [
+        "finetune-100-s0",
+        "finetune-100-s1",
+        "finetune-100-s2",
+        "finetune-all-s0",
+    ]
+    assert Cell("finetune", None, 2).seed(1234) == 1236
+    # The grid is not part of a cell's recipe: adding a seed or a size reuses every existing cell.
+    wider = config.model_copy(update={"seeds": 5, "train_sizes": [100, 500, "all"]})
+    assert identity_view(wider) == identity_view(config)
+
+
+def test_metrics_and_target_epochs():
+    assert classification_metrics([0, 1, 1, 2, -1], [0, 1, 2, 2, 0], 3) == {
+        "accuracy": 0.6,
+        # class 0: tp 1, fn 1 -> 2/3; class 1: tp 1, fp 1 -> 2/3; class 2: tp 1, fn 1 -> 2/3
+        "macro_f1": pytest.approx(2 / 3),
     }
+    rows = [
+        {"epoch": 1, "dev_accuracy": 0.5},
+        {"epoch": 2, "dev_accuracy": 0.8},
+        {"epoch": 3, "dev_accuracy": 0.9},
+    ]
+    assert epochs_to_target(rows, "accuracy", 0.8) == 2 and epochs_to_target(rows, "accuracy", 0.95) is None
 
 
-def assert_text_to_text_metrics_match_saved_model(metrics, output_dir, data_dir, config):
-    reference = brute_force_text_to_text(output_dir / "model", data_dir, config)
-    assert metrics["dev_accuracy"] == reference["dev_accuracy"]
-    assert metrics["invalid_fraction"] == reference["invalid_fraction"]
-    assert metrics["dev_loss"] == pytest.approx(reference["dev_loss"], rel=1e-5)
+def test_bad_data_is_counted_or_named(tmp_path):
+    (tmp_path / "t.tsv").write_text("text\tlabel\ngood film\tpos\n\tneg\nbad film\tneg\nfine\tpos\tx\n")
+    config = ClassificationConfig(id="t", train_path=str(tmp_path / "t.tsv"), dev_fraction=0.5)
+    data = load_task_data(config, None, "k")
+    assert len(data.skipped["train"]) == 2  # the empty text, and the row with three fields
+    listed = config.model_copy(update={"labels": ["neg", "pos"]})
+    (tmp_path / "u.tsv").write_text("text\tlabel\ngood film\tpos\nbad film\tmeh\n")
+    with pytest.raises(DataError, match="meh"):
+        load_task_data(listed.model_copy(update={"train_path": str(tmp_path / "u.tsv")}), None, "k")
+    (tmp_path / "v.tsv").write_text("words\tlabel\ngood film\tpos\nbad film\tneg\n")
+    with pytest.raises(DataError, match=r"column 'text' not found .*words, label"):
+        load_task_data(config.model_copy(update={"train_path": str(tmp_path / "v.tsv")}), None, "k")
+    (tmp_path / "w.tsv").write_text("text\tlabel\ngood film\tpos\nbad film\tpos\n")
+    with pytest.raises(DataError, match="at least 2"):
+        load_task_data(config.model_copy(update={"train_path": str(tmp_path / "w.tsv")}), None, "k")
 
 
-@pytest.mark.parametrize("init", ["pretrained", "random"])
-def test_t5_text_to_text_finetune_on_sst2(t5_dir, data_dir, tmp_path, init):
-    metrics = FINETUNE_TASKS["sst2"].run(T5_CONFIG, t5_dir, init, data_dir, tmp_path, 0)
-    assert metrics["train_size"] == 24 and metrics["num_steps"] == 2 * 3 == len(metrics["loss_curve"])
-    assert metrics["final_train_loss"] < metrics["initial_train_loss"]
-    assert_text_to_text_metrics_match_saved_model(metrics, tmp_path, data_dir, T5_CONFIG)
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved == {k: v for k, v in metrics.items() if k not in ("seconds", "loss_curve")}
-    assert json.loads((tmp_path / "loss_curve.json").read_text()) == metrics["loss_curve"]
+def test_instantiate_rejects_unknown_init(gpt2_dir):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-
-@pytest.mark.parametrize(("epochs", "learning_rate"), [(2, 5e-3), (6, 1e-2)])
-def test_t5_text_to_text_finetune_learns_a_trivial_task(t5_dir, tmp_path, epochs, learning_rate):
-    """Sentences saying "good" vs "bad": a random-init tiny T5 must learn to answer the label word;
-    half-way there, its right and wrong answers are still counted as per-example generation says."""
-    write_synthetic_sst2(tmp_path / "data", num_train=48, num_dev=20)
-    config = Sst2FinetuneConfig(
-        train_size=None, epochs=epochs, batch_size=8, learning_rate=learning_rate, max_length=24
-    )
-    metrics = FINETUNE_TASKS["sst2"].run(config, t5_dir, "random", tmp_path / "data", tmp_path / "out", 0)
-    assert_text_to_text_metrics_match_saved_model(metrics, tmp_path / "out", tmp_path / "data", config)
-    assert metrics["dev_majority_baseline_accuracy"] == 0.5
-    if epochs == 6:
-        assert metrics["dev_accuracy"] >= 0.95 and metrics["invalid_fraction"] == 0
-    else:  # both right and wrong answers, so the comparison above is not vacuous
-        assert 0 < metrics["dev_accuracy"] < 1
-    rows = dict(
-        summary_rows(
-            {
-                "stages": {
-                    f"finetune/sst2/{init}": {"metrics": metrics, "status": "completed"}
-                    for init in ("pretrained", "random")
-                }
-            }
+    with pytest.raises(ConfigError, match="init"):
+        instantiate(
+            AutoModelForSequenceClassification, gpt2_dir, AutoConfig.from_pretrained(gpt2_dir), "warm", 0
         )
-    )
-    accuracy = fmt(metrics["dev_accuracy"])
-    assert rows["sst2 dev accuracy: pretrained vs random init"] == f"{accuracy} vs {accuracy}"

@@ -151,7 +151,8 @@ def test_pll_equals_brute_force_over_several_windows(bert_dir, data_dir, tmp_pat
     assert metrics["max_length"] == SEQ_LEN and metrics["window_text_tokens"] == SEQ_LEN - 2
     assert metrics["wrappers"] == ["[CLS]", "[SEP]"]
     assert metrics["config"] == {
-        "name": "wikitext_pseudo_perplexity",
+        "type": "wikitext_pseudo_perplexity",
+        "id": "wikitext_pseudo_perplexity",
         "path": "wikitext2_raw/valid.txt",
         "max_length": None,
         "stride": stride,
