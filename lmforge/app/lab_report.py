@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.app.report import NA, Block, fmt, html_page, markdown_lines, stage_metrics
+from lmforge.app.task_report import INITS, headline
 
 GIB = 2**30
+SST2 = "sst2"  # the fine-tune task id the lab compares branches on
 
 
 def _pretrain(record: dict) -> dict:
@@ -59,12 +61,19 @@ def _icl(record: dict) -> str:
     return ", ".join(f"k={k}: {fmt(shot.get('mean_accuracy'), 3)}" for k, shot in shots)
 
 
+def _sst2_accuracy(record: dict, init: str) -> str:
+    """Mean SST-2 dev accuracy over seeds at the largest fine-tune train size."""
+    values = (headline(record, SST2).get("inits") or {}).get(init) or {}
+    if values.get("mean") is None:
+        return NA
+    num_seeds = values["num_seeds"]
+    return f"{fmt(values['mean'])} (mean of {num_seeds} seed{'' if num_seeds == 1 else 's'})"
+
+
 def _invalid(record: dict) -> str:
     """Text-to-text fine-tunes only: the share of generations that were neither label word."""
-    values = [
-        stage_metrics(record, f"finetune/sst2/{init}").get("invalid_fraction")
-        for init in ("pretrained", "random")
-    ]
+    inits = headline(record, SST2).get("inits") or {}
+    values = [(inits.get(init) or {}).get("invalid_fraction") for init in INITS]
     return NA if all(value is None for value in values) else ", ".join(fmt(value, 3) for value in values)
 
 
@@ -122,13 +131,13 @@ def comparison_rows(branches: dict[str, dict], store: Any) -> tuple[list[str], l
     row("validation loss (own objective)", [metrics.get("final_val_loss") for metrics in pre])
     row("validation target accuracy (own objective)", [metrics.get("final_val_accuracy") for metrics in pre])
     row("pair-task accuracy (NSP/SOP)", [metrics.get("final_val_pair_accuracy") for metrics in pre])
-    for init in ("pretrained", "random"):
+    for init in INITS:
         row(
-            f"SST-2 fine-tune accuracy, {init} init",
-            [stage_metrics(record, f"finetune/sst2/{init}").get("dev_accuracy") for record in records],
+            f"SST-2 fine-tune accuracy, {init} init (largest train size)",
+            [_sst2_accuracy(record, init) for record in records],
         )
     row(
-        "SST-2 text-to-text outputs that are no label word (pretrained, random)",
+        "SST-2 text-to-text outputs that are no label word (pretrained, random; mean over seeds)",
         [_invalid(record) for record in records],
     )
     row("SST-2 ICL accuracy by k", [_icl(record) for record in records])
@@ -217,5 +226,5 @@ def write_lab_report(config: Any, branches: dict[str, dict], store: Any, output_
     blocks = lab_blocks(config, branches, store, png.name)
     markdown, page = output_dir / "report.md", output_dir / "report.html"
     markdown.write_text("\n".join(markdown_lines(blocks)))
-    page.write_text(html_page(blocks, png.read_bytes()))
+    page.write_text(html_page(blocks, {png.name: png.read_bytes()}))
     return {"markdown": markdown, "html": page, "png": png}

@@ -1,4 +1,7 @@
-"""The run report: report.md, a self-contained report.html and loss_curve.png from a run record.
+"""The run report: report.md, a self-contained report.html and its PNGs from a run record.
+
+The PNGs: loss_curve.png (pre-training), and where the run fine-tuned, data_efficiency.png and
+finetune_losses.png (the downstream-task grid, see task_report.py).
 
 With the lineage trees of the run's artifacts, both show the lineage graph: a Mermaid block in the
 Markdown (GitHub draws it), an inline SVG in the HTML (no script, works offline).
@@ -13,19 +16,19 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmforge.app import task_report
 from lmforge.infra.lineage_text import format_mermaid, format_svg
 
+# The fine-tune grid's stages (finetune/<task>/<cell>/<init>) go after pretrain, in grid order.
 STAGE_ORDER = (
     "clean",
     "tokenizer",
     "shard",
     "pretrain",
-    "finetune/sst2/pretrained",
-    "finetune/sst2/random",
     "eval/sst2_icl",
     "eval/wikitext_perplexity",
     "eval/mlm_accuracy",
@@ -45,8 +48,11 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def stages_in_order(run_record: dict) -> list[tuple[str, dict]]:
     stages = run_record.get("stages") or {}
-    known = [name for name in STAGE_ORDER if name in stages]
-    return [(name, stages[name] or {}) for name in known + sorted(set(stages) - set(STAGE_ORDER))]
+    after_pretrain = STAGE_ORDER.index("pretrain") + 1
+    ordered = [name for name in STAGE_ORDER[:after_pretrain] if name in stages]
+    ordered += task_report.grid_stage_names(stages)
+    ordered += [name for name in STAGE_ORDER[after_pretrain:] if name in stages]
+    return [(name, stages[name] or {}) for name in ordered + sorted(set(stages) - set(ordered))]
 
 
 def stage_metrics(run_record: dict, name: str) -> dict:
@@ -152,26 +158,28 @@ def cluster_rows(pre: dict) -> list[tuple[str, str]]:
 
 
 def finetune_rows(run_record: dict) -> list[tuple[str, str]]:
-    tasks = sorted(
-        {
-            name.split("/")[1]
-            for name, _ in stages_in_order(run_record)
-            if name.startswith("finetune/") and name.count("/") == 2
-        }
-    )
+    """Per task, pretrained vs random init at the largest fine-tune size, mean ± std over seeds."""
     rows = []
-    for task in tasks:
-        accuracy = {
-            init: stage_metrics(run_record, f"finetune/{task}/{init}").get("dev_accuracy")
-            for init in ("pretrained", "random")
-        }
-        rows.append(
-            (
-                f"{task} dev accuracy: pretrained vs random init",
-                f"{fmt(accuracy['pretrained'])} vs {fmt(accuracy['random'])}",
-            )
+    for task, best in task_report.headline(run_record).items():
+        inits = best["inits"]
+        num_seeds = max((values["num_seeds"] for values in inits.values()), default=0)
+        size = best["size"]
+        if size == "all" and best["train_size"] is not None:
+            size = f"all ({best['train_size']:.0f})"
+        label = (
+            f"{task} dev {best['primary_metric'] or NA} ({best['strategy']}, n={size}, {_seeds(num_seeds)})"
         )
+        values = [
+            f"{init} {task_report.format_mean_std(values['mean'], values['std'])}"
+            + (f" ({_seeds(values['num_seeds'])})" if values["num_seeds"] != num_seeds else "")
+            for init, values in inits.items()
+        ]
+        rows.append((label, " vs ".join(values)))
     return rows or [("fine-tune dev accuracy", NA)]
+
+
+def _seeds(count: int) -> str:
+    return f"{count} seed" + ("" if count == 1 else "s")
 
 
 def stage_table(run_record: dict) -> tuple[list[str], list[list[str]]]:
@@ -209,17 +217,39 @@ def _header_blocks(run_record: dict) -> list[Block]:
     return [("text", f"# lmforge run {run_record.get('run_id', NA)}"), ("list", lines)]
 
 
-def sections(run_record: dict, png_name: str | None, lineage: list[dict] | None = None) -> list[Block]:
+def sections(
+    run_record: dict,
+    png_name: str | None,
+    lineage: list[dict] | None = None,
+    task_pngs: Sequence[str] = (),
+) -> list[Block]:
+    """The report's blocks; task_pngs: the downstream-task plots' file names, drawn in that section."""
     blocks = _header_blocks(run_record)
     blocks += [("text", "## Summary"), ("table", _summary_table(run_record))]
     if png_name:
         blocks += [("text", "## Loss curves"), ("image", png_name)]
+    blocks += downstream_blocks(run_record, task_pngs)
     blocks += probe_blocks(run_record)
     blocks += [("text", "## Stages"), ("table", stage_table(run_record))]
     if lineage:
         graph = (format_mermaid(lineage), format_svg(lineage))
         blocks += [("text", "## Lineage"), ("text", LINEAGE_NOTE), ("lineage", graph)]
     return blocks
+
+
+def downstream_blocks(run_record: dict, png_names: Sequence[str] = ()) -> list[Block]:
+    """Per fine-tuned task its grid table (strategy x train size, inits side by side), then the plots."""
+    tables = task_report.grid_rows(run_record)
+    if not tables:
+        return []
+    blocks: list[Block] = [("text", "## Downstream tasks")]
+    for task, table in tables.items():
+        blocks += [
+            ("text", f"### {task}"),
+            ("text", task_report.task_note(run_record, task)),
+            ("table", table),
+        ]
+    return blocks + [("image", name) for name in png_names]
 
 
 def probe_blocks(run_record: dict) -> list[Block]:
@@ -255,9 +285,13 @@ def markdown_lines(blocks: Iterable[Block]) -> list[str]:
     return _markdown_blocks(blocks)
 
 
-def html_page(blocks: Iterable[Block], png_bytes: bytes | None) -> str:
-    """Report blocks as one self-contained HTML page (the PNG inlined)."""
-    return _html(blocks, png_bytes)
+def html_page(blocks: Iterable[Block], images: Mapping[str, bytes]) -> str:
+    """Report blocks as one self-contained HTML page; images: each image block's PNG by file name."""
+    return _html(blocks, images)
+
+
+def _alt(png_name: str) -> str:
+    return Path(png_name).stem.replace("_", " ")
 
 
 def _markdown_blocks(blocks: Iterable[Block]) -> list[str]:
@@ -268,7 +302,7 @@ def _markdown_blocks(blocks: Iterable[Block]) -> list[str]:
         elif kind == "list":
             out += [f"- {line}" for line in content] + [""]
         elif kind == "image":
-            out += [f"![loss curves]({content})", ""]
+            out += [f"![{_alt(content)}]({content})", ""]
         elif kind == "lineage":
             out += ["```mermaid", content[0].rstrip("\n"), "```", ""]
         else:
@@ -279,7 +313,7 @@ def _markdown_blocks(blocks: Iterable[Block]) -> list[str]:
     return out
 
 
-def _html(blocks: Iterable[Block], png_bytes: bytes | None) -> str:
+def _html(blocks: Iterable[Block], images: Mapping[str, bytes]) -> str:
     body: list[str] = []
     for kind, content in blocks:
         if kind == "text":
@@ -288,9 +322,9 @@ def _html(blocks: Iterable[Block], png_bytes: bytes | None) -> str:
             body.append(f"<{tag}>{html.escape(content.lstrip('# '))}</{tag}>")
         elif kind == "list":
             body.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in content) + "</ul>")
-        elif kind == "image" and png_bytes is not None:
-            data = base64.b64encode(png_bytes).decode()
-            body.append(f'<img alt="loss curves" src="data:image/png;base64,{data}">')
+        elif kind == "image" and content in images:
+            data = base64.b64encode(images[content]).decode()
+            body.append(f'<img alt="{html.escape(_alt(content))}" src="data:image/png;base64,{data}">')
         elif kind == "lineage":
             body.append(f'<div class="lineage">{content[1]}</div>')
         elif kind == "table":
@@ -331,28 +365,14 @@ def is_local(path: str | None) -> bool:
     return bool(path) and "://" not in str(path)
 
 
-def stage_curves(run_record: dict) -> tuple[dict[str, list], dict[str, list]]:
-    """(pretraining curves, fine-tune curves) by label, from metrics or the stage's output files."""
-    stages = run_record.get("stages") or {}
-    pre_stage = stages.get("pretrain") or {}
+def pretrain_curves(run_record: dict) -> dict[str, list]:
+    """Pre-training train and val loss curves by label, from metrics or the stage's metrics.jsonl."""
+    pre_stage = (run_record.get("stages") or {}).get("pretrain") or {}
     pre = pre_stage.get("metrics") or {}
     train, val = curve_points(pre.get("loss_curve")), curve_points(pre.get("val_curve"))
     if not train and is_local(pre_stage.get("path")):
         train, val = _curves_from_jsonl(Path(pre_stage["path"]) / "metrics.jsonl")
-    pretrain = {label: pts for label, pts in (("train loss", train), ("val loss", val)) if pts}
-    finetune = {}
-    for name, stage in stages_in_order(run_record):
-        if name.startswith("finetune/"):
-            points = curve_points((stage.get("metrics") or {}).get("loss_curve"))
-            if (
-                not points
-                and is_local(stage.get("path"))
-                and (Path(stage["path"]) / "loss_curve.json").is_file()
-            ):
-                points = curve_points(json.loads((Path(stage["path"]) / "loss_curve.json").read_text()))
-            if points:
-                finetune[name.removeprefix("finetune/")] = points
-    return pretrain, finetune
+    return {label: points for label, points in (("train loss", train), ("val loss", val)) if points}
 
 
 def _curves_from_jsonl(path: Path) -> tuple[list, list]:
@@ -371,40 +391,49 @@ def _curves_from_jsonl(path: Path) -> tuple[list, list]:
 
 
 def plot_loss_curves(run_record: dict, path: Path) -> None:
-    """Pre-training train/val loss vs step; a second panel for fine-tune curves when present."""
+    """Pre-training train/val loss vs step (the fine-tune curves are in finetune_losses.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pretrain, finetune = stage_curves(run_record)
-    panels = [("pre-training", pretrain)] + ([("fine-tuning", finetune)] if finetune else [])
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for axis, (title, curves) in zip(axes[0], panels, strict=True):
-        for label, points in curves.items():
-            steps, losses = zip(*points, strict=True)
-            axis.plot(steps, losses, label=label, marker="o" if len(points) < 30 else None)
-        if not curves:
-            axis.text(0.5, 0.5, "no loss curve recorded", ha="center", va="center", transform=axis.transAxes)
-        else:
-            axis.legend()
-        axis.set(title=title, xlabel="step", ylabel="loss")
+    curves = pretrain_curves(run_record)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, points in curves.items():
+        steps, losses = zip(*points, strict=True)
+        axis.plot(steps, losses, label=label, marker="o" if len(points) < 30 else None)
+    if not curves:
+        axis.text(0.5, 0.5, "no loss curve recorded", ha="center", va="center", transform=axis.transAxes)
+    else:
+        axis.legend()
+    axis.set(title="pre-training", xlabel="step", ylabel="loss")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 def write_report(run_record: dict, output_dir: Path, lineage: list[dict] | None = None) -> dict[str, Path]:
-    """Write report.md, report.html (PNG embedded) and loss_curve.png; returns their paths.
+    """Write report.md, report.html (PNGs embedded) and the PNGs; returns their paths.
 
-    lineage: the lineage trees (`ArtifactStore.lineage`) of the run's artifacts, drawn as one graph.
+    Paths: markdown, html, png (loss_curve.png), and where the run has fine-tune grid stages,
+    data_efficiency and finetune_losses. lineage: the lineage trees (`ArtifactStore.lineage`) of the
+    run's artifacts, drawn as one graph.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     png = output_dir / "loss_curve.png"
     plot_loss_curves(run_record, png)
-    blocks = sections(run_record, png.name, lineage)
+    paths = {"png": png}
+    task_plots = {
+        "data_efficiency": task_report.plot_data_efficiency,
+        "finetune_losses": task_report.plot_finetune_losses,
+    }
+    for name, plot in task_plots.items():
+        if plot(run_record, output_dir / f"{name}.png"):
+            paths[name] = output_dir / f"{name}.png"
+    task_pngs = [paths[name].name for name in task_plots if name in paths]
+    blocks = sections(run_record, png.name, lineage, task_pngs)
     markdown, page = output_dir / "report.md", output_dir / "report.html"
     markdown.write_text("\n".join(_markdown_blocks(blocks)))
-    page.write_text(_html(blocks, png.read_bytes()))
-    return {"markdown": markdown, "html": page, "png": png}
+    page.write_text(_html(blocks, {path.name: path.read_bytes() for path in paths.values()}))
+    return {"markdown": markdown, "html": page, **paths}

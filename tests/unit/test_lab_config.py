@@ -66,7 +66,18 @@ def test_report_table_shows_measured_values_and_na_for_what_a_branch_lacks():
             "stages": {"pretrain": {"metrics": pretrain}, **(stages or {})},
         }
 
+    def finetune(size: str, seed: int, init: str, accuracy: float, invalid: float | None = None) -> dict:
+        metrics = {"primary_metric": "accuracy", "dev_accuracy": accuracy, "invalid_fraction": invalid}
+        return {f"finetune/sst2/finetune-{size}-s{seed}/{init}": {"metrics": metrics}}
+
     budget = {"flops_per_step": 4.0e9, "loss_tokens_per_step": 200, "max_steps": 30}
+    # The span branch's largest size is "all": the 100-example cells are left out of its cells.
+    span_grid = {
+        **finetune("100", 0, "pretrained", 0.1, 0.9),
+        **finetune("all", 0, "pretrained", 0.80, 0.1),
+        **finetune("all", 1, "pretrained", 0.84, 0.2),
+        **finetune("all", 0, "random", 0.6, 0.5),
+    }
     branches = {
         "mlm": record("mlm", {"budget": budget, "tokens_per_step": 2048, "final_val_loss": 6.5}),
         "clm": record(
@@ -74,14 +85,23 @@ def test_report_table_shows_measured_values_and_na_for_what_a_branch_lacks():
             {"budget": {**budget, "loss_tokens_per_step": 2016}, "tokens_per_step": 2048},
             {"eval/wikitext_perplexity": {"metrics": {"perplexity": 812.0}}},
         ),
+        "span": record("span", {"budget": budget, "tokens_per_step": 2048}, span_grid),
     }
     headers, rows = comparison_rows(branches, store=None)
     table = {row[0]: row[1:] for row in rows}
-    assert headers == ["", "mlm", "clm"]
-    assert table["attention"] == ["bidirectional", "causal"]
-    assert table["training FLOPs per loss-bearing token"] == ["20,000,000", "1,984,127"]
-    assert table["training FLOPs per input token"] == ["1,953,125", "1,953,125"]
-    assert table["WikiText-2 perplexity / pseudo-perplexity"] == ["n/a", "812 (perplexity)"]
-    assert table["inference FLOPs per generated token"] == ["n/a", "n/a"]  # no store, no export
+    assert headers == ["", "mlm", "clm", "span"]
+    assert table["attention"] == ["bidirectional", "causal", "encoder-decoder"]
+    assert table["training FLOPs per loss-bearing token"] == ["20,000,000", "1,984,127", "20,000,000"]
+    assert table["training FLOPs per input token"] == ["1,953,125"] * 3
+    assert table["WikiText-2 perplexity / pseudo-perplexity"] == ["n/a", "812 (perplexity)", "n/a"]
+    assert table["inference FLOPs per generated token"] == ["n/a"] * 3  # no store, no export
+    assert table["SST-2 fine-tune accuracy, pretrained init (largest train size)"] == [
+        "n/a",
+        "n/a",
+        "0.82 (mean of 2 seeds)",
+    ]
+    assert table["SST-2 fine-tune accuracy, random init (largest train size)"][2] == "0.6 (mean of 1 seed)"
+    invalid = "SST-2 text-to-text outputs that are no label word (pretrained, random; mean over seeds)"
+    assert table[invalid] == ["n/a", "n/a", "0.15, 0.5"]
     config = load_config(PipelineConfig, CONFIGS / "paradigms-tiny.yaml")
     assert lab_blocks(config, branches, None, "x.png")[2] == ("table", (headers, rows))
