@@ -123,11 +123,21 @@ class Cell:
         return run_seed + self.seed_index
 
 
+class TargetConfig(StrictModel):
+    """A dev metric value to reach: the report gives the epochs (and seconds) each init needed."""
+
+    metric: str = "accuracy"
+    value: float
+
+
 class GridTaskConfig(TaskConfig):
     """A fine-tune task run over strategies x train sizes x seeds, each cell pretrained and random init.
 
     The grid fields are left out of each cell's recipe (the cell itself goes in): adding a seed or a
     train size computes only the new cells, and every existing one is reused."""
+
+    # The dev metrics the task reports (`dev_<name>`); the first is the primary one.
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
 
     # Which adaptation: `finetune` trains every weight; `linear_probe` freezes the pre-trained
     # body and trains only the weights the task adds (the head).
@@ -135,6 +145,21 @@ class GridTaskConfig(TaskConfig):
     seeds: int = operational(3, ge=1)
     # Labeled examples per cell: seeded subsets, nested (a seed's 100 lie inside its 500); "all".
     train_sizes: list[TrainSize] = operational(["all"], min_length=1)
+    # Without a dev_path, the dev set is carved out of the training data: this fraction, seeded.
+    dev_fraction: float = Field(default=0.1, gt=0, lt=1)
+    split_seed: int = 0  # the carve-out's and the max_dev_examples subset's seed (never the run's)
+    max_dev_examples: int | None = Field(default=None, ge=1)  # a seeded subset bounds eval cost
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    # linear_probe trains only a head, which takes a larger step size.
+    probe_learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
+    log_every: int = Field(default=1, ge=1)  # loss-curve resolution in optimizer steps
+    target: TargetConfig | None = None
+    # Store each cell's fine-tuned model in Hugging Face format: a full model per cell, so off by default.
+    save_model: bool = False
 
     @field_validator("strategies", "train_sizes")
     @classmethod
@@ -143,6 +168,14 @@ class GridTaskConfig(TaskConfig):
         if repeated:
             raise ValueError(f"values must be distinct; repeated: {', '.join(repeated)}")
         return values
+
+    @model_validator(mode="after")
+    def _target_is_a_metric(self) -> GridTaskConfig:
+        if self.target is not None and self.target.metric not in self.metrics:
+            raise ValueError(
+                f"target.metric {self.target.metric!r} is not one of this task's metrics: {', '.join(self.metrics)}"
+            )
+        return self
 
     def cells(self) -> list[Cell]:
         return [
@@ -159,13 +192,6 @@ class ColumnsConfig(StrictModel):
     text: str | int = "text"
     text_pair: str | int | None = None  # the second text of a pair task (entailment, similarity)
     label: str | int = "label"
-
-
-class TargetConfig(StrictModel):
-    """A dev metric value to reach: the report gives the epochs (and seconds) each init needed."""
-
-    metric: str = "accuracy"
-    value: float
 
 
 class ClassificationConfig(GridTaskConfig):
@@ -185,8 +211,6 @@ class ClassificationConfig(GridTaskConfig):
     train_path: str
     # None: the dev set is carved out of train_path (dev_fraction, seeded by split_seed).
     dev_path: str | None = None
-    dev_fraction: float = Field(default=0.1, gt=0, lt=1)
-    split_seed: int = 0
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"  # auto: by extension
     header: bool = True  # csv/tsv: the first line names the columns; false: use positions in columns
     # Labels in a separate line-aligned file (one per line), instead of a column.
@@ -198,28 +222,15 @@ class ClassificationConfig(GridTaskConfig):
     labels: list[str | int] | None = None
     # GPT-1's similarity transform: a pair is scored in both orders and the two [Extract] logits summed.
     symmetric: bool = False
-    max_dev_examples: int | None = Field(default=None, ge=1)  # a seeded subset bounds eval cost
     max_length: int = Field(default=128, ge=4)
-    epochs: int = Field(default=3, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=1e-4, gt=0)
-    # linear_probe trains only a head, which takes a larger step size.
-    probe_learning_rate: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
-    log_every: int = Field(default=1, ge=1)  # loss-curve resolution in optimizer steps
     # Causal LMs: L = L_task + aux_lm_weight * L_LM on the task's inputs (GPT-1, section 3.2); 0: off.
     aux_lm_weight: float = Field(default=0.5, ge=0)
-    target: TargetConfig | None = None
     # Encoder-decoder (T5) models, strategy finetune: the input is this template, the target the
     # label's word (label_words, default: the label names); accuracy is the exact match of the
     # greedy generation. Slots: {task} (the id), {text}, {text_pair}.
     text_to_text_template: str = "{task} sentence: {text}"
     text_to_text_pair_template: str = "{task} sentence1: {text} sentence2: {text_pair}"
     label_words: dict[str, str] | None = None
-    # Store each cell's fine-tuned model (HF format, loadable with AutoModelForSequenceClassification
-    # or AutoModelForSeq2SeqLM): a full model per cell, so off by default.
-    save_model: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassificationConfig:
@@ -227,10 +238,6 @@ class ClassificationConfig(GridTaskConfig):
             raise ValueError("symmetric: true scores a pair in both orders; set columns.text_pair")
         if self.dev_labels_path is not None and self.dev_path is None:
             raise ValueError("dev_labels_path needs dev_path (a carved dev set takes train's labels)")
-        if self.target is not None and self.target.metric not in self.metrics:
-            raise ValueError(
-                f"target.metric {self.target.metric!r} is not one of this task's metrics: {', '.join(self.metrics)}"
-            )
         for field, template in (
             ("text_to_text_template", self.text_to_text_template),
             ("text_to_text_pair_template", self.text_to_text_pair_template),
@@ -366,6 +373,83 @@ class MlmAccuracyConfig(TaskConfig):
     mask_seed: int = 0
 
 
+class TokenClassificationConfig(GridTaskConfig):
+    """Tagging every word (NER, chunking, POS): CoNLL files (one token per line, blank lines between
+    sentences, `-DOCSTART-` lines skipped) or tables with a token-list and a tag-list column. IOB1
+    tags (CoNLL-2003's original scheme) are converted to BIO; each word's tag is learnt and predicted
+    on its first sub-token. Scored at the entity level with seqeval (precision, recall, F1)."""
+
+    data_fields = ("train_path", "dev_path")
+    metrics: ClassVar[tuple[str, ...]] = ("f1", "precision", "recall", "accuracy")
+
+    type: Literal["token_classification"] = "token_classification"
+    train_path: str
+    dev_path: str | None = None
+    # auto: .txt/.conll files are CoNLL columns; other extensions as for classification.
+    format: Literal["auto", "conll", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    # CoNLL columns (0-based; -1 is the last): the word and its tag.
+    conll_token_column: int = 0
+    conll_tag_column: int = -1
+    # Table formats: the columns holding a sentence's tokens and its tags (lists).
+    columns: dict[str, str | int] = Field(default_factory=lambda: {"tokens": "tokens", "tags": "tags"})
+    # The tags' scheme in the data: iob1 (converted to BIO), bio, or auto (iob1 when an I- tag
+    # follows a tag of another type or O, else bio).
+    scheme: Literal["auto", "iob1", "bio"] = "auto"
+    labels: list[str] | None = None  # the tag set; None: read from the training data
+    max_length: int = Field(default=128, ge=4)
+    learning_rate: float = Field(default=1e-4, gt=0)
+
+
+class ExtractiveQaConfig(GridTaskConfig):
+    """SQuAD v1.1-style extractive QA: start/end heads over the context; long contexts split into
+    windows with a stride; answers scored by exact match and F1 after the official SQuAD answer
+    normalization (lowercase, no punctuation or articles, whitespace collapsed), max over references."""
+
+    data_fields = ("train_path", "dev_path")
+    metrics: ClassVar[tuple[str, ...]] = ("f1", "exact_match")
+
+    type: Literal["extractive_qa"] = "extractive_qa"
+    # A SQuAD JSON file ({"data": [{"title", "paragraphs": [{"context", "qas"}]}]}), or a table with
+    # question, context and answers ({"text": [...], "answer_start": [...]}) columns (hf://squad).
+    train_path: str
+    dev_path: str | None = None
+    format: Literal["auto", "squad", "jsonl", "parquet"] = "auto"
+    columns: dict[str, str | int] = Field(
+        default_factory=lambda: {"question": "question", "context": "context", "answers": "answers", "title": "title"}
+    )
+    # A dev set carved from train_path keeps whole articles (titles) on one side, so no context is in both.
+    max_length: int = Field(default=384, ge=16)
+    doc_stride: int = Field(default=128, ge=1)  # tokens of overlap between a context's windows
+    max_answer_length: int = Field(default=30, ge=1)  # in tokens
+    learning_rate: float = Field(default=1e-4, gt=0)
+
+
+class MultipleChoiceConfig(GridTaskConfig):
+    """A context (question, goal, premise) and N options, one correct: each option scored as one
+    sequence, softmax over the options (BERT's multiple choice; GPT-1's one sequence per option
+    through `<|start|> context <|delim|> option <|extract|>`; T5 text to text with the options)."""
+
+    data_fields = ("train_path", "dev_path", "train_labels_path", "dev_labels_path")
+
+    type: Literal["multiple_choice"] = "multiple_choice"
+    train_path: str
+    dev_path: str | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    header: bool = True
+    # The correct option per row from a separate line-aligned file (PIQA's valid-labels.lst).
+    train_labels_path: str | None = None
+    dev_labels_path: str | None = None
+    # context: one column; options: a list of columns (one option each) or one column holding a list;
+    # label: the correct option's 0-based index (or, with label_offset, 1-based and so on).
+    columns: dict[str, Any] = Field(
+        default_factory=lambda: {"context": "context", "options": "options", "label": "label"}
+    )
+    label_offset: int = 0  # subtracted from the label values (1 for 1-based answer numbers)
+    max_length: int = Field(default=128, ge=8)
+    learning_rate: float = Field(default=1e-4, gt=0)
+    aux_lm_weight: float = Field(default=0.5, ge=0)  # GPT-1's auxiliary LM loss (causal LMs)
+
+
 ALL_OBJECTIVES = frozenset({"clm", "mlm", "mlm_nsp", "mlm_sop", "span"})
 for _classification in (ClassificationConfig, Sst2FinetuneConfig):
     FINETUNE_TASKS.add(
@@ -376,6 +460,12 @@ for _classification in (ClassificationConfig, Sst2FinetuneConfig):
             "lmforge.tasks.classification:run_classification",
         )
     )
+for _family, _runner in (
+    (TokenClassificationConfig, "lmforge.tasks.token_classification:run_token_classification"),
+    (ExtractiveQaConfig, "lmforge.tasks.extractive_qa:run_extractive_qa"),
+    (MultipleChoiceConfig, "lmforge.tasks.multiple_choice:run_multiple_choice"),
+):
+    FINETUNE_TASKS.add(TaskSpec(_family.model_fields["type"].default, _family, ALL_OBJECTIVES, _runner))
 EVAL_TASKS.add(
     TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm", "span"}), "lmforge.tasks.icl:run_sst2_icl")
 )

@@ -467,7 +467,7 @@ def test_empty_corpus_stops_before_tokenizer(
 
 
 def test_report_renders_in_headless_chromium(tiny_runs):
-    """A real browser opens the HTML report: every image decodes (the loss curves at the size of
+    """A real browser opens the HTML report: every image decodes (the loss curve at the size of
     loss_curve.png) and the page logs no errors."""
     from tests.browser import chromium_version, find_chromium, render
 
@@ -484,5 +484,5 @@ def test_report_renders_in_headless_chromium(tiny_runs):
     assert page.console_errors == [], version
     png_header = Path(record["report"]["png"]).read_bytes()[16:24]
     png_size = (int.from_bytes(png_header[:4], "big"), int.from_bytes(png_header[4:], "big"))
-    loss_curves = [image for image in page.images if image.alt == "loss curves"]
+    loss_curves = [image for image in page.images if image.alt == "loss curve"]
     assert [(image.natural_width, image.natural_height) for image in loss_curves] == [png_size]

@@ -44,7 +44,8 @@ def test_defaults_and_registries():
 def test_every_registered_name_validates_to_its_config_class():
     for registry, root in ((FINETUNE_TASKS, FinetuneConfig), (EVAL_TASKS, EvaluationConfig)):
         for name, spec in registry.items():
-            required = {"train_path": "data.csv"} if name == "classification" else {}
+            train_path = spec.config_cls.model_fields.get("train_path")
+            required = {"train_path": "data.csv"} if train_path is not None and train_path.is_required() else {}
             parsed = validate_config(root, {"tasks": [{"type": name, **required}]})
             assert type(parsed.tasks[0]) is spec.config_cls and parsed.tasks[0].id == name
             # `name` is the key's old spelling, still read.
@@ -90,7 +91,7 @@ def test_invalid_finetune_config_names_the_key():
     with pytest.raises(ConfigError, match=r"tasks\.0\.warmup_fraction"):
         validate_config(FinetuneConfig, {"tasks": [{"name": "sst2", "warmup_fraction": 1.5}]})
     with pytest.raises(
-        ConfigError, match=r"tasks\.0: `type` must be one of the finetune tasks: classification, sst2"
+        ConfigError, match=r"tasks\.0: `type` must be one of the finetune tasks: classification, extractive_qa, multiple_choice, sst2, token_classification"
     ):
         validate_config(FinetuneConfig, {"tasks": [{"type": "sst5"}]})
     with pytest.raises(ConfigError, match=r"missing required key 'tasks\.0\.train_path'"):
