@@ -16,6 +16,7 @@ adds; `finetune` trains all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,7 +100,10 @@ def read_split(
     key: str,
     split: str,
 ) -> tuple[Table, str]:
-    """The split's table and the name of its label column (a separate label file becomes one)."""
+    """The split's table and the name of its label column (a separate label file becomes one).
+
+    The table is named by the configured path, not the resolved one: notes about its rows go into
+    metrics.json, which must not depend on where the data directory is."""
     table = read_table(
         path,
         data_dir,
@@ -107,6 +111,10 @@ def read_split(
         format=config.format,
         header=config.header,
         split=split,
+    )
+    resolved = table.source
+    table = dataclasses.replace(
+        table, source=path, skipped=[note.replace(resolved, path, 1) for note in table.skipped]
     )
     if labels_path is None:
         return table, column_name(table, config.columns.label, f"{key}.columns.label")
@@ -177,7 +185,10 @@ def load_task_data(config: ClassificationConfig, data_dir: Path | None, key: str
         )
         dev_examples, dev_skipped = examples_of(config, dev_table, dev_label, labels, key)
         skipped["dev"] = dev_table.skipped + dev_skipped
-        dev_source = dev_table.source
+        dev_source = config.dev_path
+    for split, notes in skipped.items():
+        if notes:
+            log.warning("%s: %d %s row(s) left out, e.g. %s", key, len(notes), split, notes[0])
     for split, examples in (("train", train_examples), ("dev", dev_examples)):
         if not examples:
             reasons = "; ".join(skipped.get(split, [])[:3])
@@ -201,16 +212,18 @@ def subset(examples: list[Example], size: int | None, seed: int) -> list[Example
 def classification_metrics(
     predictions: Sequence[int], gold: Sequence[int], num_classes: int
 ) -> dict[str, float]:
-    """Accuracy and macro-F1 over the gold classes (a prediction outside 0..n-1, an invalid
-    generation, counts as wrong for every class; a class never predicted nor present scores 0)."""
+    """Accuracy and macro-F1. F1 is averaged over the classes present in the gold labels or the
+    predictions (scikit-learn's convention), so a class missing from a small dev set does not
+    count as 0; a prediction outside 0..n-1 (an invalid generation) is wrong for every class."""
     correct = sum(p == g for p, g in zip(predictions, gold, strict=True))
+    present = sorted({label for label in (*gold, *predictions) if 0 <= label < num_classes})
     f1s = []
-    for label in range(num_classes):
+    for label in present:
         tp = sum(p == label and g == label for p, g in zip(predictions, gold, strict=True))
         fp = sum(p == label and g != label for p, g in zip(predictions, gold, strict=True))
         fn = sum(p != label and g == label for p, g in zip(predictions, gold, strict=True))
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return {"accuracy": correct / len(gold), "macro_f1": sum(f1s) / num_classes}
+    return {"accuracy": correct / len(gold), "macro_f1": sum(f1s) / len(present) if present else 0.0}
 
 
 def prefixed(metrics: dict[str, float], prefix: str = "dev_") -> dict[str, float]:
@@ -322,6 +335,65 @@ def evaluate_logits(
     }
 
 
+class LinearProbe(torch.nn.Module):
+    """A frozen pre-trained (or random) body and one trainable linear layer on its pooled features:
+    the linear probe. The body stays in eval mode (no dropout) and runs without gradients."""
+
+    def __init__(
+        self, body: Any, num_classes: int, pool: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ):
+        super().__init__()
+        self.body, self.pool = body, pool
+        self.body.requires_grad_(False)
+        self.head = torch.nn.Linear(
+            body.config.hidden_size if hasattr(body.config, "hidden_size") else body.config.d_model,
+            num_classes,
+        )
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.body.eval()
+        return self
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            states = self.body(**inputs).last_hidden_state
+        return self.head(self.pool(states, inputs["attention_mask"]))
+
+    def save_pretrained(self, directory: Path) -> None:
+        """The head only (the body is the pre-trained model, or its seeded random init)."""
+        from safetensors.torch import save_file
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        save_file(
+            {name: tensor.contiguous() for name, tensor in self.head.state_dict().items()},
+            str(Path(directory) / "probe_head.safetensors"),
+        )
+
+
+def first_token(states: torch.Tensor, _mask: torch.Tensor) -> torch.Tensor:
+    """The [CLS] state (BERT's sentence representation, before its pooler)."""
+    return states[:, 0]
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the real tokens' states (T5's encoder has no [CLS])."""
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def build_linear_probe(
+    auto_class: Any, model_dir: Path, init: Init, num_classes: int, seed: int, pool: Any
+) -> tuple[LinearProbe, int]:
+    """The body (`auto_class`, pretrained or random), frozen, and a seeded linear head."""
+    from transformers import AutoConfig
+
+    body = instantiate(auto_class, model_dir, AutoConfig.from_pretrained(model_dir), init, seed)
+    torch.manual_seed(seed)
+    probe = LinearProbe(body, num_classes, pool)
+    return probe, sum(p.numel() for p in probe.head.parameters())
+
+
 def encoder_head(
     config: ClassificationConfig,
     model_dir: Path,
@@ -331,62 +403,88 @@ def encoder_head(
     cell: Cell,
     seed: int,
 ) -> Head:
-    """BERT: `[CLS] A [SEP] (B [SEP])`, token types 0/1, the classifier on the pooled [CLS]."""
+    """BERT: `[CLS] A [SEP] (B [SEP])`, token types 0/1, the classifier on the pooled [CLS]
+    (fine-tuning), or one linear layer on the frozen [CLS] state (linear probe). `symmetric` pairs
+    are scored in both orders, logits summed."""
+    from transformers import AutoModel
+
     tokenizer = load_tokenizer(model_dir)
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     if cls_id is None or sep_id is None or pad_id is None:
         raise ArtifactError(f"{model_dir}: a masked-LM classifier needs [CLS], [SEP] and [PAD] tokens")
-    model = build_sequence_classifier(model_dir, init, data.labels, pad_id, seed)
-    trainable = apply_strategy(model, probe_head(model, model_dir, cell.strategy))
-    max_length = min(config.max_length, max_positions(model.config))
+    model: Any
+    if cell.strategy == "linear_probe":
+        model, trainable = build_linear_probe(
+            AutoModel, model_dir, init, len(data.labels.names), seed, first_token
+        )
+        positions = max_positions(model.body.config)
+    else:
+        model = build_sequence_classifier(model_dir, init, data.labels, pad_id, seed)
+        trainable = apply_strategy(model, None)
+        positions = max_positions(model.config)
+    max_length = min(config.max_length, positions)
 
-    def encode(rows: list[Example]) -> list[tuple[list[int], list[int]]]:
+    def encode(rows: list[Example], swap: bool = False) -> list[tuple[list[int], list[int]]]:
         firsts = token_ids(tokenizer, [row.text for row in rows])
         seconds = token_ids(tokenizer, [row.text_pair or "" for row in rows])
         encoded = []
         for row, a, b in zip(rows, firsts, seconds, strict=True):
             has_pair = row.text_pair is not None
+            if has_pair and swap:
+                a, b = b, a
             a, b2 = truncate_pair(a, b if has_pair else None, max_length - (3 if has_pair else 2))
             ids = [cls_id, *a, sep_id] + ([*b2, sep_id] if b2 is not None else [])
             types = [0] * (len(a) + 2) + ([1] * (len(b2) + 1) if b2 is not None else [])
             encoded.append((ids, types))
         return encoded
 
-    train_ids, dev_ids = encode(train_rows), encode(data.dev)
+    orders = [False, True] if config.symmetric else [False]
+    train_ids = [encode(train_rows, swap) for swap in orders]
+    dev_ids = [encode(data.dev, swap) for swap in orders]
 
     def forward(items: list[tuple[list[int], list[int]]]) -> torch.Tensor:
         input_ids, attention_mask = pad_right([ids for ids, _ in items], pad_id)
         token_types, _ = pad_right([types for _, types in items], 0)
-        return model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_types).logits
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_types}
+        output = model(**inputs)
+        return output if isinstance(output, torch.Tensor) else output.logits
+
+    def summed(ids_by_order: list[list[tuple[list[int], list[int]]]], chosen: list[int]) -> torch.Tensor:
+        return torch.stack([forward([ids[i] for i in chosen]) for ids in ids_by_order]).sum(0)
 
     def batch_loss(chosen: list[int]) -> torch.Tensor:
-        logits = forward([train_ids[i] for i in chosen])
+        logits = summed(train_ids, chosen)
         return F.cross_entropy(logits, torch.tensor([train_rows[i].label for i in chosen]))
 
     def evaluate() -> dict[str, Any]:
         return evaluate_logits(
-            lambda chosen: forward([dev_ids[i] for i in chosen]),
-            data.dev,
-            config.batch_size,
-            len(data.labels.names),
+            lambda chosen: summed(dev_ids, chosen), data.dev, config.batch_size, len(data.labels.names)
         )
 
-    pair = " B [SEP]" if config.columns.text_pair is not None else ""
-    return Head(
-        model, tokenizer, batch_loss, evaluate, f"[CLS] A [SEP]{pair}", {"trainable_parameters": trainable}
-    )
+    form = "[CLS] A [SEP] B [SEP]" if config.columns.text_pair is not None else "[CLS] A [SEP]"
+    if config.symmetric:
+        form += " (both orders, logits summed)"
+    if cell.strategy == "linear_probe":
+        form += "; linear probe on the frozen [CLS] state"
+    return Head(model, tokenizer, batch_loss, evaluate, form, {"trainable_parameters": trainable})
 
 
 def add_transform_tokens(tokenizer: Any, model: Any) -> dict[str, int]:
     """GPT-1's start/delimiter/extract tokens: added to the tokenizer, with new embedding rows set
     to the mean embedding (deterministic; training moves them apart)."""
     tokenizer.add_special_tokens({"additional_special_tokens": [START, DELIM, EXTRACT]})
+    ids = {token: int(tokenizer.convert_tokens_to_ids(token)) for token in (START, DELIM, EXTRACT)}
     old = model.get_input_embeddings().weight.shape[0]
+    if min(ids.values()) < old:  # a table wider than the tokenizer: the new ids would reuse trained rows
+        raise ArtifactError(
+            f"the model's embedding table has {old} rows but the tokenizer only {min(ids.values())} tokens "
+            "before the transform tokens: cannot give them new embeddings"
+        )
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         embeddings = model.get_input_embeddings().weight
         embeddings[old:] = embeddings[:old].mean(0)
-    return {token: int(tokenizer.convert_tokens_to_ids(token)) for token in (START, DELIM, EXTRACT)}
+    return ids
 
 
 def causal_head(
@@ -526,12 +624,13 @@ def seq2seq_head(
     )
     num_classes = len(data.labels.names)
     if cell.strategy == "linear_probe":
-        model = build_sequence_classifier(model_dir, init, data.labels, pad_id, seed)
-        trainable = apply_strategy(model, probe_head(model, model_dir, cell.strategy))
+        from transformers import T5EncoderModel
+
+        probe, trainable = build_linear_probe(T5EncoderModel, model_dir, init, num_classes, seed, masked_mean)
 
         def logits_of(inputs: list[list[int]]) -> torch.Tensor:
             input_ids, attention_mask = pad_right(inputs, pad_id)
-            return model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return probe(input_ids=input_ids, attention_mask=attention_mask)
 
         def probe_loss(chosen: list[int]) -> torch.Tensor:
             logits = logits_of([train_inputs[i] for i in chosen])
@@ -546,11 +645,11 @@ def seq2seq_head(
             )
 
         return Head(
-            model,
+            probe,
             tokenizer,
             probe_loss,
             probe_evaluate,
-            f"{config.text_to_text_template} </s>",
+            f"{config.text_to_text_template} </s>; linear probe on the frozen encoder's mean state",
             {"trainable_parameters": trainable},
         )
 
@@ -717,7 +816,7 @@ def run_classification(
     write_json(output_dir / "loss_curve.json", result.curve)
     timing = {
         "epoch_seconds": result.epoch_seconds,
-        "seconds_to_target": result.epoch_seconds[reached - 1] if reached else None,
+        "target_reached_seconds": result.epoch_seconds[reached - 1] if reached else None,
     }
     written = write_metrics(output_dir, metrics, time.perf_counter() - began, extra_telemetry=timing)
     return {**written, **timing, "loss_curve": result.curve}

@@ -33,7 +33,9 @@ def instantiate(auto_class: Any, model_dir: Path, config: Any, init: Init, seed:
     if init == "pretrained":
         return auto_class.from_pretrained(model_dir, config=config)
     if init == "random":
-        return auto_class.from_config(config)
+        # Auto classes build from a config with from_config; a concrete class is its constructor.
+        build = getattr(auto_class, "from_config", None) or auto_class
+        return build(config)
     raise ConfigError(f"init must be 'pretrained' or 'random', got {init!r}")
 
 

@@ -257,12 +257,24 @@ def _read_hub(path: str, key: str, hf_config: str | None, split: str) -> Table:
             f"{key}: cannot load {path!r} (data set {hub.dataset}, config {hub.config}, split {hub.split}): "
             f"{type(err).__name__}: {err}"
         ) from None
-    class_names = {
-        name: list(feature.names)
-        for name, feature in data.features.items()
-        if type(feature).__name__ == "ClassLabel"
-    }
+    # A ClassLabel value is a position in its feature's names: read it as that name, so a label set
+    # listed in another order, or names that are themselves digits ("1", "2"), cannot remap it.
+    # -1 (unlabelled, as in GLUE test splits) reads as None. Sequence(ClassLabel) columns (NER tags)
+    # keep their integers; class_names names them for the task to map.
+    class_names: dict[str, list[str]] = {}
+    converted: dict[str, list[str]] = {}
+    for name, feature in data.features.items():
+        if type(feature).__name__ == "ClassLabel":
+            class_names[name] = converted[name] = list(feature.names)
+        inner = getattr(feature, "feature", None)
+        if type(feature).__name__ in ("Sequence", "List") and type(inner).__name__ == "ClassLabel":
+            class_names[name] = list(inner.names)
     rows = data.to_list()
+    for row in rows:
+        for name, names in converted.items():
+            value = row.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                row[name] = names[value] if 0 <= value < len(names) else None
     lines = list(range(1, len(rows) + 1))
     return Table(path, list(data.column_names), rows, lines, class_names=class_names, numbered_by_row=True)
 
@@ -344,7 +356,8 @@ def discover_labels(
     if listed is not None:
         labels = _listed_labels(listed, key)
     elif class_names is not None:
-        labels = LabelSet([str(name) for name in class_names], accepts_indices=True)
+        # Hub ClassLabel values arrive as their names (read_table converts them).
+        labels = LabelSet([str(name) for name in class_names])
     else:
         labels = _labels_from_values(values, key, wheres)
     for index, value in enumerate(values):

@@ -1,4 +1,4 @@
-"""Task registries: one entry per task name used in YAML (`finetune.tasks[].name`, `evaluation.tasks[].name`)."""
+"""Task registries: one entry per task type used in YAML (`finetune.tasks[].type`, `evaluation.tasks[].type`)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class TaskRegistry(Registry[TaskSpec]):
         return [spec.config_cls for _, spec in self.items()]
 
 
-# Fine-tune runners: run(config, model_dir, init, data_dir, output_dir, seed) -> dict
+# Fine-tune runners: run(config, cell, model_dir, init, data_dir, output_dir, seed, progress=None) -> dict
 FINETUNE_TASKS = TaskRegistry("finetune task")
 # Eval runners: run(config, model_dir, shards_dir, data_dir, output_dir, seed) -> dict
 EVAL_TASKS = TaskRegistry("eval task")

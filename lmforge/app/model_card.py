@@ -45,27 +45,47 @@ def config_hub_ids(value: Any) -> list[str]:
 
 
 def model_index(release: dict[str, Any], record: dict[str, Any]) -> list[dict[str, Any]]:
-    """model-index results: one entry per fine-tune (pretrained init) and evaluation stage."""
+    """model-index results: per fine-tune task, the pre-trained init's mean dev metric over seeds at
+    the grid's headline cell (strategy finetune, largest train size); per evaluation stage, its
+    headline metrics."""
+    from lmforge.app.task_report import headline
+
     results = []
     # The run's own stages (an older run's ancestor of a reused artifact may share a stage name).
     configs = {artifact["id"]: artifact["config"] for artifact in release["artifacts"]}
     stage_configs = {stage: configs.get(artifact_id) for stage, artifact_id in release["stages"].items()}
+    for task, cell in sorted(headline(record).items()):
+        pretrained = (cell.get("inits") or {}).get("pretrained") or {}
+        value = pretrained.get("mean")
+        if not isinstance(value, int | float):
+            continue
+        metric = str(cell.get("primary_metric") or "accuracy")
+        stage = next((name for name in stage_configs if name.startswith(f"finetune/{task}/")), None)
+        hub_ids = config_hub_ids(stage_configs.get(stage)) if stage else []
+        stage_metrics = ((record["stages"].get(stage) or {}).get("metrics") or {}) if stage else {}
+        task_type = FINETUNE_PIPELINE_TAGS.get(str(stage_metrics.get("task_type")), TASK_TYPES["finetune"])
+        seeds = pretrained.get("num_seeds")
+        results.append(
+            {
+                "task": {"type": task_type, "name": f"finetune/{task}"},
+                "dataset": {"name": task, "type": hub_ids[0] if hub_ids else task},
+                "metrics": [
+                    {
+                        "type": METRIC_TYPES.get(metric, metric),
+                        "name": f"dev {metric.replace('_', ' ')} ({cell.get('strategy')}, "
+                        f"{cell.get('size')} examples, mean of {seeds} seeds)",
+                        "value": round(float(value), 6),
+                    }
+                ],
+            }
+        )
     for stage, outcome in sorted(record["stages"].items()):
         metrics = outcome.get("metrics") or {}
-        kind, _, rest = stage.partition("/")
-        if kind == "finetune" and rest.endswith("/pretrained"):
-            task = rest.split("/")[0]
-            values = [
-                ("accuracy", "dev accuracy", metrics.get("dev_accuracy")),
-                ("f1", "dev macro-F1", metrics.get("dev_macro_f1")),
-            ]
-            task_type = TASK_TYPES["finetune"]
-        elif kind == "eval":
-            task = rest
-            values = eval_values(metrics)
-            task_type = TASK_TYPES["perplexity"] if "perplexity" in metrics else "text-classification"
-        else:
+        kind, _, task = stage.partition("/")
+        if kind != "eval":
             continue
+        values = eval_values(metrics)
+        task_type = TASK_TYPES["perplexity"] if "perplexity" in metrics else "text-classification"
         numbers = [
             (kind_, name, float(value)) for kind_, name, value in values if isinstance(value, int | float)
         ]
@@ -83,6 +103,18 @@ def model_index(release: dict[str, Any], record: dict[str, Any]) -> list[dict[st
             }
         )
     return [{"name": release["run"]["config_name"], "results": results}]
+
+
+# Hub task types of our fine-tune task types.
+FINETUNE_PIPELINE_TAGS = {
+    "classification": "text-classification",
+    "sst2": "text-classification",
+    "token_classification": "token-classification",
+    "extractive_qa": "question-answering",
+    "multiple_choice": "multiple-choice",
+}
+# Hub model-index metric types of our metric names.
+METRIC_TYPES = {"exact_match": "exact_match", "macro_f1": "f1", "f1": "f1", "accuracy": "accuracy"}
 
 
 def eval_values(metrics: dict[str, Any]) -> list[tuple[str, str, Any]]:

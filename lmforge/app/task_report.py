@@ -146,7 +146,7 @@ def _size_text(value: float | None) -> str:
 
 
 def target_cell(runs: list[dict], key: str) -> str:
-    """Mean `key` (epochs_to_target or seconds_to_target) over the seeds that reached the target.
+    """Mean `key` (epochs_to_target or target_reached_seconds) over the seeds that reached the target.
 
     "not reached" when no seed did, "(k of n reached)" when some did, "n/a" without a target.
     """
@@ -186,8 +186,8 @@ def grid_rows(run_record: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
                 row.append(_difference(_mean(scores["pretrained"]), _mean(scores["random"])))
             row += [mean_std(_values(by_init.get(init, []), key)) for key in secondary for init in inits]
             row += [
-                target_cell(by_init.get(init, []), f"{what}_to_target")
-                for what in ("epochs", "seconds")
+                target_cell(by_init.get(init, []), key)
+                for key in ("epochs_to_target", "target_reached_seconds")
                 for init in inits
             ]
             table.append(row)
@@ -222,17 +222,25 @@ def task_note(run_record: dict, task_id: str) -> str:
 
 
 def headline(run_record: dict, task_id: str | None = None) -> dict:
-    """Per task, the largest train size of strategy finetune (else the first strategy run).
+    """Per task, the largest train size with results of strategy finetune (else the first strategy run).
 
     Returns {task: {"strategy", "size", "train_size", "primary_metric", "inits": {init: {"mean",
     "std", "num_seeds", "invalid_fraction"}}}}; with `task_id`, that task's entry ({} if absent).
     """
     found = {}
     for task, rows in _grid(run_record).items():
-        strategy = min({strategy for strategy, _ in rows}, key=lambda name: _rank(STRATEGIES, name))
-        size = max((s for name, s in rows if name == strategy), key=size_key)
-        by_init = rows[(strategy, size)]
         primary = _primary(_task_runs(rows))
+
+        # The largest size with results of the preferred strategy (finetune, else the first run):
+        # a size whose every seed failed must not hide the sizes that have numbers.
+        usable = [
+            cell
+            for cell, by_cell_init in rows.items()
+            if any(_values(runs, f"dev_{primary}") for runs in by_cell_init.values())
+        ] or list(rows)
+        strategy = min({name for name, _ in usable}, key=lambda name: _rank(STRATEGIES, name))
+        size = max((s for name, s in usable if name == strategy), key=size_key)
+        by_init = rows[(strategy, size)]
         inits = {}
         for init in _inits([by_init]):
             scores = _values(by_init[init], f"dev_{primary}")
@@ -240,7 +248,7 @@ def headline(run_record: dict, task_id: str | None = None) -> dict:
                 "mean": _mean(scores),
                 "std": statistics.stdev(scores) if len(scores) > 1 else None,
                 "num_seeds": len(scores),
-                "invalid_fraction": _mean(_values(by_init[init], "invalid_fraction")),
+                "invalid_fraction": _mean(_values(by_init[init], "dev_invalid_fraction")),
             }
         train_size = _mean(_values(_row_runs(by_init), "train_size"))
         found[task] = {

@@ -67,7 +67,7 @@ def test_report_table_shows_measured_values_and_na_for_what_a_branch_lacks():
         }
 
     def finetune(size: str, seed: int, init: str, accuracy: float, invalid: float | None = None) -> dict:
-        metrics = {"primary_metric": "accuracy", "dev_accuracy": accuracy, "invalid_fraction": invalid}
+        metrics = {"primary_metric": "accuracy", "dev_accuracy": accuracy, "dev_invalid_fraction": invalid}
         return {f"finetune/sst2/finetune-{size}-s{seed}/{init}": {"metrics": metrics}}
 
     budget = {"flops_per_step": 4.0e9, "loss_tokens_per_step": 200, "max_steps": 30}

@@ -25,7 +25,7 @@ from lmforge.app.task_report import (
 pytestmark = pytest.mark.unit
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TARGET = {"metric": "accuracy", "value": 0.72}
-# (strategy, size, init) -> per seed (dev_accuracy, epochs_to_target, seconds_to_target, invalid_fraction)
+# (strategy, size, init) -> per seed (dev_accuracy, epochs_to_target, target_reached_seconds, invalid_fraction)
 SEEDS = {
     ("finetune", "100", "pretrained"): [(0.70, None, None, 0.1), (0.72, 3, 30.0, 0.1), (0.74, 2, 20.0, 0.1)],
     ("finetune", "100", "random"): [(0.60, None, None, 0.4), (0.61, None, None, 0.4), (0.62, None, None, 0.4)],
@@ -57,11 +57,11 @@ def grid_record(tmp_path) -> dict:
                 "dev_size": 872,
                 "target": TARGET,
                 "epochs_to_target": epochs,
-                "seconds_to_target": seconds,
+                "target_reached_seconds": seconds,
                 "loss_curve": [[1, 0.7 + seed_index / 100], [2, 0.6], [3, 0.5]],
             }
             if invalid is not None:
-                metrics["invalid_fraction"] = invalid
+                metrics["dev_invalid_fraction"] = invalid
             name = f"finetune/sst2/{strategy}-{size}-s{seed_index}/{init}"
             stages[name] = {"status": "completed", "path": str(tmp_path / name), "metrics": metrics}
         for seed_index in range(len(seeds), 3):
@@ -120,6 +120,7 @@ def test_grid_rows_aggregate_seeds_per_strategy_and_size(tmp_path):
         "strategy", "requested size", "train size (mean)", "seeds",
         "dev accuracy, pretrained", "dev accuracy, random", "pretrained − random",
         "dev macro_f1, pretrained", "dev macro_f1, random",
+        "dev invalid_fraction, pretrained", "dev invalid_fraction, random",
         "epochs to target, pretrained", "epochs to target, random",
         "seconds to target, pretrained", "seconds to target, random",
     ]  # fmt: skip
@@ -149,8 +150,8 @@ def test_grid_rows_aggregate_seeds_per_strategy_and_size(tmp_path):
 def test_target_cells_distinguish_no_target_from_not_reached():
     reached = {"target": TARGET, "epochs_to_target": 2}  # a reused stage: epoch_seconds absent
     assert target_cell([reached, reached], "epochs_to_target") == "2"
-    assert target_cell([reached, reached], "seconds_to_target") == "n/a"
-    assert target_cell([reached, {"target": TARGET}], "seconds_to_target") == "n/a (1 of 2 reached)"
+    assert target_cell([reached, reached], "target_reached_seconds") == "n/a"
+    assert target_cell([reached, {"target": TARGET}], "target_reached_seconds") == "n/a (1 of 2 reached)"
     assert target_cell([{"target": None, "epochs_to_target": None}], "epochs_to_target") == "n/a"
     assert target_cell([], "epochs_to_target") == "n/a"
 

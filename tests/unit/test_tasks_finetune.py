@@ -20,7 +20,7 @@ from lmforge.tasks.classification import (
     classification_metrics,
     load_task_data,
 )
-from lmforge.tasks.config import Cell, ClassificationConfig, Sst2FinetuneConfig
+from lmforge.tasks.config import Cell, ClassificationConfig, Sst2FinetuneConfig, TargetConfig
 from lmforge.tasks.finetune import epochs_to_target, instantiate
 from lmforge.tasks.modeling import load_tokenizer
 from lmforge.tasks.readers import LabelSet
@@ -125,7 +125,7 @@ def test_gpt_finetune_uses_gpt1_transforms_learns_and_saves(gpt2_dir, data_dir, 
     assert_metrics_match_saved_model(metrics, tmp_path, data, gpt1_form)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     # metrics.json is part of the content id: exactly the returned metrics without time or curve.
-    timing = ("seconds", "loss_curve", "epoch_seconds", "seconds_to_target")
+    timing = ("seconds", "loss_curve", "epoch_seconds", "target_reached_seconds")
     assert saved == {k: v for k, v in metrics.items() if k not in timing}
     telemetry = json.loads((tmp_path / "telemetry" / "timings.json").read_text())
     assert len(telemetry["epoch_seconds"]) == 6 and telemetry["seconds"] == metrics["seconds"]
@@ -170,6 +170,47 @@ def test_auxiliary_lm_loss_is_the_lm_loss_on_the_task_text(gpt2_dir, data_dir):
     assert losses[0.7] == pytest.approx(losses[0.0] + 0.7 * total / count, rel=1e-4)
 
 
+def test_bert_and_t5_linear_probes_train_one_linear_layer_on_frozen_features(
+    bert_dir, t5_dir, data_dir, tmp_path
+):
+    from transformers import AutoModel
+
+    metrics = run(
+        CONFIG.model_copy(update={"epochs": 2}),
+        Cell("linear_probe", 32, 0),
+        bert_dir,
+        "pretrained",
+        data_dir,
+        tmp_path / "b",
+    )
+    assert metrics["trainable_parameters"] == 32 * 2 + 2  # hidden x classes + bias
+    assert metrics["input_format"].endswith("linear probe on the frozen [CLS] state")
+    assert (tmp_path / "b" / "model" / "probe_head.safetensors").is_file()
+    # The features are the frozen body's [CLS] state: the saved head on them reproduces dev accuracy.
+    from safetensors.torch import load_file
+
+    head = load_file(tmp_path / "b" / "model" / "probe_head.safetensors")
+    body = AutoModel.from_pretrained(bert_dir).eval()
+    tokenizer = load_tokenizer(bert_dir)
+    data = load_task_data(CONFIG, data_dir, "k")
+    correct = 0
+    with torch.no_grad():
+        for row in data.dev:
+            ids = tokenizer(row.text, truncation=True, max_length=CONFIG.max_length)["input_ids"]
+            state = body(input_ids=torch.tensor([ids])).last_hidden_state[0, 0]
+            correct += int((head["weight"] @ state + head["bias"]).argmax()) == row.label
+    assert metrics["dev_accuracy"] == correct / len(data.dev)
+    t5 = run(
+        CONFIG.model_copy(update={"epochs": 1}),
+        Cell("linear_probe", 32, 0),
+        t5_dir,
+        "random",
+        data_dir,
+        tmp_path / "t",
+    )
+    assert t5["trainable_parameters"] == 32 * 2 + 2
+
+
 def test_linear_probe_trains_only_the_head(gpt2_dir, data_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -186,11 +227,29 @@ def test_linear_probe_trains_only_the_head(gpt2_dir, data_dir, tmp_path):
             assert torch.equal(kept, tensor), name
 
 
-def test_finetune_metrics_file_is_identical_on_a_rerun(gpt2_dir, data_dir, tmp_path):
-    for name in ("a", "b"):
-        run(CONFIG, CELL, gpt2_dir, "random", data_dir, tmp_path / name)
+def test_finetune_metrics_file_is_identical_on_a_rerun_from_another_data_dir(gpt2_dir, data_dir, tmp_path):
+    """metrics.json is the artifact's content: the same on a rerun, wherever the data directory is."""
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(data_dir, moved)
+    (moved / "sst2" / "train.tsv").write_text(
+        (moved / "sst2" / "train.tsv").read_text() + "bad\trow\textra\n"
+    )
+    config = CONFIG.model_copy(
+        update={"epochs": 1, "save_model": False, "target": TargetConfig(value=0.0)}
+    )
+    run(config, CELL, gpt2_dir, "random", moved, tmp_path / "a")
+    shutil.move(tmp_path / "elsewhere", tmp_path / "moved-again")
+    run(config, CELL, gpt2_dir, "random", tmp_path / "moved-again" / "data", tmp_path / "b")
     for file in ("metrics.json", "loss_curve.json"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["dev_source"] == "sst2/dev.tsv" and saved["skipped_rows"] == {"train": 1, "dev": 0}
+    assert saved["skipped_examples"]["train"][0].startswith("sst2/train.tsv:")
+    assert str(tmp_path) not in (tmp_path / "a" / "metrics.json").read_text()
+    assert saved["epochs_to_target"] == 1
+    assert "target_reached_seconds" not in saved
 
 
 def write_pairs(path, rows, header="premise,hypothesis,gold"):

@@ -240,15 +240,32 @@ def test_hub_split_with_class_labels(monkeypatch):
     assert (asked[0].dataset, asked[0].config, asked[0].split) == ("owner/sentiment", "default", "validation")
     assert table.source == uri
     assert table.columns == ["text", "label"]
-    assert table.rows[1] == {"text": "good", "label": 1}
+    # ClassLabel integers are read as their names: positions in the feature's names, never in a
+    # label list given in another order.
+    assert table.rows[1] == {"text": "good", "label": "positive"}
     assert table.class_names == {"label": ["negative", "positive"]}
     assert table.where(2) == f"{uri} row 3"
-    labels = discover_labels(
-        column_values(table, "label", "k"), None, "k", class_names=table.class_names["label"]
-    )
+    values = column_values(table, "label", "k")
+    labels = discover_labels(values, None, "k", class_names=table.class_names["label"])
     assert labels.names == ["negative", "positive"]
-    assert labels.index_of(1, table.where(1), "k") == 1
-    assert labels.index_of("negative", "x", "k") == 0
+    assert [labels.index_of(v, "x", "k") for v in values] == [0, 1, 1]
+    swapped = discover_labels(values, ["positive", "negative"], "k")
+    assert [swapped.index_of(v, "x", "k") for v in values] == [1, 0, 0]
+
+
+def test_hub_class_names_that_are_digits_keep_their_classes(monkeypatch):
+    """yelp_polarity's ClassLabel names are "1" and "2": value 1 is "2", never the class named "1"."""
+    import datasets
+
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["1", "2"])}
+    )
+    data = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, -1]}, features=features)
+    monkeypatch.setattr(readers, "load_hub_split", lambda hub: data)
+    table = read_table("hf://yelp_polarity", None, "k")
+    assert [row["label"] for row in table.rows] == ["1", "2", None]  # -1: unlabelled
+    labels = discover_labels(["1", "2"], None, "k", class_names=table.class_names["label"])
+    assert [labels.index_of(v, "x", "k") for v in ("1", "2")] == [0, 1]
 
 
 def test_hub_load_failure_is_a_data_error(monkeypatch):
@@ -359,7 +376,7 @@ def test_label_not_in_set_names_value_and_where():
         discover_labels(["1", "3"], [1, 2], "k", wheres=["f:2", "f:3"])
     assert str(err.value) == "k: label '3' at f:3 is not in the label set ['1', '2']"
     with pytest.raises(DataError, match="-1 usually marks an unlabelled"):
-        discover_labels([0, -1], None, "k", class_names=["neg", "pos"], wheres=["r1", "r2"])
+        discover_labels([0, -1], ["neg", "pos"], "k", wheres=["r1", "r2"])
     with pytest.raises(DataError, match=r"k: no label at f:3 \(found None\)"):
         discover_labels(["a", None], None, "k", wheres=["f:2", "f:3"])
 
