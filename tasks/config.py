@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import string
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
@@ -139,8 +140,9 @@ class GridTaskConfig(TaskConfig):
     # The dev metrics the task reports (`dev_<name>`); the first is the primary one.
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
 
-    # Which adaptation: `finetune` trains every weight; `linear_probe` freezes the pre-trained
-    # body and trains only the weights the task adds (the head).
+    # Which adaptation: `finetune` trains every weight; `linear_probe` freezes the pre-trained body
+    # and trains one linear layer on its features ([CLS] for BERT, the extract token's state for
+    # GPT, the mean encoder state for T5).
     strategies: list[Strategy] = operational(["finetune"], min_length=1)
     seeds: int = operational(3, ge=1)
     # Labeled examples per cell: seeded subsets, nested (a seed's 100 lie inside its 500); "all".
@@ -220,7 +222,8 @@ class ClassificationConfig(GridTaskConfig):
     # The label set in class order. Values in the data are these names, or integer positions in this
     # list. None: read from the training data (integers in numeric order, else names sorted).
     labels: list[str | int] | None = None
-    # GPT-1's similarity transform: a pair is scored in both orders and the two [Extract] logits summed.
+    # GPT-1's similarity transform: a pair is scored in both orders and the two logit vectors summed
+    # (causal and masked LMs; a text-to-text T5 reads the pair once, in order).
     symmetric: bool = False
     max_length: int = Field(default=128, ge=4)
     # Causal LMs: L = L_task + aux_lm_weight * L_LM on the task's inputs (GPT-1, section 3.2); 0: off.
@@ -242,10 +245,19 @@ class ClassificationConfig(GridTaskConfig):
             ("text_to_text_template", self.text_to_text_template),
             ("text_to_text_pair_template", self.text_to_text_pair_template),
         ):
-            slots = {"{text}"} | ({"{text_pair}"} if field.endswith("pair_template") else set())
-            missing = [slot for slot in sorted(slots) if slot not in template]
-            if missing:
-                raise ValueError(f"{field} must contain {', '.join(missing)}, got {template!r}")
+            needed = {"text"} | ({"text_pair"} if field.endswith("pair_template") else set())
+            allowed = {"task", "text", "text_pair"} if field.endswith("pair_template") else {"task", "text"}
+            try:
+                slots = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+            except ValueError as err:
+                raise ValueError(
+                    f"{field}: {err} in {template!r} (write a literal brace as {{{{ or }}}})"
+                ) from None
+            if needed - slots or slots - allowed:
+                raise ValueError(
+                    f"{field} must contain {', '.join('{' + n + '}' for n in sorted(needed))} and no slot "
+                    f"other than {', '.join('{' + n + '}' for n in sorted(allowed))}, got {template!r}"
+                )
         if self.labels is not None:
             names = [str(label) for label in self.labels]
             if len(set(names)) != len(names) or not all(name.strip() for name in names):
@@ -337,6 +349,74 @@ class Sst2IclConfig(TaskConfig):
         return words
 
 
+class IclClassificationConfig(TaskConfig):
+    """In-context classification of any classification data set: `shots` demonstrations from the
+    train split rendered with `template`, each label's word (`label_words`, multi-token allowed)
+    scored by log-likelihood after the query; raw and contextually calibrated accuracy per k over
+    `num_orderings` demonstration draws. `random_labels: true` keeps the demonstrations' inputs but
+    draws their labels at random (does ICL learn the mapping, or the format?)."""
+
+    data_fields = ("train_path", "dev_path", "train_labels_path", "dev_labels_path")
+
+    type: Literal["icl_classification"] = "icl_classification"
+    # The data fields read as for `classification` (see docs/tasks.md).
+    train_path: str
+    dev_path: str | None = None
+    dev_fraction: float = Field(default=0.1, gt=0, lt=1)
+    split_seed: int = 0
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    header: bool = True
+    train_labels_path: str | None = None
+    dev_labels_path: str | None = None
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    labels: list[str | int] | None = None
+    max_dev_examples: int | None = Field(default=None, ge=1)  # a seeded subset of the dev set
+    # Slots: {text}, {text_pair} (pair tasks), {label} (the label word; last).
+    template: str = "{text}\nAnswer: {label}"
+    # Label name -> the word(s) scored for it; labels not named score their own name.
+    label_words: dict[str, str] | None = None
+    shots: list[int] = Field(default_factory=lambda: [0, 1, 5], min_length=1)
+    num_orderings: int = 3
+    # sum: the label word's summed log-likelihood; mean: per token (length-normalized), which keeps
+    # long label words from losing by length alone.
+    scoring: Literal["sum", "mean"] = "sum"
+    calibrate: bool = True
+    content_free_texts: list[str] = Field(default_factory=lambda: ["N/A", ""], min_length=1)
+    random_labels: bool = False
+    batch_size: int = operational(16, ge=1)  # throughput only
+    max_length: int | None = Field(default=None, ge=8)
+
+    @field_validator("label_words", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, words: Any) -> Any:
+        # YAML reads `0: negative` with an integer key; labels are compared as text.
+        return {str(key): value for key, value in words.items()} if isinstance(words, dict) else words
+
+    @model_validator(mode="after")
+    def _prompt_fits_the_data(self) -> IclClassificationConfig:
+        pair = self.columns.text_pair is not None
+        for slot in ("{text}", "{label}") + (("{text_pair}",) if pair else ()):
+            if self.template.count(slot) != 1:
+                raise ValueError(f"template must contain {slot} exactly once, got {self.template!r}")
+        if not pair and "{text_pair}" in self.template:
+            raise ValueError("template has {text_pair} but columns.text_pair is not set")
+        if not self.template.rstrip().endswith("{label}"):
+            raise ValueError(
+                f"template must end with {{label}} (the scored continuation), got {self.template!r}"
+            )
+        if not self.template.split("{label}")[0].replace("{text}", "").replace("{text_pair}", "").strip():
+            raise ValueError("template needs some prompt text before {label}")
+        if any(k < 0 for k in self.shots) or len(set(self.shots)) != len(self.shots):
+            raise ValueError(f"shots must be distinct non-negative integers, got {self.shots}")
+        if self.num_orderings < 3:
+            raise ValueError(
+                "num_orderings must be at least 3 so each k reports a spread over demonstration orderings"
+            )
+        if self.label_words is not None and any(not w.strip() for w in self.label_words.values()):
+            raise ValueError(f"label_words must be non-empty, got {self.label_words}")
+        return self
+
+
 class WikitextPerplexityConfig(TaskConfig):
     """Token-level perplexity and bits per byte on WikiText-2 (raw) validation."""
 
@@ -362,6 +442,32 @@ class WikitextPerplexityConfig(TaskConfig):
         return self
 
 
+class PerplexityConfig(TaskConfig):
+    """Perplexity and bits per byte of a causal LM on any text: a plain text file (.txt) scored as
+    one text, or a table's text column (csv, tsv, jsonl, parquet, hf://), documents joined by a
+    blank line. Several instances (different ids) compare corpora in one run."""
+
+    data_fields = ("path",)
+
+    type: Literal["perplexity"] = "perplexity"
+    path: str
+    format: Literal["auto", "text", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    text_column: str | int = "text"
+    split: str = "validation"  # hf:// data sets without ?split=
+    max_documents: int | None = Field(default=None, ge=1)  # the first N documents of a table
+    max_characters: int | None = Field(default=2_000_000, ge=1)  # bounds the cost; None: all
+    max_length: int | None = Field(default=None, ge=2)  # window length; None: the model's n_positions
+    # New tokens scored per window; None: max_length // 2 (see wikitext_perplexity).
+    stride: int | None = Field(default=None, ge=1)
+    batch_size: int = operational(8, ge=1)  # throughput only
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> PerplexityConfig:
+        if self.stride is not None and self.max_length is not None and self.stride > self.max_length:
+            raise ValueError(f"stride ({self.stride}) must not exceed max_length ({self.max_length})")
+        return self
+
+
 class MlmAccuracyConfig(TaskConfig):
     """Masked-token accuracy and loss on the validation shards, with a fixed masking seed."""
 
@@ -377,7 +483,8 @@ class TokenClassificationConfig(GridTaskConfig):
     """Tagging every word (NER, chunking, POS): CoNLL files (one token per line, blank lines between
     sentences, `-DOCSTART-` lines skipped) or tables with a token-list and a tag-list column. IOB1
     tags (CoNLL-2003's original scheme) are converted to BIO; each word's tag is learnt and predicted
-    on its first sub-token. Scored at the entity level with seqeval (precision, recall, F1)."""
+    on its first sub-token. Scored at the entity level by conlleval's chunk rules, as seqeval's
+    default mode (micro precision, recall, F1), and by word accuracy."""
 
     data_fields = ("train_path", "dev_path")
     metrics: ClassVar[tuple[str, ...]] = ("f1", "precision", "recall", "accuracy")
@@ -393,11 +500,28 @@ class TokenClassificationConfig(GridTaskConfig):
     # Table formats: the columns holding a sentence's tokens and its tags (lists).
     columns: dict[str, str | int] = Field(default_factory=lambda: {"tokens": "tokens", "tags": "tags"})
     # The tags' scheme in the data: iob1 (converted to BIO), bio, or auto (iob1 when an I- tag
-    # follows a tag of another type or O, else bio).
+    # follows a tag of another type or O, or starts a sentence, else bio).
     scheme: Literal["auto", "iob1", "bio"] = "auto"
-    labels: list[str] | None = None  # the tag set; None: read from the training data
+    # The tag set in class order (integer tags in a table are positions in it); None: read from the
+    # training data ("O" first, the rest sorted), or a hub data set's tag class names.
+    labels: list[str] | None = None
     max_length: int = Field(default=128, ge=4)
     learning_rate: float = Field(default=1e-4, gt=0)
+
+    @field_validator("columns")
+    @classmethod
+    def _tokens_and_tags(cls, columns: dict[str, str | int]) -> dict[str, str | int]:
+        unknown = sorted(set(columns) - {"tokens", "tags"})
+        if unknown:
+            raise ValueError(f"columns takes `tokens` and `tags`; unknown: {', '.join(unknown)}")
+        return {"tokens": "tokens", "tags": "tags", **columns}
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_tags(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None and (len(set(labels)) != len(labels) or not all(t.strip() for t in labels)):
+            raise ValueError(f"labels must be distinct and non-empty, got {labels}")
+        return labels
 
 
 class ExtractiveQaConfig(GridTaskConfig):
@@ -414,20 +538,45 @@ class ExtractiveQaConfig(GridTaskConfig):
     train_path: str
     dev_path: str | None = None
     format: Literal["auto", "squad", "jsonl", "parquet"] = "auto"
+    # Table formats: which column holds what (title and id are optional: without a title, a carved
+    # dev set groups rows by context; without an id, a question is named by its row).
     columns: dict[str, str | int] = Field(
-        default_factory=lambda: {"question": "question", "context": "context", "answers": "answers", "title": "title"}
+        default_factory=lambda: {
+            "question": "question",
+            "context": "context",
+            "answers": "answers",
+            "title": "title",
+            "id": "id",
+        }
     )
     # A dev set carved from train_path keeps whole articles (titles) on one side, so no context is in both.
     max_length: int = Field(default=384, ge=16)
-    doc_stride: int = Field(default=128, ge=1)  # tokens of overlap between a context's windows
+    # Tokens of overlap between a context's windows; below half of max_length, since a question is
+    # cut to at most half of a window.
+    doc_stride: int = Field(default=128, ge=1)
     max_answer_length: int = Field(default=30, ge=1)  # in tokens
     learning_rate: float = Field(default=1e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _windows_advance(self) -> ExtractiveQaConfig:
+        if self.doc_stride >= self.max_length // 2:
+            raise ValueError(
+                f"doc_stride ({self.doc_stride}) must be less than half of max_length ({self.max_length}): "
+                "a window's context part may be only half of it, and consecutive windows must advance"
+            )
+        unknown = sorted(set(self.columns) - {"question", "context", "answers", "title", "id"})
+        if unknown:
+            raise ValueError(
+                f"columns: unknown role(s) {unknown}; roles: question, context, answers, title, id"
+            )
+        return self
 
 
 class MultipleChoiceConfig(GridTaskConfig):
     """A context (question, goal, premise) and N options, one correct: each option scored as one
     sequence, softmax over the options (BERT's multiple choice; GPT-1's one sequence per option
-    through `<|start|> context <|delim|> option <|extract|>`; T5 text to text with the options)."""
+    through `<|start|> context <|delim|> option <|extract|>`; T5 scores each option as the decoder's
+    target given the context, by its summed log-probability). Every row has the same number of options."""
 
     data_fields = ("train_path", "dev_path", "train_labels_path", "dev_labels_path")
 
@@ -449,6 +598,32 @@ class MultipleChoiceConfig(GridTaskConfig):
     learning_rate: float = Field(default=1e-4, gt=0)
     aux_lm_weight: float = Field(default=0.5, ge=0)  # GPT-1's auxiliary LM loss (causal LMs)
 
+    @model_validator(mode="after")
+    def _columns_complete(self) -> MultipleChoiceConfig:
+        known = ("context", "options", "label")
+        for name in self.columns:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"columns: unknown key {name!r}{hint} (keys: {', '.join(known)})")
+        needed = ["context", "options"] + ([] if self.train_labels_path else ["label"])
+        missing = [name for name in needed if name not in self.columns]
+        if missing:
+            raise ValueError(f"columns must name {', '.join(missing)} (a column name or 0-based position)")
+        options = self.columns["options"]
+        single = isinstance(options, str | int) and not isinstance(options, bool)
+        several = isinstance(options, list) and all(
+            isinstance(o, str | int) and not isinstance(o, bool) for o in options
+        )
+        if not (single or several) or (several and (len(options) < 2 or len(set(options)) < len(options))):
+            raise ValueError(
+                "columns.options is one column holding each row's list of options, or a list of at "
+                f"least 2 distinct columns (one option each); got {options!r}"
+            )
+        if self.dev_labels_path is not None and self.dev_path is None:
+            raise ValueError("dev_labels_path needs dev_path (a carved dev set takes train's labels)")
+        return self
+
 
 ALL_OBJECTIVES = frozenset({"clm", "mlm", "mlm_nsp", "mlm_sop", "span"})
 for _classification in (ClassificationConfig, Sst2FinetuneConfig):
@@ -466,6 +641,17 @@ for _family, _runner in (
     (MultipleChoiceConfig, "lmforge.tasks.multiple_choice:run_multiple_choice"),
 ):
     FINETUNE_TASKS.add(TaskSpec(_family.model_fields["type"].default, _family, ALL_OBJECTIVES, _runner))
+EVAL_TASKS.add(
+    TaskSpec(
+        "icl_classification",
+        IclClassificationConfig,
+        frozenset({"clm", "span"}),
+        "lmforge.tasks.icl:run_icl_classification",
+    )
+)
+EVAL_TASKS.add(
+    TaskSpec("perplexity", PerplexityConfig, frozenset({"clm"}), "lmforge.tasks.perplexity:run_perplexity")
+)
 EVAL_TASKS.add(
     TaskSpec("sst2_icl", Sst2IclConfig, frozenset({"clm", "span"}), "lmforge.tasks.icl:run_sst2_icl")
 )

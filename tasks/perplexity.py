@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.core.errors import ConfigError, DataError
-from lmforge.tasks.config import WikitextPerplexityConfig
+from lmforge.tasks.config import PerplexityConfig, WikitextPerplexityConfig
 from lmforge.tasks.data import load_text
 from lmforge.tasks.modeling import boundary_token_id, load_model, load_tokenizer, max_positions, write_metrics
 
@@ -95,7 +95,9 @@ def bits_per_byte_inexact_reason(
     return "; ".join(reasons) or None
 
 
-def window_settings(config: WikitextPerplexityConfig, limit: int, key: str) -> tuple[int, int]:
+def window_settings(
+    config: WikitextPerplexityConfig | PerplexityConfig, limit: int, key: str
+) -> tuple[int, int]:
     """(max_length, stride): the window is capped at the model's positions; stride defaults to half of it."""
     max_length = min(config.max_length or limit, limit)
     # Half a window: every token past the first window sees at least half a window of context, for
@@ -117,11 +119,69 @@ def run_wikitext_perplexity(
     seed: int,
 ) -> dict[str, Any]:
     """Token-weighted mean NLL over the whole text, its exp (perplexity) and, where exact, bits per byte."""
-    from transformers import AutoModelForCausalLM
-
     began = time.perf_counter()
     key = f"evaluation.tasks[{config.id}]"
     text = load_text(config.path, data_dir, f"{key}.path")
+    metrics = text_perplexity(config, model_dir, text, key)
+    return write_metrics(output_dir, metrics, time.perf_counter() - began)
+
+
+def run_perplexity(
+    config: PerplexityConfig,
+    model_dir: Path,
+    shards_dir: Path | None,
+    data_dir: Path | None,
+    output_dir: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Perplexity and bits per byte of any text source: a plain text file scored as one text, or a
+    table's text column (documents joined by a blank line), cut to max_documents / max_characters."""
+    began = time.perf_counter()
+    key = f"evaluation.tasks[{config.id}]"
+    text, num_documents = load_any_text(config, data_dir, key)
+    metrics = text_perplexity(config, model_dir, text, key)
+    metrics.update({"source": config.path, "num_documents": num_documents, "num_characters": len(text)})
+    return write_metrics(output_dir, metrics, time.perf_counter() - began)
+
+
+TEXT_SUFFIXES = (".txt", ".raw", ".text")
+
+
+def load_any_text(config: PerplexityConfig, data_dir: Path | None, key: str) -> tuple[str, int | None]:
+    """(the text to score, how many documents it joins; None for a plain text file)."""
+    from lmforge.infra.data_paths import is_hf_uri, resolve_file
+    from lmforge.tasks.readers import column_name, read_table
+
+    plain = config.format == "text" or (
+        config.format == "auto" and not is_hf_uri(config.path) and config.path.lower().endswith(TEXT_SUFFIXES)
+    )
+    if plain:
+        text = (
+            resolve_file(config.path, data_dir, f"{key}.path")
+            .read_text(encoding="utf-8")
+            .replace("\r\n", "\n")
+        )
+        num_documents = None
+    else:
+        table = read_table(config.path, data_dir, f"{key}.path", format=config.format, split=config.split)
+        column = column_name(table, config.text_column, f"{key}.text_column")
+        documents = [str(row[column]).strip() for row in table.rows if row.get(column) is not None]
+        documents = [doc for doc in documents if doc][: config.max_documents]
+        text, num_documents = DOCUMENT_SEPARATOR.join(documents), len(documents)
+    if config.max_characters is not None:
+        text = text[: config.max_characters]
+    if not text.strip():
+        raise DataError(f"{key}.path: {config.path!r} holds no text")
+    return text, num_documents
+
+
+DOCUMENT_SEPARATOR = "\n\n"
+
+
+def text_perplexity(config: Any, model_dir: Path, text: str, key: str) -> dict[str, Any]:
+    """Perplexity of a causal LM on `text` with the config's window and stride."""
+    from transformers import AutoModelForCausalLM
+
     tokenizer = load_tokenizer(model_dir)
     model = load_model(AutoModelForCausalLM, model_dir)
     max_length, stride = window_settings(config, max_positions(model.config), key)
@@ -136,7 +196,7 @@ def run_wikitext_perplexity(
     mean_nll = nll / num_scored
     num_bytes = len(text.encode("utf-8"))
     inexact = bits_per_byte_inexact_reason(tokenizer, text, text_ids, first_scored=bool(start))
-    metrics = {
+    return {
         "perplexity": math.exp(mean_nll) if mean_nll < 700 else None,  # JSON has no inf
         "mean_nll": mean_nll,
         "num_scored_tokens": num_scored,
@@ -149,4 +209,3 @@ def run_wikitext_perplexity(
         "num_windows": len(windows),
         "num_tokens_without_full_context": count_without_full_context(windows, max_length),
     }
-    return write_metrics(output_dir, metrics, time.perf_counter() - began)

@@ -103,21 +103,18 @@ def summary_rows(run_record: dict) -> list[tuple[str, str]]:
     rows += mfu_rows(pre)
     rows += cluster_rows(pre)
     rows += finetune_rows(run_record)
-    icl = stage_metrics(run_record, "eval/sst2_icl")
-    shots = sorted((icl.get("shots") or {}).items(), key=lambda item: int(item[0]))
-    for prefix, label in (("", "SST-2 ICL accuracy"), ("calibrated_", "SST-2 ICL calibrated accuracy")):
-        for k, shot in shots:
-            if prefix and f"{prefix}mean_accuracy" not in shot:
-                continue  # calibration turned off
-            mean, std = fmt(shot.get(f"{prefix}mean_accuracy")), fmt(shot.get(f"{prefix}std_accuracy"))
-            num_orderings = len(shot.get(f"{prefix}accuracies") or [])
-            rows.append((f"{label}, k={k}", f"{mean} ± {std} ({num_orderings} orderings)"))
-    if icl:
-        rows.append(("SST-2 ICL majority-class baseline", fmt(icl.get("majority_baseline_accuracy"))))
-    ppl = stage_metrics(run_record, "eval/wikitext_perplexity")
-    if ppl or "eval/wikitext_perplexity" in (run_record.get("stages") or {}):
-        rows.append(("WikiText-2 perplexity", fmt(ppl.get("perplexity"))))
-        rows.append(("WikiText-2 bits per byte", fmt(ppl.get("bits_per_byte"))))
+    stages = run_record.get("stages") or {}
+    for name in sorted(stages):
+        if not name.startswith("eval/"):
+            continue
+        task = name.removeprefix("eval/")
+        metrics = stage_metrics(run_record, name)
+        if "shots" in metrics or task.endswith("icl"):
+            rows += icl_rows(ICL_LABELS.get(task, f"{task} ICL"), metrics)
+        elif "bits_per_byte" in metrics or task.endswith("perplexity") and "pseudo" not in task:
+            label = PERPLEXITY_LABELS.get(task, task)
+            rows.append((f"{label} perplexity", fmt(metrics.get("perplexity"))))
+            rows.append((f"{label} bits per byte", fmt(metrics.get("bits_per_byte"))))
     pseudo = stage_metrics(run_record, "eval/wikitext_pseudo_perplexity")
     if pseudo or "eval/wikitext_pseudo_perplexity" in (run_record.get("stages") or {}):
         rows.append(("WikiText-2 pseudo-perplexity (masked LM)", fmt(pseudo.get("pseudo_perplexity"))))
@@ -125,6 +122,30 @@ def summary_rows(run_record: dict) -> list[tuple[str, str]]:
     if mlm or "eval/mlm_accuracy" in (run_record.get("stages") or {}):
         rows.append(("MLM masked-token accuracy", fmt(mlm.get("accuracy"))))
         rows.append(("MLM masked-token loss", fmt(mlm.get("masked_loss"))))
+    return rows
+
+
+# Summary labels of the preset eval tasks (others are named by their task id).
+ICL_LABELS = {"sst2_icl": "SST-2 ICL"}
+PERPLEXITY_LABELS = {"wikitext_perplexity": "WikiText-2"}
+
+
+def icl_rows(label: str, icl: dict) -> list[tuple[str, str]]:
+    """Mean ± std over orderings per k, raw and calibrated, and the majority-class baseline."""
+    rows = []
+    shots = sorted((icl.get("shots") or {}).items(), key=lambda item: int(item[0]))
+    random_labels = " (random demonstration labels)" if icl.get("random_labels") else ""
+    for prefix, what in (("", "accuracy"), ("calibrated_", "calibrated accuracy")):
+        for k, shot in shots:
+            if prefix and f"{prefix}mean_accuracy" not in shot:
+                continue  # calibration turned off
+            mean, std = fmt(shot.get(f"{prefix}mean_accuracy")), fmt(shot.get(f"{prefix}std_accuracy"))
+            num_orderings = len(shot.get(f"{prefix}accuracies") or [])
+            rows.append(
+                (f"{label} {what}{random_labels}, k={k}", f"{mean} ± {std} ({num_orderings} orderings)")
+            )
+    if icl:
+        rows.append((f"{label} majority-class baseline", fmt(icl.get("majority_baseline_accuracy"))))
     return rows
 
 

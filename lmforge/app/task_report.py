@@ -24,7 +24,7 @@ STAGE_PATTERN = re.compile(
     r"finetune/(?P<task>[^/]+)/(?P<strategy>\w+)-(?P<size>all|\d+)-s(?P<seed>\d+)/(?P<init>\w+)"
 )
 # Dev keys that are not task scores: sizes, the baseline (drawn as a line) and the loss (in the curves).
-NOT_SCORES = ("dev_size", "dev_majority_baseline_accuracy", "dev_loss")
+NOT_SCORES = ("dev_size", "dev_majority_baseline_accuracy", "dev_chance_accuracy", "dev_loss", "dev_source")
 INIT_COLOURS = {"pretrained": "tab:blue", "random": "tab:orange"}
 
 

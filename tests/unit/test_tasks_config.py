@@ -68,7 +68,7 @@ def test_loading_configs_does_not_import_torch():
         ),
         (
             {"tasks": [{"name": "nope"}]},
-            "tasks.0: `type` must be one of the eval tasks: fill_mask_probes, generation_samples, mlm_accuracy, sst2_icl, wikitext_perplexity, wikitext_pseudo_perplexity",
+            "tasks.0: `type` must be one of the eval tasks: fill_mask_probes, generation_samples, icl_classification, mlm_accuracy, perplexity, sst2_icl, wikitext_perplexity, wikitext_pseudo_perplexity",
         ),
         ({"tasks": [{"name": "mlm_accuracy", "mask_prob": 0.1}]}, "unknown key 'tasks.0.mask_prob'"),
         ({"tasks": [{"name": "sst2_icl"}, {"name": "sst2_icl"}]}, "repeated: sst2_icl"),
