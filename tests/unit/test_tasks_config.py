@@ -44,8 +44,12 @@ def test_defaults_and_registries():
 def test_every_registered_name_validates_to_its_config_class():
     for registry, root in ((FINETUNE_TASKS, FinetuneConfig), (EVAL_TASKS, EvaluationConfig)):
         for name, spec in registry.items():
-            train_path = spec.config_cls.model_fields.get("train_path")
-            required = {"train_path": "data.csv"} if train_path is not None and train_path.is_required() else {}
+            fields = spec.config_cls.model_fields
+            required = {
+                name: "data.csv" for name in ("train_path", "path") if name in fields and fields[name].is_required()
+            }
+            if name == "multiple_choice":
+                required["columns"] = {"context": "c", "options": ["a", "b"], "label": "l"}
             parsed = validate_config(root, {"tasks": [{"type": name, **required}]})
             assert type(parsed.tasks[0]) is spec.config_cls and parsed.tasks[0].id == name
             # `name` is the key's old spelling, still read.
@@ -147,3 +151,19 @@ def test_specs_and_configs_pickle_for_ray_tasks():
     spec, config = EVAL_TASKS["sst2_icl"], EvaluationConfig()
     assert pickle.loads(pickle.dumps(spec)) == spec
     assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_tasks_preset_shares_every_stage_before_the_fan_out_with_the_demo():
+    """configs/tasks.yaml runs on the demo's stored model: its corpus, tokenizer, shard and
+    pre-training settings (and seed) must stay identical to configs/demo.yaml's."""
+    from pathlib import Path
+
+    from lmforge.app.config import PipelineConfig
+    from lmforge.core.configbase import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    tasks, demo = (load_config(PipelineConfig, configs / f"{name}.yaml") for name in ("tasks", "demo"))
+    for section in ("seed", "corpus", "tokenizer", "shard", "pretrain", "data_dir"):
+        assert getattr(tasks, section) == getattr(demo, section), section
+    types = {task.type for task in tasks.finetune.tasks} | {task.type for task in tasks.evaluation.tasks}
+    assert {"sst2", "token_classification", "extractive_qa", "icl_classification", "perplexity"} <= types
