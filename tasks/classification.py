@@ -753,6 +753,7 @@ def run_classification(
         head.evaluate,
         progress,
         label=f"{config.id} {cell.label} {init}",
+        evaluate_each_epoch=config.evaluates_each_epoch,
     )
     final = result.epoch_metrics[-1]
     counts = [sum(row.label == label for row in train_rows) for label in range(len(data.labels.names))]

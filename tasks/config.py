@@ -160,8 +160,15 @@ class GridTaskConfig(TaskConfig):
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
     log_every: int = Field(default=1, ge=1)  # loss-curve resolution in optimizer steps
     target: TargetConfig | None = None
+    # Score the dev set after every epoch (the epochs and seconds to reach `target`, and per-epoch
+    # curves) or only after the last. None: every epoch when a target is set, else only the last.
+    eval_every_epoch: bool | None = None
     # Store each cell's fine-tuned model in Hugging Face format: a full model per cell, so off by default.
     save_model: bool = False
+
+    @property
+    def evaluates_each_epoch(self) -> bool:
+        return self.eval_every_epoch if self.eval_every_epoch is not None else self.target is not None
 
     @field_validator("strategies", "train_sizes")
     @classmethod
@@ -498,7 +505,9 @@ class TokenClassificationConfig(GridTaskConfig):
     conll_token_column: int = 0
     conll_tag_column: int = -1
     # Table formats: the columns holding a sentence's tokens and its tags (lists).
-    columns: dict[str, str | int] = Field(default_factory=lambda: {"tokens": "tokens", "tags": "tags"})
+    columns: dict[str, str | int] = Field(
+        default_factory=lambda: dict[str, str | int]({"tokens": "tokens", "tags": "tags"})
+    )
     # The tags' scheme in the data: iob1 (converted to BIO), bio, or auto (iob1 when an I- tag
     # follows a tag of another type or O, or starts a sentence, else bio).
     scheme: Literal["auto", "iob1", "bio"] = "auto"
@@ -541,13 +550,9 @@ class ExtractiveQaConfig(GridTaskConfig):
     # Table formats: which column holds what (title and id are optional: without a title, a carved
     # dev set groups rows by context; without an id, a question is named by its row).
     columns: dict[str, str | int] = Field(
-        default_factory=lambda: {
-            "question": "question",
-            "context": "context",
-            "answers": "answers",
-            "title": "title",
-            "id": "id",
-        }
+        default_factory=lambda: dict[str, str | int](
+            question="question", context="context", answers="answers", title="title", id="id"
+        )
     )
     # A dev set carved from train_path keeps whole articles (titles) on one side, so no context is in both.
     max_length: int = Field(default=384, ge=16)

@@ -132,9 +132,11 @@ def train(
     evaluate: Callable[[], dict[str, Any]],
     progress: ProgressTarget | None = None,
     label: str = "fine-tune",
+    evaluate_each_epoch: bool = True,
 ) -> TrainResult:
     """The optimisation loop over `batch_loss(example indices)` (a scalar loss to minimise);
-    `evaluate()` scores the dev set after each epoch. Reports steps to `progress`."""
+    `evaluate()` scores the dev set after each epoch, or only after the last one. Reports steps
+    to `progress`."""
     steps_per_epoch = math.ceil(num_examples / schedule.batch_size)
     total = schedule.epochs * steps_per_epoch
     reporter = ProgressReporter(progress, total)
@@ -157,9 +159,11 @@ def train(
             if step % schedule.log_every == 0 or step == total:
                 result.curve.append([step, loss.item()])
                 reporter.update(step, epoch=epoch + 1, loss=result.curve[-1][1])
+        result.epoch_seconds.append(time.perf_counter() - began)
+        if not evaluate_each_epoch and epoch + 1 < schedule.epochs:
+            continue
         model.eval()
         result.epoch_metrics.append({"epoch": epoch + 1, "step": step, **evaluate()})
-        result.epoch_seconds.append(time.perf_counter() - began)
         log.info(
             "%s epoch %d/%d: last loss %.4f, dev %s",
             label,

@@ -572,7 +572,17 @@ def run_multiple_choice(
         log_every=config.log_every,
     )
     label = f"{config.id} {cell.label} {init}"
-    result = train(head.model, batch_loss, len(train_rows), schedule, seed, evaluate, progress, label)
+    result = train(
+        head.model,
+        batch_loss,
+        len(train_rows),
+        schedule,
+        seed,
+        evaluate,
+        progress,
+        label,
+        evaluate_each_epoch=config.evaluates_each_epoch,
+    )
     target = config.target
     reached = epochs_to_target(result.epoch_metrics, target.metric, target.value) if target else None
     positions = range(data.num_options)

@@ -268,7 +268,7 @@ def _read_hub(path: str, key: str, hf_config: str | None, split: str) -> Table:
             class_names[name] = converted[name] = list(feature.names)
         inner = getattr(feature, "feature", None)
         if type(feature).__name__ in ("Sequence", "List") and type(inner).__name__ == "ClassLabel":
-            class_names[name] = list(inner.names)
+            class_names[name] = list(getattr(inner, "names", []))
     rows = data.to_list()
     for row in rows:
         for name, names in converted.items():

@@ -614,7 +614,17 @@ def run_token_classification(
     )
     evaluate = make_evaluate(tagger, data.dev, encoded["dev"], data.labels, config.batch_size)
     label = f"{config.id} {cell.label} {init}"
-    result = train(tagger.model, batch_loss, len(train_rows), schedule, seed, evaluate, progress, label)
+    result = train(
+        tagger.model,
+        batch_loss,
+        len(train_rows),
+        schedule,
+        seed,
+        evaluate,
+        progress,
+        label,
+        evaluate_each_epoch=config.evaluates_each_epoch,
+    )
     target = config.target
     reached = epochs_to_target(result.epoch_metrics, target.metric, target.value) if target else None
     metrics: dict[str, Any] = {

@@ -259,6 +259,32 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
     add_store_option(gc)
     gc.set_defaults(handler=cmd_gc)
+
+    harness = commands.add_parser(
+        "harness",
+        help="score a run's model with lm-evaluation-harness next to our own ICL scoring",
+        description="Run EleutherAI's lm-evaluation-harness (lm_eval, on the loaded model: no hub "
+        "access) on local tasks holding the run's in-context prompts, score the same prompts with "
+        "lmforge, and print both accuracies and their difference in points. Writes harness.json and "
+        "the lm_eval task folder (reusable with `lm_eval --include_path`). Needs lmforge[harness].",
+    )
+    harness.add_argument("run_id", metavar="RUN_ID", help="a run with a pretrain stage (see `lmforge runs`)")
+    harness.add_argument("--tasks", default="sst2_icl", metavar="TASK[,TASK]", help="default: sst2_icl")
+    harness.add_argument(
+        "--shots",
+        default="0",
+        metavar="K[,K]",
+        help="demonstrations per prompt, the run's ordering 0 (default: 0)",
+    )
+    harness.add_argument(
+        "--limit", type=int, metavar="N", help="first N dev examples (default: the run's max_examples)"
+    )
+    harness.add_argument("--batch-size", type=int, metavar="N", help="default: the run's task config's")
+    harness.add_argument(
+        "--out", type=Path, metavar="DIR", help="result folder (default: <store>/runs/RUN_ID/harness)"
+    )
+    add_store_option(harness)
+    harness.set_defaults(handler=cmd_harness)
     return parser
 
 
@@ -636,6 +662,34 @@ def cmd_gc(args: argparse.Namespace) -> int:
     print(f"{freed} {report.num_bytes} bytes ({human_bytes(report.num_bytes)}) in {count} {entries}")
     if report.num_lock_files:
         print(f"removed {report.num_lock_files} idle lock files")
+    return 0
+
+
+def cmd_harness(args: argparse.Namespace) -> int:
+    from lmforge.app.harness import HarnessConfig, run_harness
+
+    try:
+        shots = [int(k) for k in args.shots.split(",")]
+    except ValueError:
+        raise ConfigError(f"--shots: expected integers like 0,1, got {args.shots!r}") from None
+    config = HarnessConfig(
+        run_id=args.run_id,
+        tasks=[name.strip() for name in args.tasks.split(",") if name.strip()],
+        shots=shots,
+        limit=args.limit,
+        store=args.store,
+        out=args.out,
+        batch_size=args.batch_size,
+    )
+    summary = run_harness(config)
+    print(f"{'TASK':<24} {'K':>3} {'N':>6} {'LM_EVAL':>8} {'LMFORGE':>8} {'DIFF (PTS)':>10} {'DISAGREE':>8}")
+    for name, row in summary["results"].items():
+        print(
+            f"{name:<24} {row['k']:>3} {row['num_examples']:>6} {row['lm_eval_accuracy']:>8.4f} "
+            f"{row['lmforge_accuracy']:>8.4f} {row['difference_points']:>+10.2f} "
+            f"{row['num_prediction_disagreements']:>8}"
+        )
+    print(f"lm_eval {summary['lm_eval_version']}; results: {summary['path']}")
     return 0
 
 

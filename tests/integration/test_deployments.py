@@ -191,7 +191,14 @@ def test_triggered_run_with_override_completes(served):
     assert record["status"] == "completed"
     assert record["config"]["pretrain"]["max_steps"] == 12
     keys = artifact_keys(run.id)
-    for stage in ("clean", "tokenizer", "shard", "pretrain", "finetune-sst2-finetune-256-s0-pretrained", "eval-sst2-icl"):
+    for stage in (
+        "clean",
+        "tokenizer",
+        "shard",
+        "pretrain",
+        "finetune-sst2-finetune-256-s0-pretrained",
+        "eval-sst2-icl",
+    ):
         assert f"tiny-{stage}-metrics" in keys
         assert f"tiny-{stage}-artifact" in keys
     assert {"tiny-report", "tiny-stages", "tiny-pretrain-progress"} <= keys

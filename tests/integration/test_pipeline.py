@@ -295,8 +295,7 @@ def test_random_init_finetune_does_not_depend_on_pretrained_weights(tiny_runs, t
     assert stages[f"{SST2_CELL}/pretrained"]["status"] == "completed"
     assert stages[f"{SST2_CELL}/random"]["status"] == "reused"
     assert (
-        stages[f"{SST2_CELL}/random"]["artifact_id"]
-        == first["stages"][f"{SST2_CELL}/random"]["artifact_id"]
+        stages[f"{SST2_CELL}/random"]["artifact_id"] == first["stages"][f"{SST2_CELL}/random"]["artifact_id"]
     )
 
 
@@ -332,7 +331,11 @@ def sst2_dev_correct(classifier_dir: Path, data_dir: Path, max_length: int) -> t
         for row in rows:
             # GPT-1's input transformation: <|start|> text <|extract|>, the text cut to fit.
             body = tokenizer(row["sentence"].strip(), add_special_tokens=False)["input_ids"][: max_length - 2]
-            ids = [tokenizer.convert_tokens_to_ids("<|start|>"), *body, tokenizer.convert_tokens_to_ids("<|extract|>")]
+            ids = [
+                tokenizer.convert_tokens_to_ids("<|start|>"),
+                *body,
+                tokenizer.convert_tokens_to_ids("<|extract|>"),
+            ]
             correct += int(model(input_ids=torch.tensor([ids])).logits[0].argmax()) == int(row["label"])
     return correct, len(rows)
 

@@ -46,7 +46,9 @@ def test_every_registered_name_validates_to_its_config_class():
         for name, spec in registry.items():
             fields = spec.config_cls.model_fields
             required = {
-                name: "data.csv" for name in ("train_path", "path") if name in fields and fields[name].is_required()
+                name: "data.csv"
+                for name in ("train_path", "path")
+                if name in fields and fields[name].is_required()
             }
             if name == "multiple_choice":
                 required["columns"] = {"context": "c", "options": ["a", "b"], "label": "l"}
@@ -95,7 +97,8 @@ def test_invalid_finetune_config_names_the_key():
     with pytest.raises(ConfigError, match=r"tasks\.0\.warmup_fraction"):
         validate_config(FinetuneConfig, {"tasks": [{"name": "sst2", "warmup_fraction": 1.5}]})
     with pytest.raises(
-        ConfigError, match=r"tasks\.0: `type` must be one of the finetune tasks: classification, extractive_qa, multiple_choice, sst2, token_classification"
+        ConfigError,
+        match=r"tasks\.0: `type` must be one of the finetune tasks: classification, extractive_qa, multiple_choice, sst2, token_classification",
     ):
         validate_config(FinetuneConfig, {"tasks": [{"type": "sst5"}]})
     with pytest.raises(ConfigError, match=r"missing required key 'tasks\.0\.train_path'"):

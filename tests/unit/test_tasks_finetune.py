@@ -114,7 +114,9 @@ def assert_metrics_match_saved_model(metrics, output_dir, data, form):
 def test_gpt_finetune_uses_gpt1_transforms_learns_and_saves(gpt2_dir, data_dir, tmp_path, init):
     from transformers import AutoModelForSequenceClassification
 
-    metrics = run(CONFIG, CELL, gpt2_dir, init, data_dir, tmp_path)
+    metrics = run(
+        CONFIG.model_copy(update={"eval_every_epoch": True}), CELL, gpt2_dir, init, data_dir, tmp_path
+    )
     assert metrics["train_size"] == 32 and metrics["num_steps"] == 6 * 4 == len(metrics["loss_curve"])
     assert metrics["input_format"] == f"{START} A {EXTRACT}" and metrics["aux_lm_weight"] == 0.5
     assert metrics["final_train_loss"] < metrics["initial_train_loss"] - 0.1
@@ -236,9 +238,7 @@ def test_finetune_metrics_file_is_identical_on_a_rerun_from_another_data_dir(gpt
     (moved / "sst2" / "train.tsv").write_text(
         (moved / "sst2" / "train.tsv").read_text() + "bad\trow\textra\n"
     )
-    config = CONFIG.model_copy(
-        update={"epochs": 1, "save_model": False, "target": TargetConfig(value=0.0)}
-    )
+    config = CONFIG.model_copy(update={"epochs": 1, "save_model": False, "target": TargetConfig(value=0.0)})
     run(config, CELL, gpt2_dir, "random", moved, tmp_path / "a")
     shutil.move(tmp_path / "elsewhere", tmp_path / "moved-again")
     run(config, CELL, gpt2_dir, "random", tmp_path / "moved-again" / "data", tmp_path / "b")
@@ -370,6 +370,27 @@ def test_grid_cells_seeds_and_recipes():
     # The grid is not part of a cell's recipe: adding a seed or a size reuses every existing cell.
     wider = config.model_copy(update={"seeds": 5, "train_sizes": [100, 500, "all"]})
     assert identity_view(wider) == identity_view(config)
+
+
+def test_dev_set_scored_every_epoch_only_when_asked_or_a_target_is_set(gpt2_dir, data_dir, tmp_path):
+    config = CONFIG.model_copy(update={"epochs": 2, "save_model": False})
+    assert not config.evaluates_each_epoch
+    assert config.model_copy(update={"target": TargetConfig(value=0.9)}).evaluates_each_epoch
+    last_only = run(config, CELL, gpt2_dir, "random", data_dir, tmp_path / "a")
+    assert [row["epoch"] for row in last_only["epoch_metrics"]] == [2] and len(
+        last_only["epoch_seconds"]
+    ) == 2
+    every = run(
+        config.model_copy(update={"eval_every_epoch": True}),
+        CELL,
+        gpt2_dir,
+        "random",
+        data_dir,
+        tmp_path / "b",
+    )
+    assert [row["epoch"] for row in every["epoch_metrics"]] == [1, 2]
+    # Scoring the dev set draws no randomness: the final model and its metrics are the same.
+    assert every["epoch_metrics"][-1] == last_only["epoch_metrics"][-1]
 
 
 def test_metrics_and_target_epochs():
