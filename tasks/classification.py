@@ -34,15 +34,15 @@ from lmforge.tasks.finetune import (
     IGNORE_INDEX,
     Batch,
     Init,
-    Schedule,
-    epochs_to_target,
+    cell_metrics,
+    fit_cell,
     freeze_all_but,
     instantiate,
     new_parameter_names,
     pad_right,
     seeded_order,
-    train,
     with_eos,
+    write_cell,
 )
 from lmforge.tasks.modeling import (
     is_seq2seq,
@@ -50,7 +50,6 @@ from lmforge.tasks.modeling import (
     max_positions,
     pretrain_meta,
     write_json,
-    write_metrics,
 )
 from lmforge.tasks.readers import (
     LabelSet,
@@ -736,64 +735,36 @@ def run_classification(
     train_rows = subset(data.train, cell.train_size, seed)
     family = model_family(model_dir)
     head = HEADS[family](config, model_dir, init, data, train_rows, cell, seed)
-    schedule = Schedule(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.probe_learning_rate if cell.strategy == "linear_probe" else config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_fraction=config.warmup_fraction,
-        log_every=config.log_every,
+    result = fit_cell(
+        config, cell, init, seed, head.model, head.batch_loss, len(train_rows), head.evaluate, progress
     )
-    result = train(
-        head.model,
-        head.batch_loss,
-        len(train_rows),
-        schedule,
-        seed,
-        head.evaluate,
-        progress,
-        label=f"{config.id} {cell.label} {init}",
-        evaluate_each_epoch=config.evaluates_each_epoch,
-    )
-    final = result.epoch_metrics[-1]
     counts = [sum(row.label == label for row in train_rows) for label in range(len(data.labels.names))]
     dev_counts = [sum(row.label == label for row in data.dev) for label in range(len(data.labels.names))]
-    target = config.target
-    reached = epochs_to_target(result.epoch_metrics, target.metric, target.value) if target else None
+    meta = dict(head.meta)
     metrics: dict[str, Any] = {
-        "task": config.id,
-        "task_type": config.type,
-        "strategy": cell.strategy,
-        "init": init,
-        "model_family": family,
-        "input_format": head.input_format,
-        "requested_train_size": cell.train_size or "all",
-        "train_size": len(train_rows),
-        "seed_index": cell.seed_index,
-        "seed": seed,
+        **cell_metrics(
+            config,
+            cell,
+            init,
+            seed,
+            result,
+            family=family,
+            input_format=head.input_format,
+            train_size=len(train_rows),
+            dev_size=len(data.dev),
+            dev_source=data.dev_source,
+            skipped=data.skipped,
+            model=head.model,
+            trainable_parameters=meta.pop("trainable_parameters"),
+        ),
+        **meta,
         "labels": data.labels.names,
-        "primary_metric": "accuracy",
-        **{name: value for name, value in final.items() if name.startswith("dev_")},
-        "dev_size": len(data.dev),
-        "dev_source": data.dev_source,
         "dev_majority_baseline_accuracy": max(dev_counts) / len(data.dev),
         "train_label_counts": dict(zip(data.labels.names, counts, strict=True)),
         # Classes the training subset never shows: reported, not an error (small subsets, rare labels).
         "classes_without_train_examples": [
             n for n, c in zip(data.labels.names, counts, strict=True) if c == 0
         ],
-        "skipped_rows": {split: len(notes) for split, notes in data.skipped.items()},
-        "skipped_examples": {split: notes[:5] for split, notes in data.skipped.items() if notes},
-        "epochs": config.epochs,
-        "num_steps": int(result.curve[-1][0]),
-        "epoch_metrics": result.epoch_metrics,
-        "target": target.model_dump() if target else None,
-        "epochs_to_target": reached,
-        "num_parameters": sum(p.numel() for p in head.model.parameters()),
-        **head.meta,
-        "initial_train_loss": result.curve[0][1],
-        # Mean of the last (up to) 10 logged losses: one batch's loss is noisy.
-        "final_train_loss": sum(loss for _, loss in result.curve[-10:]) / len(result.curve[-10:]),
     }
     if metrics["classes_without_train_examples"]:
         log.warning(
@@ -814,10 +785,4 @@ def run_classification(
                 "family": family,
             },
         )
-    write_json(output_dir / "loss_curve.json", result.curve)
-    timing = {
-        "epoch_seconds": result.epoch_seconds,
-        "target_reached_seconds": result.epoch_seconds[reached - 1] if reached else None,
-    }
-    written = write_metrics(output_dir, metrics, time.perf_counter() - began, extra_telemetry=timing)
-    return {**written, **timing, "loss_curve": result.curve}
+    return write_cell(output_dir, metrics, result, began)

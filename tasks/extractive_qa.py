@@ -47,20 +47,19 @@ from lmforge.tasks.classification import TASK_META_FILE, model_family
 from lmforge.tasks.config import Cell, ExtractiveQaConfig
 from lmforge.tasks.finetune import (
     Init,
-    Schedule,
-    epochs_to_target,
+    cell_metrics,
+    fit_cell,
     freeze_all_but,
     instantiate,
     pad_right,
     seeded_order,
-    train,
+    write_cell,
 )
 from lmforge.tasks.modeling import (
     boundary_token_id,
     load_tokenizer,
     max_positions,
     write_json,
-    write_metrics,
 )
 from lmforge.tasks.readers import Table, carve_split, column_name, read_table
 
@@ -624,47 +623,31 @@ def run_extractive_qa(
     train_windows, train_cut = make_windows(train_examples, tokenizer, layout, max_length, config.doc_stride)
     dev_windows, dev_cut = make_windows(data.dev, tokenizer, layout, max_length, config.doc_stride)
     predictions: list[str] = []
-    schedule = Schedule(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.probe_learning_rate if reader.frozen else config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_fraction=config.warmup_fraction,
-        log_every=config.log_every,
-    )
 
     def batch_loss(chosen: list[int]) -> torch.Tensor:
         windows = [train_windows[i] for i in chosen]
         return span_loss(*reader.logits(windows), windows)
 
-    result = train(
-        reader.model,
-        batch_loss,
-        len(train_windows),
-        schedule,
-        seed,
-        make_evaluate(reader, data.dev, dev_windows, config, predictions),
-        progress,
-        label=f"{config.id} {cell.label} {init}",
-        evaluate_each_epoch=config.evaluates_each_epoch,
+    evaluate = make_evaluate(reader, data.dev, dev_windows, config, predictions)
+    result = fit_cell(
+        config, cell, init, seed, reader.model, batch_loss, len(train_windows), evaluate, progress
     )
-    target = config.target
-    reached = epochs_to_target(result.epoch_metrics, target.metric, target.value) if target else None
     metrics: dict[str, Any] = {
-        "task": config.id,
-        "task_type": config.type,
-        "strategy": cell.strategy,
-        "init": init,
-        "model_family": family,
-        "input_format": layout.description,
-        "requested_train_size": cell.train_size or "all",
-        "train_size": len(train_examples),
-        "seed_index": cell.seed_index,
-        "seed": seed,
-        "primary_metric": config.metrics[0],
-        **{name: value for name, value in result.epoch_metrics[-1].items() if name.startswith("dev_")},
-        "dev_size": len(data.dev),
-        "dev_source": data.dev_source,
+        **cell_metrics(
+            config,
+            cell,
+            init,
+            seed,
+            result,
+            family=family,
+            input_format=layout.description,
+            train_size=len(train_examples),
+            dev_size=len(data.dev),
+            dev_source=data.dev_source,
+            skipped=data.skipped,
+            model=reader.model,
+            trainable_parameters=trainable,
+        ),
         # Features: one per window; the optimiser's examples are windows, as in run_qa.py.
         "train_windows": len(train_windows),
         "dev_windows": len(dev_windows),
@@ -675,18 +658,6 @@ def run_extractive_qa(
         "n_best": N_BEST,
         "truncated_questions": {"train": train_cut, "dev": dev_cut},
         "realigned_answers": data.realigned,
-        "skipped_rows": {split: len(notes) for split, notes in data.skipped.items()},
-        "skipped_examples": {split: notes[:5] for split, notes in data.skipped.items() if notes},
-        "epochs": config.epochs,
-        "num_steps": int(result.curve[-1][0]),
-        "epoch_metrics": result.epoch_metrics,
-        "target": target.model_dump() if target else None,
-        "epochs_to_target": reached,
-        "num_parameters": sum(p.numel() for p in reader.model.parameters()),
-        "trainable_parameters": trainable,
-        "initial_train_loss": result.curve[0][1],
-        # Mean of the last (up to) 10 logged losses: one batch's loss is noisy.
-        "final_train_loss": sum(loss for _, loss in result.curve[-10:]) / len(result.curve[-10:]),
     }
     if config.save_model:
         reader.model.save_pretrained(output_dir / "model")
@@ -703,10 +674,4 @@ def run_extractive_qa(
     write_json(
         output_dir / PREDICTIONS_FILE, {e.id: text for e, text in zip(data.dev, predictions, strict=True)}
     )
-    write_json(output_dir / "loss_curve.json", result.curve)
-    timing = {
-        "epoch_seconds": result.epoch_seconds,
-        "target_reached_seconds": result.epoch_seconds[reached - 1] if reached else None,
-    }
-    written = write_metrics(output_dir, metrics, time.perf_counter() - began, extra_telemetry=timing)
-    return {**written, **timing, "loss_curve": result.curve}
+    return write_cell(output_dir, metrics, result, began)

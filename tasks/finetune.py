@@ -193,3 +193,111 @@ def epochs_to_target(epoch_metrics: list[dict[str, Any]], metric: str, value: fl
         if isinstance(score, int | float) and score >= value:
             return int(row["epoch"])
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# One grid cell, for every fine-tune task: the schedule, the fit, the metrics every cell reports
+# (the report and the model card read them), and the files it writes.
+
+
+def cell_schedule(config: Any, cell: Any) -> Schedule:
+    """The config's schedule; a linear probe takes `probe_learning_rate`."""
+    probe = cell.strategy == "linear_probe"
+    return Schedule(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.probe_learning_rate if probe else config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_fraction=config.warmup_fraction,
+        log_every=config.log_every,
+    )
+
+
+def fit_cell(
+    config: Any,
+    cell: Any,
+    init: str,
+    seed: int,
+    model: Any,
+    batch_loss: Callable[[list[int]], torch.Tensor],
+    num_examples: int,
+    evaluate: Callable[[], dict[str, Any]],
+    progress: ProgressTarget | None,
+) -> TrainResult:
+    return train(
+        model,
+        batch_loss,
+        num_examples,
+        cell_schedule(config, cell),
+        seed,
+        evaluate,
+        progress,
+        label=f"{config.id} {cell.label} {init}",
+        evaluate_each_epoch=config.evaluates_each_epoch,
+    )
+
+
+def cell_metrics(
+    config: Any,
+    cell: Any,
+    init: str,
+    seed: int,
+    result: TrainResult,
+    *,
+    family: str,
+    input_format: str,
+    train_size: int,
+    dev_size: int,
+    dev_source: str,
+    skipped: dict[str, list[str]],
+    model: Any,
+    trainable_parameters: int,
+) -> dict[str, Any]:
+    """The keys every fine-tune cell reports; tasks add their own."""
+    target = config.target
+    reached = epochs_to_target(result.epoch_metrics, target.metric, target.value) if target else None
+    return {
+        "task": config.id,
+        "task_type": config.type,
+        "strategy": cell.strategy,
+        "init": init,
+        "model_family": family,
+        "input_format": input_format,
+        "requested_train_size": cell.train_size or "all",
+        "train_size": train_size,
+        "seed_index": cell.seed_index,
+        "seed": seed,
+        "primary_metric": config.metrics[0],
+        **{name: value for name, value in result.epoch_metrics[-1].items() if name.startswith("dev_")},
+        "dev_size": dev_size,
+        "dev_source": dev_source,
+        "skipped_rows": {split: len(notes) for split, notes in skipped.items()},
+        "skipped_examples": {split: notes[:5] for split, notes in skipped.items() if notes},
+        "epochs": config.epochs,
+        "num_steps": int(result.curve[-1][0]),
+        "epoch_metrics": result.epoch_metrics,
+        "target": target.model_dump() if target else None,
+        "epochs_to_target": reached,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": trainable_parameters,
+        "initial_train_loss": result.curve[0][1],
+        # Mean of the last (up to) 10 logged losses: one batch's loss is noisy.
+        "final_train_loss": sum(loss for _, loss in result.curve[-10:]) / len(result.curve[-10:]),
+    }
+
+
+def write_cell(
+    output_dir: Path, metrics: dict[str, Any], result: TrainResult, began: float
+) -> dict[str, Any]:
+    """loss_curve.json, metrics.json (content) and telemetry (epoch and target seconds); returns
+    what the stage records: the metrics plus those timings and the curve."""
+    from lmforge.tasks.modeling import write_json, write_metrics
+
+    reached = metrics.get("epochs_to_target")
+    write_json(output_dir / "loss_curve.json", result.curve)
+    timing = {
+        "epoch_seconds": result.epoch_seconds,
+        "target_reached_seconds": result.epoch_seconds[reached - 1] if reached else None,
+    }
+    written = write_metrics(output_dir, metrics, time.perf_counter() - began, extra_telemetry=timing)
+    return {**written, **timing, "loss_curve": result.curve}

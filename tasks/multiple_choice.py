@@ -50,15 +50,15 @@ from lmforge.tasks.config import Cell, MultipleChoiceConfig
 from lmforge.tasks.finetune import (
     IGNORE_INDEX,
     Init,
-    Schedule,
-    epochs_to_target,
+    cell_metrics,
+    fit_cell,
     instantiate,
     pad_right,
     seeded_order,
-    train,
     with_eos,
+    write_cell,
 )
-from lmforge.tasks.modeling import load_tokenizer, max_positions, write_json, write_metrics
+from lmforge.tasks.modeling import load_tokenizer, max_positions, write_json
 from lmforge.tasks.readers import (
     Table,
     attach_labels,
@@ -562,72 +562,33 @@ def run_multiple_choice(
     def evaluate() -> dict[str, Any]:
         return choice_metrics(dev_scores(head, dev_items, config.batch_size), dev_gold)
 
-    probe = cell.strategy == "linear_probe"
-    schedule = Schedule(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.probe_learning_rate if probe else config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_fraction=config.warmup_fraction,
-        log_every=config.log_every,
-    )
-    label = f"{config.id} {cell.label} {init}"
-    result = train(
-        head.model,
-        batch_loss,
-        len(train_rows),
-        schedule,
-        seed,
-        evaluate,
-        progress,
-        label,
-        evaluate_each_epoch=config.evaluates_each_epoch,
-    )
-    target = config.target
-    reached = epochs_to_target(result.epoch_metrics, target.metric, target.value) if target else None
+    result = fit_cell(config, cell, init, seed, head.model, batch_loss, len(train_rows), evaluate, progress)
     positions = range(data.num_options)
     metrics: dict[str, Any] = {
-        "task": config.id,
-        "task_type": config.type,
-        "strategy": cell.strategy,
-        "init": init,
-        "model_family": family,
-        "input_format": head.input_format,
-        "requested_train_size": cell.train_size or "all",
-        "train_size": len(train_rows),
-        "seed_index": cell.seed_index,
-        "seed": seed,
+        **cell_metrics(
+            config,
+            cell,
+            init,
+            seed,
+            result,
+            family=family,
+            input_format=head.input_format,
+            train_size=len(train_rows),
+            dev_size=len(data.dev),
+            dev_source=data.dev_source,
+            skipped=data.skipped,
+            model=head.model,
+            trainable_parameters=head.trainable_parameters,
+        ),
+        **head.meta,
         "num_options": data.num_options,
-        "primary_metric": config.metrics[0],
-        **{name: value for name, value in result.epoch_metrics[-1].items() if name.startswith("dev_")},
         "dev_chance_accuracy": 1 / data.num_options,
         # Always answering the dev set's most frequent position: a position bias would reach this.
         "dev_majority_baseline_accuracy": max(dev_gold.count(k) for k in positions) / len(dev_gold),
-        "dev_size": len(data.dev),
-        "dev_source": data.dev_source,
         "train_label_counts": [sum(q.label == k for q in train_rows) for k in positions],
-        "skipped_rows": {split: len(notes) for split, notes in data.skipped.items()},
-        "skipped_examples": {split: notes[:5] for split, notes in data.skipped.items() if notes},
-        "epochs": config.epochs,
-        "num_steps": int(result.curve[-1][0]),
-        "epoch_metrics": result.epoch_metrics,
-        "target": target.model_dump() if target else None,
-        "epochs_to_target": reached,
-        "num_parameters": sum(p.numel() for p in head.model.parameters()),
-        "trainable_parameters": head.trainable_parameters,
-        **head.meta,
-        "initial_train_loss": result.curve[0][1],
-        # Mean of the last (up to) 10 logged losses: one batch's loss is noisy.
-        "final_train_loss": sum(loss for _, loss in result.curve[-10:]) / len(result.curve[-10:]),
     }
     if config.save_model:
         head.save(output_dir / "model")
         task_meta = {"task": config.id, "input_format": head.input_format, "family": family}
         write_json(output_dir / "model" / TASK_META_FILE, {**task_meta, "num_options": data.num_options})
-    write_json(output_dir / "loss_curve.json", result.curve)
-    timing = {
-        "epoch_seconds": result.epoch_seconds,
-        "target_reached_seconds": result.epoch_seconds[reached - 1] if reached else None,
-    }
-    written = write_metrics(output_dir, metrics, time.perf_counter() - began, extra_telemetry=timing)
-    return {**written, **timing, "loss_curve": result.curve}
+    return write_cell(output_dir, metrics, result, began)

@@ -103,9 +103,9 @@ def read_table(
         if detected == "parquet":
             table = _read_parquet(file, key)
         elif detected == "jsonl":
-            table = _read_jsonl(str(file), _read_text(file, key))
+            table = _read_jsonl(str(file), read_text(file, key))
         else:
-            table = _read_delimited(str(file), _read_text(file, key), detected, header)
+            table = _read_delimited(str(file), read_text(file, key), detected, header)
     if not table.rows:
         shown = "; ".join(table.skipped[:SHOWN_SKIPPED])
         more = (
@@ -117,7 +117,8 @@ def read_table(
     return table
 
 
-def _read_text(file: Path, key: str) -> str:
+def read_text(file: Path, key: str) -> str:
+    """A data file's text: gzip undone, UTF-8 (a BOM dropped); errors name the file and line."""
     raw = file.read_bytes()
     if file.name.lower().endswith(".gz"):
         try:
@@ -419,7 +420,7 @@ def _as_int(value: Any) -> int | None:
 def read_label_file(path: str, data_dir: Path | None, key: str) -> list[str]:
     """One stripped label per line; trailing blank lines are ignored, a blank line among labels is an error."""
     file = resolve_file(path, data_dir, key)
-    labels = [line.strip() for line in _read_text(file, key).split("\n")]
+    labels = [line.strip() for line in read_text(file, key).split("\n")]
     while labels and not labels[-1]:
         labels.pop()
     if not labels:

@@ -17,7 +17,6 @@ rules, exactly as seqeval's default mode (conlleval) does, and by word accuracy.
 
 from __future__ import annotations
 
-import gzip
 import json
 import time
 from collections import Counter
@@ -39,17 +38,17 @@ from lmforge.tasks.data import load_hub_split, parse_hf_uri
 from lmforge.tasks.finetune import (
     IGNORE_INDEX,
     Init,
-    Schedule,
-    epochs_to_target,
+    cell_metrics,
+    fit_cell,
     freeze_all_but,
     instantiate,
     new_parameter_names,
     pad_right,
     seeded_order,
-    train,
+    write_cell,
 )
-from lmforge.tasks.modeling import boundary_token_id, load_tokenizer, max_positions, write_json, write_metrics
-from lmforge.tasks.readers import Table, carve_split, column_name, read_table
+from lmforge.tasks.modeling import boundary_token_id, load_tokenizer, max_positions, write_json
+from lmforge.tasks.readers import Table, carve_split, column_name, read_table, read_text
 
 log = get_logger(__name__)
 OUTSIDE = "O"
@@ -148,20 +147,6 @@ class TaskData:
     dev_source: str
     skipped: dict[str, list[str]] = field(default_factory=dict)
     schemes: dict[str, str] = field(default_factory=dict)  # the scheme each split was read in
-
-
-def read_text(file: Path, key: str) -> str:
-    raw = file.read_bytes()
-    if file.name.lower().endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise DataError(f"{key}: {file} is not a readable gzip file ({err})") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(f"{key}: {file}:{line}: not UTF-8; convert the file to UTF-8") from None
 
 
 def conll_column(column: int, width: int, key: str, source: str) -> int:
@@ -604,65 +589,33 @@ def run_token_classification(
         gold = targets(batch, [train_tags[i] for i in chosen], logits.shape[1])
         return F.cross_entropy(logits.flatten(0, 1), gold.flatten(), ignore_index=IGNORE_INDEX)
 
-    schedule = Schedule(
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.probe_learning_rate if tagger.probe else config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_fraction=config.warmup_fraction,
-        log_every=config.log_every,
-    )
     evaluate = make_evaluate(tagger, data.dev, encoded["dev"], data.labels, config.batch_size)
-    label = f"{config.id} {cell.label} {init}"
-    result = train(
-        tagger.model,
-        batch_loss,
-        len(train_rows),
-        schedule,
-        seed,
-        evaluate,
-        progress,
-        label,
-        evaluate_each_epoch=config.evaluates_each_epoch,
-    )
-    target = config.target
-    reached = epochs_to_target(result.epoch_metrics, target.metric, target.value) if target else None
+    result = fit_cell(config, cell, init, seed, tagger.model, batch_loss, len(train_rows), evaluate, progress)
     metrics: dict[str, Any] = {
-        "task": config.id,
-        "task_type": config.type,
-        "strategy": cell.strategy,
-        "init": init,
-        "model_family": family,
-        "input_format": tagger.input_format,
+        **cell_metrics(
+            config,
+            cell,
+            init,
+            seed,
+            result,
+            family=family,
+            input_format=tagger.input_format,
+            train_size=len(train_rows),
+            dev_size=len(data.dev),
+            dev_source=data.dev_source,
+            skipped=data.skipped,
+            model=tagger.model,
+            trainable_parameters=tagger.trainable_parameters,
+        ),
         "max_length": tagger.max_length,
-        "requested_train_size": cell.train_size or "all",
-        "train_size": len(train_rows),
         "train_words": sum(len(s.words) for s in train_rows),
-        "seed_index": cell.seed_index,
-        "seed": seed,
         "labels": data.labels,
         "scheme": data.schemes,
-        "primary_metric": config.metrics[0],
-        **{name: value for name, value in result.epoch_metrics[-1].items() if name.startswith("dev_")},
-        "dev_size": len(data.dev),
         "dev_words": sum(len(s.words) for s in data.dev),
-        "dev_source": data.dev_source,
         # Words past max_length: never trained on; predicted "O" (and scored) on the dev set.
         "truncated_words": {
             split: sum(p is None for row in rows for p in row.positions) for split, rows in encoded.items()
         },
-        "skipped_rows": {split: len(notes) for split, notes in data.skipped.items()},
-        "skipped_examples": {split: notes[:5] for split, notes in data.skipped.items() if notes},
-        "epochs": config.epochs,
-        "num_steps": int(result.curve[-1][0]),
-        "epoch_metrics": result.epoch_metrics,
-        "target": target.model_dump() if target else None,
-        "epochs_to_target": reached,
-        "num_parameters": sum(p.numel() for p in tagger.model.parameters()),
-        "trainable_parameters": tagger.trainable_parameters,
-        "initial_train_loss": result.curve[0][1],
-        # Mean of the last (up to) 10 logged losses: one batch's loss is noisy.
-        "final_train_loss": sum(loss for _, loss in result.curve[-10:]) / len(result.curve[-10:]),
     }
     if config.save_model:
         tagger.model.save_pretrained(output_dir / "model")
@@ -674,10 +627,4 @@ def run_token_classification(
             "family": family,
         }
         write_json(output_dir / "model" / TASK_META_FILE, meta)
-    write_json(output_dir / "loss_curve.json", result.curve)
-    timing = {
-        "epoch_seconds": result.epoch_seconds,
-        "target_reached_seconds": result.epoch_seconds[reached - 1] if reached else None,
-    }
-    written = write_metrics(output_dir, metrics, time.perf_counter() - began, extra_telemetry=timing)
-    return {**written, **timing, "loss_curve": result.curve}
+    return write_cell(output_dir, metrics, result, began)
