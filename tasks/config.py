@@ -184,6 +184,11 @@ class GridTaskConfig(TaskConfig):
             raise ValueError(
                 f"target.metric {self.target.metric!r} is not one of this task's metrics: {', '.join(self.metrics)}"
             )
+        if self.target is not None and self.eval_every_epoch is False:
+            raise ValueError(
+                "a target needs the dev set scored after every epoch (the first epoch that reaches it): "
+                "drop eval_every_epoch: false"
+            )
         return self
 
     def cells(self) -> list[Cell]:

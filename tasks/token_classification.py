@@ -162,9 +162,14 @@ def parse_conll(
     text: str, source: str, config: TokenClassificationConfig, key: str
 ) -> tuple[list[Sentence], list[str]]:
     """Sentences of a CoNLL file: one word per line, fields split on whitespace, blank lines between
-    sentences, `-DOCSTART-` lines skipped. A line whose field count differs from the file's usual
-    count is listed, and its sentence left out (a word short would shift its tags)."""
+    sentences, `-DOCSTART-` lines skipped, and so are comment lines (`# id = ...`, as CoNLL-U and
+    MultiCoNER write them: a `#` line whose field count is not the file's). A line whose field
+    count differs from the file's usual count is listed, and its sentence left out (a word short
+    would shift its tags)."""
     lines = [(number, line.split()) for number, line in enumerate(text.split("\n"), start=1)]
+    usual = Counter(len(fields) for _, fields in lines if fields and not fields[0].startswith("#"))
+    common = max(usual.items(), key=lambda item: (item[1], item[0]))[0] if usual else 0
+    lines = [(n, f) for n, f in lines if not (f and f[0].startswith("#") and len(f) != common)]
     counts = Counter(len(fields) for _, fields in lines if fields and fields[0] != DOCSTART)
     if not counts:
         raise DataError(

@@ -432,3 +432,14 @@ def test_real_conll2003_validation_file():
     assert len(data.train) + len(data.dev) == 3250 and data.skipped == {"train": []}
     assert data.schemes == {"train": "iob1"} and data.labels[0] == "O" and len(data.labels) == 9
     assert sum(len(s.words) for s in data.train + data.dev) == 51362  # lines, less -DOCSTART- and blank ones
+
+
+def test_comment_lines_are_skipped(tmp_path):
+    """CoNLL-U / MultiCoNER files put `# id = ...` lines before sentences; a `#` word line stays."""
+    from lmforge.tasks.config import TokenClassificationConfig
+    from lmforge.tasks.token_classification import parse_conll
+
+    text = "# id = 1\nEU B-ORG\nrejects O\n# O\n\n# id = 2 domain = x\nPeter B-PER\n"
+    config = TokenClassificationConfig(train_path="x.conll")
+    sentences, skipped = parse_conll(text, "x.conll", config, "k")
+    assert [s.words for s in sentences] == [("EU", "rejects", "#"), ("Peter",)] and skipped == []
