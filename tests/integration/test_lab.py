@@ -74,8 +74,8 @@ def test_report_opens_with_a_measured_comparison_table(lab_run):
         "inference FLOPs per generated token",
         "peak host memory per worker (GiB, RSS)",
         "validation loss (own objective)",
-        "SST-2 fine-tune accuracy, pretrained init",
-        "SST-2 fine-tune accuracy, random init",
+        "SST-2 fine-tune accuracy, pretrained init (largest train size)",
+        "SST-2 fine-tune accuracy, random init (largest train size)",
     ):
         assert all(cell.strip(" |") != "n/a" for cell in rows[measured]), (measured, rows[measured])
     icl = rows["SST-2 ICL accuracy by k"]
