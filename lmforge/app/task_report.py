@@ -23,8 +23,16 @@ INITS = ("pretrained", "random")
 STAGE_PATTERN = re.compile(
     r"finetune/(?P<task>[^/]+)/(?P<strategy>\w+)-(?P<size>all|\d+)-s(?P<seed>\d+)/(?P<init>\w+)"
 )
-# Dev keys that are not task scores: sizes, the baseline (drawn as a line) and the loss (in the curves).
-NOT_SCORES = ("dev_size", "dev_majority_baseline_accuracy", "dev_chance_accuracy", "dev_loss", "dev_source")
+# Dev keys that are not task scores: sizes and counts, the baselines (drawn as lines), the loss.
+NOT_SCORES = (
+    "dev_size",
+    "dev_majority_baseline_accuracy",
+    "dev_chance_accuracy",
+    "dev_loss",
+    "dev_source",
+    "dev_words",
+    "dev_windows",
+)
 INIT_COLOURS = {"pretrained": "tab:blue", "random": "tab:orange"}
 
 
