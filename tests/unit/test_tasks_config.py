@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -170,3 +171,29 @@ def test_tasks_preset_shares_every_stage_before_the_fan_out_with_the_demo():
         assert getattr(tasks, section) == getattr(demo, section), section
     types = {task.type for task in tasks.finetune.tasks} | {task.type for task in tasks.evaluation.tasks}
     assert {"sst2", "token_classification", "extractive_qa", "icl_classification", "perplexity"} <= types
+
+
+def test_tasks_preset_reuses_every_fan_out_stage_of_the_demo():
+    """Each of the demo's fine-tune cells and evaluations has the same recipe config in
+    configs/tasks.yaml (the grid fields are operational, so a larger grid still matches)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from lmforge.app.config import PipelineConfig
+    from lmforge.core.configbase import identity_view, load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    tasks, demo = (load_config(PipelineConfig, configs / f"{name}.yaml") for name in ("tasks", "demo"))
+
+    def cells(config: PipelineConfig) -> set[str]:
+        return {
+            json.dumps([identity_view(task), asdict(cell)], sort_keys=True)
+            for task in config.finetune.tasks
+            for cell in task.cells()
+        }
+
+    def evals(config: PipelineConfig) -> set[str]:
+        return {json.dumps(identity_view(task), sort_keys=True) for task in config.evaluation.tasks}
+
+    assert cells(demo) and cells(demo) <= cells(tasks)
+    assert evals(demo) and evals(demo) <= evals(tasks)
