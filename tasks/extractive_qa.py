@@ -130,8 +130,15 @@ class QaExample:
     question: str
     context: str
     references: tuple[str, ...]  # every reference answer's text (what the metric compares with)
-    answer_start: int  # the first locatable answer's character span: the training target
+    # The first locatable answer's character span: the training target. -1 where no reference is
+    # found in the context: such a question can be scored (by its references' texts, as the official
+    # script does), never trained on.
+    answer_start: int
     answer_end: int
+
+    @property
+    def located(self) -> bool:
+        return self.answer_start >= 0
 
 
 @dataclass
@@ -141,6 +148,7 @@ class QaData:
     dev_source: str
     skipped: dict[str, list[str]] = field(default_factory=dict)
     realigned: dict[str, int] = field(default_factory=dict)  # answers found a few characters away
+    unlocated_dev: int = 0  # dev questions scored although no reference was found in the context
 
 
 def squad_records(document: Any, source: str) -> list[Record]:
@@ -257,7 +265,8 @@ def locate(context: str, text: str, start: int) -> int | None:
 
 
 def example_of(record: Record) -> tuple[QaExample | str, bool]:
-    """(the checked example, or why it is left out; whether its answer was found off its start)."""
+    """(the checked example, or why it is left out; whether its answer was found off its start).
+    An example none of whose answers is found has no span (`located` false)."""
     named = f"{record.where} (id {record.id})"
     question = record.question.strip() if isinstance(record.question, str) else ""
     context = record.context if isinstance(record.context, str) else ""
@@ -266,20 +275,33 @@ def example_of(record: Record) -> tuple[QaExample | str, bool]:
     references = tuple(t for t, _ in record.answers if isinstance(t, str) and t.strip())
     if not references:
         return f"{named}: no answer text", False
+    group = str(record.title) if record.title not in (None, "") else f"{UNTITLED}{context}"
     for text, start in record.answers:
         if not isinstance(text, str) or not text.strip() or not isinstance(start, int | float):
             continue
         found = locate(context, text, int(start))
         if found is not None:
-            group = str(record.title) if record.title not in (None, "") else f"{UNTITLED}{context}"
             example = QaExample(record.id, group, question, context, references, found, found + len(text))
             return example, found != int(start)
+    return QaExample(record.id, group, question, context, references, -1, -1), False
+
+
+def unlocated_note(record: Record) -> str:
     text, start = record.answers[0]
-    return f"{named}: answer {text!r} not found at answer_start {start!r} nor near it", False
+    return (
+        f"{record.where} (id {record.id}): answer {text!r} not found at answer_start {start!r} "
+        "nor near it (no training target)"
+    )
 
 
-def examples_from(records: list[Record]) -> tuple[list[QaExample], list[str], int]:
-    examples, skipped, realigned = [], [], 0
+def without_unlocated(examples: list[QaExample], notes: dict[str, str]) -> tuple[list[QaExample], list[str]]:
+    """(the examples that have a training span, the notes of those that do not)."""
+    return [e for e in examples if e.located], [notes[e.id] for e in examples if not e.located]
+
+
+def examples_from(records: list[Record]) -> tuple[list[QaExample], list[str], int, dict[str, str]]:
+    """(examples, why records were left out, answers realigned, a note per unlocated example)."""
+    examples, skipped, realigned, unlocated = [], [], 0, {}
     for record in records:
         example, shifted = example_of(record)
         if isinstance(example, str):
@@ -287,7 +309,9 @@ def examples_from(records: list[Record]) -> tuple[list[QaExample], list[str], in
         else:
             examples.append(example)
             realigned += shifted
-    return examples, skipped, realigned
+            if not example.located:
+                unlocated[example.id] = unlocated_note(record)
+    return examples, skipped, realigned, unlocated
 
 
 def carve_by_group(
@@ -318,14 +342,18 @@ def carve_by_group(
 def load_qa_data(config: ExtractiveQaConfig, data_dir: Path | None, key: str) -> QaData:
     """Train and dev questions; dev from dev_path, or whole articles carved out of train_path."""
     records, notes = read_records(config, config.train_path, data_dir, f"{key}.train_path", "train")
-    train_examples, train_skipped, train_realigned = examples_from(records)
+    train_examples, train_skipped, train_realigned, unlocated = examples_from(records)
     data = QaData(train_examples, [], "", {"train": notes + train_skipped}, {"train": train_realigned})
     if config.dev_path is None:
         data.train, data.dev, data.dev_source = carve_by_group(train_examples, config, key)
     else:
         records, notes = read_records(config, config.dev_path, data_dir, f"{key}.dev_path", "validation")
-        data.dev, dev_skipped, data.realigned["dev"] = examples_from(records)
+        data.dev, dev_skipped, data.realigned["dev"], _ = examples_from(records)
         data.skipped["dev"], data.dev_source = notes + dev_skipped, config.dev_path
+    # A training question needs its span; a dev question is scored by its references' texts even
+    # when none is found in the context (the official script scores it, usually 0).
+    data.train, untrainable = without_unlocated(data.train, unlocated)
+    data.skipped["train"] += untrainable
     for split, examples in (("train", data.train), ("dev", data.dev)):
         if not examples:
             reasons = "; ".join(data.skipped.get(split, [])[:3])
@@ -333,6 +361,7 @@ def load_qa_data(config: ExtractiveQaConfig, data_dir: Path | None, key: str) ->
     if config.max_dev_examples is not None and len(data.dev) > config.max_dev_examples:
         chosen = sorted(seeded_order(len(data.dev), config.split_seed)[: config.max_dev_examples])
         data.dev = [data.dev[i] for i in chosen]
+    data.unlocated_dev = sum(not e.located for e in data.dev)
     return data
 
 
@@ -658,6 +687,7 @@ def run_extractive_qa(
         "n_best": N_BEST,
         "truncated_questions": {"train": train_cut, "dev": dev_cut},
         "realigned_answers": data.realigned,
+        "unlocated_dev_answers": data.unlocated_dev,
     }
     if config.save_model:
         reader.model.save_pretrained(output_dir / "model")

@@ -1,7 +1,8 @@
 """Token classification (NER, chunking, POS): a tag for every word of a sentence.
 
 One cell of a task's grid (strategy, train size, seed) for one init. Words are encoded one at a time
-and each word's tag is learnt and predicted on its first sub-token (the others are never targets).
+and each word's tag is learnt and predicted on its first sub-token that is not a bare word-start
+marker (the others are never targets).
 Heads: Hugging Face's `AutoModelForTokenClassification` for every paradigm, a linear classifier
 over per-token states:
 
@@ -393,6 +394,16 @@ def word_pieces(tokenizer: Any, words: list[tuple[str, ...]]) -> list[list[list[
     return result
 
 
+def bare_markers(tokenizer: Any) -> frozenset[int]:
+    """The ids of tokens that are only a word-start marker or whitespace (byte-level BPE's "Ġ",
+    SentencePiece's "▁"): a word split as "▁" + "1996" is tagged on "1996", since the marker alone
+    says nothing of the word."""
+    special = set(tokenizer.all_special_ids)
+    return frozenset(
+        i for i in range(len(tokenizer)) if i not in special and not tokenizer.decode([i]).strip()
+    )
+
+
 @dataclass(frozen=True)
 class Encoded:
     """One sentence's input ids and, per word, the position of its first sub-token (None: the word
@@ -402,8 +413,15 @@ class Encoded:
     positions: list[int | None]
 
 
-def encode(pieces: list[list[int]], prefix: list[int], suffix: list[int], max_length: int) -> Encoded:
-    """`prefix + sub-tokens + suffix`, the sub-tokens cut so the whole fits max_length."""
+def encode(
+    pieces: list[list[int]],
+    prefix: list[int],
+    suffix: list[int],
+    max_length: int,
+    markers: frozenset[int] = frozenset(),
+) -> Encoded:
+    """`prefix + sub-tokens + suffix`, the sub-tokens cut so the whole fits max_length. A word's
+    position is its first sub-token that is not a bare marker (its first, if all are)."""
     budget = max_length - len(prefix) - len(suffix)
     ids = list(prefix)
     positions: list[int | None] = []
@@ -412,8 +430,9 @@ def encode(pieces: list[list[int]], prefix: list[int], suffix: list[int], max_le
         if not word or room <= 0:
             positions.append(None)
             continue
-        positions.append(len(ids))
-        ids += word[:room]
+        kept = word[:room]
+        positions.append(len(ids) + next((i for i, piece in enumerate(kept) if piece not in markers), 0))
+        ids += kept
     return Encoded(ids + suffix, positions)
 
 
@@ -432,6 +451,7 @@ class Tagger:
     probe: bool
     trainable_parameters: int
     input_format: str
+    markers: frozenset[int] = frozenset()
 
     def logits(self, batch: list[Encoded]) -> torch.Tensor:
         """(batch, width, labels) logits; a probe's body runs frozen, in eval mode, without gradients."""
@@ -487,7 +507,18 @@ def build_tagger(
         limit = config_max
     if limit <= len(prefix) + len(suffix):
         raise ConfigError(f"max_length {limit} leaves no room for words after {form}'s special tokens")
-    return Tagger(model, tokenizer, prefix, suffix, tokenizer.pad_token_id, limit, probe, trainable, form)
+    return Tagger(
+        model,
+        tokenizer,
+        prefix,
+        suffix,
+        tokenizer.pad_token_id,
+        limit,
+        probe,
+        trainable,
+        form,
+        bare_markers(tokenizer),
+    )
 
 
 def layout(tokenizer: Any, family: str, model_dir: Path) -> tuple[list[int], list[int], str]:
@@ -581,7 +612,7 @@ def run_token_classification(
     index = {name: i for i, name in enumerate(data.labels)}
     encoded = {
         split: [
-            encode(pieces, tagger.prefix, tagger.suffix, tagger.max_length)
+            encode(pieces, tagger.prefix, tagger.suffix, tagger.max_length, tagger.markers)
             for pieces in word_pieces(tagger.tokenizer, [s.words for s in rows])
         ]
         for split, rows in (("train", train_rows), ("dev", data.dev))

@@ -287,11 +287,12 @@ def run_harness(config: HarnessConfig) -> dict[str, Any]:
     shutil.rmtree(folder / "datasets_cache", ignore_errors=True)
     summary = {
         "run_id": config.run_id,
-        "model_dir": str(model_dir),
+        # Named by content and relative to this file, so the result reads the same on every machine.
+        "model": record["stages"]["pretrain"]["artifact_id"],
         "lm_eval_version": version,
         "boundary_token": boundary_text(tokenizer) or None,
         "seed": int((record.get("config") or {}).get("seed", 0)),
-        "task_folder": str(folder),
+        "task_folder": TASKS_FOLDER,
         "results": results,
     }
     write_json_atomic(out / RESULT_FILE, summary)

@@ -175,12 +175,17 @@ def test_misplaced_answers_are_realigned_or_skipped_never_fatal(tmp_path):
     assert data.train[0].context[data.train[0].answer_start :].startswith(data.train[0].references[0])
     notes = data.skipped["train"]
     assert len(notes) == 2
+    assert notes[0].endswith("(id q1-0): empty question")
     # Named by the config's path string (not the resolved file) and the question id.
-    assert notes[0] == (
+    assert notes[1] == (
         "d.json data[0].paragraphs[1].qas[0] (id q0-1): answer 'not in the context' not found at "
-        "answer_start 5 nor near it"
+        "answer_start 5 nor near it (no training target)"
     )
-    assert notes[1].endswith("(id q1-0): empty question")
+    # The dev set keeps the question whose answer is not in its context: the official script scores
+    # it (by the references' texts), so leaving it out would inflate the scores.
+    assert [e.id for e in data.dev] == ["q0-0", "q0-1", "q1-1"]
+    assert [e.located for e in data.dev] == [True, False, True] and data.unlocated_dev == 1
+    assert data.skipped["dev"] == [notes[0]]
     assert data.dev_source == "d.json"
 
 

@@ -18,6 +18,7 @@ from lmforge.tasks import FINETUNE_TASKS
 from lmforge.tasks.config import Cell, TokenClassificationConfig
 from lmforge.tasks.modeling import load_tokenizer
 from lmforge.tasks.token_classification import (
+    bare_markers,
     encode,
     entities,
     load_task_data,
@@ -259,6 +260,21 @@ def test_truncation_counts_specials_and_keeps_first_sub_tokens():
     pieces = [[5, 6], [7], [8, 9, 10], [11]]
     encoded = encode(pieces, [1], [2], 6)  # room for 4 sub-tokens: words 1-2 whole, word 3 cut
     assert encoded.ids == [1, 5, 6, 7, 8, 2] and encoded.positions == [1, 3, 4, None]
+
+
+def test_a_bare_word_start_marker_is_not_the_tagged_sub_token(gpt2_dir):
+    pieces = [[5, 6], [3, 7], [3], [3, 8, 9]]
+    # 3 is a bare marker: the word [3, 7] is tagged on 7; a word that is only a marker on it.
+    encoded = encode(pieces, [1], [2], 8, markers=frozenset({3}))
+    assert encoded.ids == [1, 5, 6, 3, 7, 3, 3, 2] and encoded.positions == [1, 4, 5, 6]
+    tokenizer = load_tokenizer(gpt2_dir)
+    markers = bare_markers(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("Ġ") in markers
+    assert all(not tokenizer.decode([i]).strip() for i in markers)
+    assert (
+        tokenizer.convert_tokens_to_ids("Ġthe") not in markers
+        and not set(tokenizer.all_special_ids) & markers
+    )
 
 
 # ---------------------------------------------------------------------------------------------
