@@ -332,8 +332,10 @@ def reference_ids(family: str, tokenizer, words) -> tuple[list[int], list[int]]:
     ids, firsts = list(prefix), []
     for index, word in enumerate(words):
         text = " " + word if family == "causal" and index else word
-        firsts.append(len(ids))
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # The first piece that decodes to more than whitespace (a bare "Ġ" or "▁" is skipped).
+        firsts.append(len(ids) + next((i for i, p in enumerate(pieces) if tokenizer.decode([p]).strip()), 0))
+        ids += pieces
     return ids + suffix, firsts
 
 
