@@ -148,7 +148,6 @@ class QaData:
     dev_source: str
     skipped: dict[str, list[str]] = field(default_factory=dict)
     realigned: dict[str, int] = field(default_factory=dict)  # answers found a few characters away
-    unlocated_dev: int = 0  # dev questions scored although no reference was found in the context
 
 
 def squad_records(document: Any, source: str) -> list[Record]:
@@ -361,7 +360,6 @@ def load_qa_data(config: ExtractiveQaConfig, data_dir: Path | None, key: str) ->
     if config.max_dev_examples is not None and len(data.dev) > config.max_dev_examples:
         chosen = sorted(seeded_order(len(data.dev), config.split_seed)[: config.max_dev_examples])
         data.dev = [data.dev[i] for i in chosen]
-    data.unlocated_dev = sum(not e.located for e in data.dev)
     return data
 
 
@@ -687,7 +685,7 @@ def run_extractive_qa(
         "n_best": N_BEST,
         "truncated_questions": {"train": train_cut, "dev": dev_cut},
         "realigned_answers": data.realigned,
-        "unlocated_dev_answers": data.unlocated_dev,
+        "unlocated_dev_answers": sum(not e.located for e in data.dev),
     }
     if config.save_model:
         reader.model.save_pretrained(output_dir / "model")

@@ -406,8 +406,9 @@ def bare_markers(tokenizer: Any) -> frozenset[int]:
 
 @dataclass(frozen=True)
 class Encoded:
-    """One sentence's input ids and, per word, the position of its first sub-token (None: the word
-    was cut by max_length or has no sub-token; it is predicted "O")."""
+    """One sentence's input ids and, per word, the position of its tagged sub-token (the first that
+    is not a bare marker; None: the word was cut by max_length or has no sub-token; it is predicted
+    "O")."""
 
     ids: list[int]
     positions: list[int | None]
@@ -451,7 +452,7 @@ class Tagger:
     probe: bool
     trainable_parameters: int
     input_format: str
-    markers: frozenset[int] = frozenset()
+    markers: frozenset[int]  # bare word-start markers, never a word's tagged sub-token
 
     def logits(self, batch: list[Encoded]) -> torch.Tensor:
         """(batch, width, labels) logits; a probe's body runs frozen, in eval mode, without gradients."""
