@@ -4,7 +4,7 @@
 
 OURS is `corpus.clean_corpus` (Ray Data, one read task per file, on a local Ray runtime with every
 core). BASELINE is the same work in one process and a plain loop: the corpus package's own reader,
-`normalize_text`, `first_drop_reason`, blake2b exact dedup and `PartWriter`, file by file. Both read
+`normalize_text`, `apply_filters`, blake2b exact dedup and `PartWriter`, file by file. Both read
 the 30 enwiki_extract files with the demo's corpus config; the benchmark fails unless both write
 byte-identical Parquet parts. Runs alternate (baseline, ours) after one cold Ray run; Ray start-up
 (`ray.init`) and the cold run (worker processes starting) are reported apart from the warm runs.
@@ -23,7 +23,7 @@ from typing import Any
 import common
 
 from lmforge.corpus import READERS, CorpusConfig, clean_corpus
-from lmforge.corpus.filters import first_drop_reason
+from lmforge.corpus.filters import apply_filters
 from lmforge.corpus.inputs import work_items
 from lmforge.corpus.normalize import normalize_text
 from lmforge.corpus.stats import CleanStats
@@ -34,23 +34,29 @@ def serial_clean(config: CorpusConfig, data_dir: Path, output_dir: Path) -> dict
     """The baseline: clean_corpus's read + normalize + filter + dedup + write, in one plain loop."""
     if config.max_documents is not None or any(source.max_documents for source in config.sources):
         raise ValueError("the serial baseline does not implement document caps")
-    stats = CleanStats([source.path for source in config.sources])
+    stats = CleanStats([source.path for source in config.sources], [f.name for f in config.filters])
     writer = PartWriter(output_dir, config.rows_per_file)
     seen_digests: set[bytes] = set()
     for item in work_items(config, data_dir):
         source = config.sources[item.source_index]
         for record in READERS.get(source.format)(item.target, source):
-            text, reason = "", record.reason
+            text, reason, lines_removed = "", record.reason, ()
             if reason is None:
-                text = normalize_text(record.text or "", config.normalization)
-                reason = first_drop_reason(config.filters, text)
+                outcome = apply_filters(
+                    config.filters, normalize_text(record.text or "", config.normalization)
+                )
+                text, reason, lines_removed = outcome.text, outcome.reason, outcome.lines_removed
             if reason is None and config.dedup:
                 digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
                 if digest in seen_digests:
                     reason = "duplicate"
                 seen_digests.add(digest)
             stats.count(
-                item.source_index, reason, len(text) if reason is None else 0, record.reason is not None
+                item.source_index,
+                reason,
+                len(text) if reason is None else 0,
+                record.reason is not None,
+                lines_removed,
             )
             if reason is None:
                 writer.add(f"{item.source_index}/{item.name}/{record.key}", source.path, text)

@@ -17,7 +17,7 @@ import pyarrow as pa
 from lmforge.core.errors import ArtifactError
 from lmforge.core.logs import get_logger
 from lmforge.corpus.config import CorpusConfig
-from lmforge.corpus.filters import first_drop_reason
+from lmforge.corpus.filters import apply_filters
 from lmforge.corpus.inputs import WorkItem, work_items
 from lmforge.corpus.normalize import normalize_text
 from lmforge.corpus.readers import READERS
@@ -35,6 +35,7 @@ CHUNK_SCHEMA = pa.schema(
         ("reason", pa.string()),
         ("malformed", pa.bool_()),
         ("digest", pa.binary()),
+        ("lines_removed", pa.list_(pa.int32())),  # per filter, in config order
     ]
 )
 
@@ -59,7 +60,7 @@ def clean_corpus(config: CorpusConfig, data_dir: Path | None, output_dir: Path) 
         fn_kwargs={"config": config},
         batch_format="pyarrow",
     )
-    stats = CleanStats([source.path for source in config.sources])
+    stats = CleanStats([source.path for source in config.sources], [f.name for f in config.filters])
     writer = PartWriter(output_dir, config.rows_per_file)
     try:
         _consume(config, dataset, stats, writer)
@@ -79,7 +80,7 @@ def _consume(config: CorpusConfig, dataset: Any, stats: CleanStats, writer: Part
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         columns = {name: batch.column(name).to_pylist() for name in batch.column_names}
         records = zip(*(columns[name] for name in CHUNK_SCHEMA.names), strict=True)
-        for doc_id, source_index, text, reason, malformed, digest in records:
+        for doc_id, source_index, text, reason, malformed, digest, lines_removed in records:
             cap = source_caps[source_index]
             if cap is not None and stats.per_source[source_index].num_read >= cap:
                 continue
@@ -88,7 +89,7 @@ def _consume(config: CorpusConfig, dataset: Any, stats: CleanStats, writer: Part
                     reason = "duplicate"
                 else:
                     seen_digests.add(digest)
-            stats.count(source_index, reason or None, len(text), malformed)
+            stats.count(source_index, reason or None, len(text), malformed, lines_removed)
             if reason == KEPT:
                 writer.add(doc_id, config.sources[source_index].path, text)
             if config.max_documents is not None and stats.num_read >= config.max_documents:
@@ -102,11 +103,12 @@ def _read_and_filter(batch: Any, config: CorpusConfig) -> Iterator[pa.Table]:
     source = config.sources[item.source_index]
     limit = min(cap for cap in (source.max_documents, config.max_documents, float("inf")) if cap is not None)
     chunk: dict[str, list] = {name: [] for name in CHUNK_SCHEMA.names}
+    no_lines_removed = (0,) * len(config.filters)
     for num_records, record in enumerate(READERS.get(source.format)(item.target, source), start=1):
-        text, reason = "", record.reason
+        text, reason, lines_removed = "", record.reason, no_lines_removed
         if reason is None:
-            text = normalize_text(record.text or "", config.normalization)
-            reason = first_drop_reason(config.filters, text)
+            outcome = apply_filters(config.filters, normalize_text(record.text or "", config.normalization))
+            text, reason, lines_removed = outcome.text, outcome.reason, outcome.lines_removed
         chunk["doc_id"].append(f"{item.source_index}/{item.name}/{record.key}")
         chunk["source_index"].append(item.source_index)
         # Dropped texts are not shipped back to the driver; kept ones carry a digest for dedup.
@@ -116,6 +118,7 @@ def _read_and_filter(batch: Any, config: CorpusConfig) -> Iterator[pa.Table]:
         chunk["digest"].append(
             hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest() if reason is None else b""
         )
+        chunk["lines_removed"].append(lines_removed)
         if len(chunk["doc_id"]) >= RECORDS_PER_BATCH:
             yield pa.table(chunk, schema=CHUNK_SCHEMA)
             chunk = {name: [] for name in CHUNK_SCHEMA.names}

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from lmforge.core.configbase import StrictModel, operational
+
+# Importing the published filters registers them in FILTERS before the config union is built.
+from lmforge.corpus import c4_quality, gopher_quality  # noqa: F401
 from lmforge.corpus.filters import FILTERS, DocumentFilter, MinLength
 from lmforge.corpus.normalize import NormalizationForm
 from lmforge.infra.data_paths import is_hf_uri
@@ -124,11 +127,41 @@ def _default_filters() -> list[FilterConfig]:
     return [MinLength(min_words=20)]
 
 
+class NearDedupConfig(StrictModel):
+    """MinHash LSH near-duplicate removal (lmforge.corpus.near_dedup).
+
+    Defaults are datatrove's published ones: 5-word shingles, 14 bands x 8 rows = 112 permutations,
+    which pairs documents whose shingle Jaccard similarity is above about (1/14)^(1/8) = 0.72.
+    """
+
+    shingle_unit: Literal["word", "char"] = "word"
+    shingle_size: int = Field(default=5, ge=1)
+    num_perm: int = Field(default=112, ge=1)
+    bands: int = Field(default=14, ge=1)
+    rows: int = Field(default=8, ge=1)
+    seed: int = Field(default=1, ge=0)
+    # Band records (16 bytes each) one pair-finding task holds at once: the memory bound of that
+    # phase. The result does not depend on it.
+    max_records_in_memory: int = operational(4_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _bands_cover_the_permutations(self) -> NearDedupConfig:
+        if self.bands * self.rows != self.num_perm:
+            raise ValueError(
+                f"bands x rows must equal num_perm: {self.bands} x {self.rows} = "
+                f"{self.bands * self.rows}, num_perm is {self.num_perm}; set num_perm: "
+                f"{self.bands * self.rows} or change bands/rows"
+            )
+        return self
+
+
 class CorpusConfig(StrictModel):
     sources: list[SourceConfig] = Field(min_length=1)
     normalization: NormalizationForm = "NFKC"
     filters: list[FilterConfig] = Field(default_factory=_default_filters)
     dedup: bool = True
+    # Off by default; runs after filtering and exact dedup.
+    near_dedup: NearDedupConfig | None = None
     max_documents: int | None = Field(default=None, ge=1)
     rows_per_file: int = Field(default=20000, ge=1)
 

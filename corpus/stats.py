@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +24,28 @@ class SourceCounts:
 
 
 class CleanStats:
-    def __init__(self, source_paths: list[str]) -> None:
+    def __init__(self, source_paths: list[str], filter_names: Sequence[str] = ()) -> None:
         self.per_source = [SourceCounts(path) for path in source_paths]
+        self.filter_names = list(filter_names)
+        # Lines that line-level filters removed from the documents they passed on, per filter name.
+        self.lines_removed: Counter = Counter()
         self.num_chars_kept = 0
         self.num_output_files = 0
         self._last_log = time.monotonic()
 
-    def count(self, source_index: int, reason: str | None, num_chars: int, malformed: bool = False) -> None:
+    def count(
+        self,
+        source_index: int,
+        reason: str | None,
+        num_chars: int,
+        malformed: bool = False,
+        lines_removed: Sequence[int] = (),
+    ) -> None:
+        """Count one record; `lines_removed` is per filter, in the order of `filter_names`."""
         counts = self.per_source[source_index]
+        for name, num_lines in zip(self.filter_names, lines_removed, strict=False):
+            if num_lines:
+                self.lines_removed[name] += num_lines
         counts.num_read += 1
         if reason is None:
             counts.num_kept += 1
@@ -58,6 +73,7 @@ class CleanStats:
             "dropped": _sorted_reasons(self.dropped()),
             "num_chars_kept": self.num_chars_kept,
             "num_output_files": self.num_output_files,
+            "lines_removed": _sorted_reasons(self.lines_removed),
             "sources": [
                 {
                     "path": counts.path,

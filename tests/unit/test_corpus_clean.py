@@ -79,6 +79,24 @@ def test_each_filter_reason_is_counted(ray_runtime, tmp_path):
     assert [row["text"] for row in read_output(tmp_path / "out")] == [LONG]
 
 
+def test_line_filters_trim_documents_and_count_lines(ray_runtime, tmp_path):
+    body = "One is here. Two is here.\nThree is here! Four is here?\nFive is here."
+    rows = [
+        {"text": "Menu\nHome page\n" + body},  # two lines without a full stop go
+        {"text": body + "\nLorem ipsum dolor sit amet."},  # placeholder text: dropped whole
+        {"text": "Short.\n" + body.replace("Five is here.", "")},  # four sentences
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    config = CorpusConfig(
+        sources=[{"path": str(tmp_path / "in.jsonl")}],
+        filters=[{"name": "min_length", "min_words": 3}, {"name": "c4_quality"}],
+    )
+    stats = clean_corpus(config, None, tmp_path / "out")
+    assert [row["text"] for row in read_output(tmp_path / "out")] == [body]
+    assert stats["dropped"] == {"lorem_ipsum": 1, "too_few_sentences": 1}
+    assert stats["lines_removed"] == {"c4_quality": 2}
+
+
 def test_counts_are_exact(ray_runtime, mixed_inputs, tmp_path):
     config = CorpusConfig(
         sources=[{"path": "*.jsonl"}, {"path": "b.txt"}], filters=[{"name": "min_length", "min_words": 10}]

@@ -7,8 +7,16 @@ import pytest
 from lmforge.core.configbase import validate_config
 from lmforge.core.errors import ConfigError
 from lmforge.corpus import FILTERS, CorpusConfig
-from lmforge.corpus.filters import AlphaRatio, MaxLength, MinLength, RepeatedLines, first_drop_reason
+from lmforge.corpus.filters import (
+    AlphaRatio,
+    FilterResult,
+    MaxLength,
+    MinLength,
+    RepeatedLines,
+    apply_filters,
+)
 from lmforge.corpus.normalize import normalize_text
+from lmforge.corpus.stats import CleanStats
 
 pytestmark = pytest.mark.unit
 
@@ -44,13 +52,30 @@ def test_repeated_lines():
     assert RepeatedLines(max_fraction=0.5).check("menu\nmenu\nmenu\nbody\nend") is None
 
 
-def test_first_drop_reason_runs_in_order():
+def test_apply_filters_runs_in_order():
     filters = [MinLength(min_words=2), AlphaRatio(min_ratio=0.9)]
-    assert first_drop_reason(filters, "") == "empty"
-    assert first_drop_reason(filters, "1") == "too_few_words"
-    assert first_drop_reason(filters, "12 34") == "low_alpha_ratio"
-    assert first_drop_reason(filters, "plain words") is None
-    assert first_drop_reason([], "anything") is None
+    assert apply_filters(filters, "").reason == "empty"
+    assert apply_filters(filters, "1").reason == "too_few_words"
+    outcome = apply_filters(filters, "12 34")
+    assert (outcome.reason, outcome.value, outcome.lines_removed) == ("low_alpha_ratio", 0.0, (0, 0))
+    assert apply_filters(filters, "plain words").reason is None
+    assert apply_filters([], "anything").reason is None
+
+
+def test_document_filters_report_their_value():
+    assert MinLength(min_words=3).apply("two words") == FilterResult("two words", "too_few_words", 2)
+    assert MaxLength(max_chars=4).apply("abcde") == FilterResult("abcde", "too_many_chars", 5)
+    assert RepeatedLines(max_fraction=0.3).apply("a\na\nb").value == 1 / 3
+    assert MinLength().apply(TWENTY_WORDS) == FilterResult(TWENTY_WORDS)
+
+
+def test_clean_stats_count_lines_removed_per_filter():
+    stats = CleanStats(["a.txt"], ["c4_quality", "min_length", "c4_quality"])
+    stats.count(0, None, 10, lines_removed=(2, 0, 1))
+    stats.count(0, "too_few_words", 0, lines_removed=(3, 0, 0))
+    stats.count(0, "malformed_json", 0, malformed=True)
+    assert stats.as_dict()["lines_removed"] == {"c4_quality": 6}
+    assert stats.as_dict()["dropped"] == {"malformed_json": 1, "too_few_words": 1}
 
 
 def test_normalize_text():
@@ -79,7 +104,16 @@ def test_filter_configs_from_yaml_mapping():
     default = CorpusConfig(sources=[{"path": "x.txt"}])
     assert default.filters == [MinLength(min_words=20)]
     assert default.model_dump()["filters"] == [{"name": "min_length", "min_words": 20, "min_chars": 0}]
-    assert set(FILTERS.names()) == {"min_length", "max_length", "alpha_ratio", "repeated_lines"}
+    assert set(FILTERS.names()) == {
+        "min_length",
+        "max_length",
+        "alpha_ratio",
+        "repeated_lines",
+        "c4_quality",
+        "fineweb_quality",
+        "gopher_quality",
+        "gopher_repetition",
+    }
 
 
 @pytest.mark.parametrize(
