@@ -1,14 +1,16 @@
-"""Clean-stage throughput: lmforge's Ray Data cleaning vs a serial single-process baseline.
+"""Clean-stage throughput: lmforge's clean stage on Ray tasks vs a serial single-process baseline.
 
     LMFORGE_DATA_DIR=/work/shared/data python bench/clean_throughput.py --repeats 3
 
-OURS is `corpus.clean_corpus` (Ray Data, one read task per file, on a local Ray runtime with every
-core). BASELINE is the same work in one process and a plain loop: the corpus package's own reader,
-`normalize_text`, `apply_filters`, blake2b exact dedup and `PartWriter`, file by file. Both read
-the 30 enwiki_extract files with the demo's corpus config; the benchmark fails unless both write
-byte-identical Parquet parts. Runs alternate (baseline, ours) after one cold Ray run; Ray start-up
-(`ray.init`) and the cold run (worker processes starting) are reported apart from the warm runs.
-Prints one JSON line.
+OURS is `corpus.clean_corpus`: one Ray task per input file reads, normalizes, identifies the
+language, filters, checks for evaluation text, redacts PII and writes; exact dedup (per digest
+bucket) and MinHash near dedup (per band) are distributed steps of their own; a last task per file
+writes its parts. BASELINE is the same work in one process and a plain loop: the corpus package's
+reader, `normalize_text` and `clean_document` file by file, a set of blake2b digests for exact dedup,
+`near_duplicates(..., parallel=False)` in-process, and `PartWriter`. Both read the 30 enwiki_extract
+files with the demo's corpus config; the benchmark fails unless both write byte-identical Parquet
+files. Runs alternate (baseline, ours) after one cold Ray run; Ray start-up (`ray.init`) and the cold
+run (worker processes starting) are reported apart from the warm runs. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -23,45 +25,77 @@ from typing import Any
 import common
 
 from lmforge.corpus import READERS, CorpusConfig, clean_corpus
-from lmforge.corpus.filters import apply_filters
+from lmforge.corpus.clean import EXACT_DEDUP, READER, clean_document, document_key
+from lmforge.corpus.decontam import build_index
 from lmforge.corpus.inputs import work_items
+from lmforge.corpus.langid import LanguageIdentifier
+from lmforge.corpus.near_dedup import near_duplicates
 from lmforge.corpus.normalize import normalize_text
+from lmforge.corpus.pii import PiiRedactor
 from lmforge.corpus.stats import CleanStats
-from lmforge.corpus.writer import PartWriter
+from lmforge.corpus.writer import PartWriter, output_schema
 
 
 def serial_clean(config: CorpusConfig, data_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """The baseline: clean_corpus's read + normalize + filter + dedup + write, in one plain loop."""
+    """The baseline: clean_corpus's steps in one plain loop (no caps, no rejected-documents sink)."""
     if config.max_documents is not None or any(source.max_documents for source in config.sources):
         raise ValueError("the serial baseline does not implement document caps")
     stats = CleanStats([source.path for source in config.sources], [f.name for f in config.filters])
-    writer = PartWriter(output_dir, config.rows_per_file)
+    language_id = LanguageIdentifier(config.language_id) if config.language_id else None
+    redactor = PiiRedactor(config.pii) if config.pii else None
+    index = build_index(config.decontamination, data_dir) if config.decontamination else None
     seen_digests: set[bytes] = set()
-    for item in work_items(config, data_dir):
+    kept: list[tuple[int, int, dict[str, Any]]] = []  # (key, source index, output row)
+    items = work_items(config, data_dir)
+    for number, item in enumerate(items):
         source = config.sources[item.source_index]
-        for record in READERS.get(source.format)(item.target, source):
-            text, reason, lines_removed = "", record.reason, ()
-            if reason is None:
-                outcome = apply_filters(
-                    config.filters, normalize_text(record.text or "", config.normalization)
-                )
-                text, reason, lines_removed = outcome.text, outcome.reason, outcome.lines_removed
+        for ordinal, record in enumerate(READERS.get(source.format)(item.target, source)):
+            if record.reason is not None:
+                stats.count(item.source_index, record.reason, 0, True, step=READER)
+                continue
+            text = normalize_text(record.text or "", config.normalization)
+            verdict = clean_document(text, config, language_id, index, redactor)
+            reason, step = verdict.reason, verdict.step
             if reason is None and config.dedup:
-                digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+                digest = hashlib.blake2b(verdict.text.encode("utf-8"), digest_size=16).digest()
                 if digest in seen_digests:
-                    reason = "duplicate"
+                    reason, step = "duplicate", EXACT_DEDUP
                 seen_digests.add(digest)
-            stats.count(
-                item.source_index,
-                reason,
-                len(text) if reason is None else 0,
-                record.reason is not None,
-                lines_removed,
+            if reason is not None:
+                stats.count(item.source_index, reason, 0, False, verdict.lines_removed, step=step)
+                continue
+            row: dict[str, Any] = {
+                "doc_id": f"{item.source_index}/{item.name}/{record.key}",
+                "source": source.path,
+                "text": verdict.text,
+                "language": verdict.language,
+                "language_score": verdict.language_score,
+            }
+            kept.append((document_key(number, ordinal), item.source_index, row))
+            stats.count(item.source_index, None, len(verdict.text), False, verdict.lines_removed)
+    near: set[int] = set()
+    if config.near_dedup is not None:
+        with tempfile.TemporaryDirectory() as work:
+            chunk = ([key for key, _, _ in kept], [row["text"] for _, _, row in kept])
+            near = set(
+                near_duplicates([chunk], config.near_dedup, Path(work), parallel=False).drop_keys.tolist()
             )
-            if reason is None:
-                writer.add(f"{item.source_index}/{item.name}/{record.key}", source.path, text)
-    writer.close()
-    stats.num_output_files = writer.num_files
+    schema = output_schema(config.language_id is not None)
+    writers: dict[int, PartWriter] = {}
+    for key, source_index, row in kept:
+        if key in near:
+            counts = stats.per_source[source_index]
+            counts.num_kept -= 1
+            counts.dropped["near_duplicate"] += 1
+            stats.num_chars_kept -= len(row["text"])
+            continue
+        number = key >> 32
+        if number not in writers:
+            writers[number] = PartWriter(output_dir, config.rows_per_file, f"part-{number:05d}", schema)
+        writers[number].add(row)
+    for writer in writers.values():
+        writer.close()
+    stats.num_output_files = sum(writer.num_files for writer in writers.values())
     return stats.as_dict()
 
 
@@ -71,7 +105,9 @@ def timed_run(clean, config: CorpusConfig, data_dir: Path) -> dict[str, Any]:
         start = time.perf_counter()
         stats = clean(config, data_dir, Path(tmp))
         seconds = time.perf_counter() - start
-        digests = [hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(Path(tmp).glob("*"))]
+        digests = [
+            hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(Path(tmp).rglob("*.parquet"))
+        ]
     return {
         "seconds": seconds,
         "num_read": stats["num_read"],
@@ -101,7 +137,8 @@ def main() -> None:
     common.add_load_arguments(parser)
     args = parser.parse_args()
     data_dir = common.require_data_dir()
-    config = common.demo_corpus_config(args.pattern)
+    # The rejected-documents sink is an audit extra the baseline does not write.
+    config = common.demo_corpus_config(args.pattern).model_copy(update={"rejected_documents": False})
     files = [Path(item.target) for item in work_items(config, data_dir)]
     input_bytes = sum(path.stat().st_size for path in files)
 
@@ -130,7 +167,7 @@ def main() -> None:
             "num_read": cold["num_read"],
             "num_kept": cold["num_kept"],
             "identical_output": True,
-            "ours_ray_data": ours_summary,
+            "ours_ray_tasks": ours_summary,
             "baseline_serial": baseline_summary,
             "ratio_ours_over_baseline": ours_summary["docs_per_second"] / baseline_summary["docs_per_second"],
             "ray_init_seconds": ray_init_seconds,

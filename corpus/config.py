@@ -12,8 +12,11 @@ from lmforge.core.configbase import StrictModel, operational
 
 # Importing the published filters registers them in FILTERS before the config union is built.
 from lmforge.corpus import c4_quality, gopher_quality  # noqa: F401
+from lmforge.corpus.decontam import DecontamConfig
 from lmforge.corpus.filters import FILTERS, DocumentFilter, MinLength
+from lmforge.corpus.langid import LanguageIdConfig
 from lmforge.corpus.normalize import NormalizationForm
+from lmforge.corpus.pii import PiiConfig
 from lmforge.infra.data_paths import is_hf_uri
 
 Format = Literal["auto", "text", "jsonl", "parquet", "csv", "tsv", "wikiextractor", "hf"]
@@ -68,6 +71,9 @@ class SourceConfig(StrictModel):
     hf_name: str | None = None
     hf_split: str = "train"
     max_documents: int | None = Field(default=None, ge=1)
+    # A document whose raw bytes exceed this is dropped as document_too_large without being decoded,
+    # so one runaway line (a dump with no newlines) cannot exhaust a worker's memory. None: no limit.
+    max_document_bytes: int | None = Field(default=16 * 1024 * 1024, ge=1)
     # Swapped in for the whole source before any stage runs, so the recipe holds the source that
     # was read (the hub one, pinned to a commit), never this field itself.
     hub: HubSourceConfig | None = operational(None)
@@ -156,14 +162,29 @@ class NearDedupConfig(StrictModel):
 
 
 class CorpusConfig(StrictModel):
+    """The clean stage. Per document, in this order: read, normalize, `language_id`, `filters` (in
+    config order), `decontamination`, `pii` redaction; then exact `dedup` and `near_dedup` over the
+    documents left. Each of the optional steps is off when its key is absent.
+    """
+
     sources: list[SourceConfig] = Field(min_length=1)
     normalization: NormalizationForm = "NFKC"
+    language_id: LanguageIdConfig | None = None
     filters: list[FilterConfig] = Field(default_factory=_default_filters)
+    decontamination: DecontamConfig | None = None
+    pii: PiiConfig | None = None
     dedup: bool = True
-    # Off by default; runs after filtering and exact dedup.
+    # Off by default; runs after exact dedup, over the documents it kept.
     near_dedup: NearDedupConfig | None = None
+    # Write every dropped document (with its reason, the step that dropped it and the measured value)
+    # to rejected/part-NNNNN.parquet inside the artifact, for audits.
+    rejected_documents: bool = False
     max_documents: int | None = Field(default=None, ge=1)
+    # At most this many rows per output file; each input file's documents go to files of their own.
     rows_per_file: int = Field(default=20000, ge=1)
+    # How many clean tasks run at once (default: 2 per CPU of the driver's node). The output does
+    # not depend on it.
+    num_workers: int | None = operational(None, ge=1)
 
     @field_validator("filters", mode="before")
     @classmethod

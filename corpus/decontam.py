@@ -22,11 +22,9 @@ import numpy as np
 import xxhash
 from pydantic import Field, model_validator
 
-from lmforge.core.configbase import StrictModel
-from lmforge.core.errors import DataError
-from lmforge.corpus.config import SourceConfig
-from lmforge.corpus.readers import READERS
-from lmforge.infra.data_paths import resolve_file
+from lmforge.core.configbase import StrictModel, operational
+from lmforge.core.errors import ConfigError, DataError
+from lmforge.infra.data_paths import HF_PREFIX, is_hf_uri, resolve_file, split_revision
 
 WORD = re.compile(r"[^\W_]+")
 TABULAR_FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -35,25 +33,47 @@ _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so no word's hash is lost to
 
 
 class EvalSetConfig(StrictModel):
-    """One evaluation file: `path` is absolute or relative to the data directory.
+    """One evaluation data set: `path` is a file (absolute or relative to the data directory) or a hub
+    split, `hf://owner/name?config=..&split=..` (format `hf`).
 
-    `columns` names the text fields of a tabular file (each checked on its own); plain text has one
-    example per line (`text_mode: line`) or per blank-line-separated paragraph.
+    `columns` names the text fields of a tabular file or hub split (each checked on its own); plain
+    text has one example per line (`text_mode: line`) or per blank-line-separated paragraph. `hub` is
+    a hub split read instead when `path` finds nothing locally (with `hub_columns`, default
+    `columns`, or `text` for plain text); it is swapped in before any stage runs, so the recipe
+    holds the data set that was read.
     """
 
     name: str = Field(min_length=1)
     path: str = Field(min_length=1)
-    format: Literal["text", "jsonl", "csv", "tsv", "parquet"]
+    format: Literal["text", "jsonl", "csv", "tsv", "parquet", "hf"]
     columns: list[str] | None = Field(default=None, min_length=1)
     text_mode: Literal["line", "paragraph"] = "line"
+    hub: str | None = operational(None)
+    hub_columns: list[str] | None = operational(None)
 
     @model_validator(mode="after")
     def _columns_match_format(self) -> EvalSetConfig:
-        if self.format in TABULAR_FORMATS and self.columns is None:
+        if self.format in (*TABULAR_FORMATS, "hf") and self.columns is None:
             raise ValueError(f"eval set {self.name!r}: format {self.format} needs columns (the text fields)")
         if self.format == "text" and self.columns is not None:
             raise ValueError(f"eval set {self.name!r}: plain text has no columns; remove columns")
+        if (self.format == "hf") != is_hf_uri(self.path):
+            raise ValueError(
+                f"eval set {self.name!r}: a hub split (hf://...) has format hf, a file another format; "
+                f"got path {self.path!r} with format {self.format}"
+            )
+        if self.hub is not None and not is_hf_uri(self.hub):
+            raise ValueError(
+                f"eval set {self.name!r}: hub names a hub split (hf://owner/name?...), got {self.hub!r}"
+            )
         return self
+
+    def hub_eval_set(self) -> EvalSetConfig | None:
+        """The eval set to read instead when `path` finds nothing locally (None: no fallback)."""
+        if self.hub is None:
+            return None
+        columns = self.hub_columns or self.columns or ["text"]
+        return EvalSetConfig(name=self.name, path=self.hub, format="hf", columns=columns)
 
 
 class DecontamConfig(StrictModel):
@@ -156,19 +176,49 @@ class DecontamIndex:
 
 def read_examples(eval_set: EvalSetConfig, data_dir: Path | None, key: str) -> dict[str, list[str]]:
     """Example id -> its texts (one per column), in file order; unreadable records are skipped."""
-    file = resolve_file(eval_set.path, data_dir, key)
+    # Imported here: the corpus config imports this module for DecontamConfig.
+    from lmforge.corpus import hf_reader  # noqa: F401  (registers the hf reader)
+    from lmforge.corpus.config import SourceConfig
+    from lmforge.corpus.readers import READERS
+
     read = READERS.get(eval_set.format)
     examples: dict[str, list[str]] = {}
     for column in eval_set.columns or ["text"]:
-        source = SourceConfig(
-            path=str(file), format=eval_set.format, text_field=column, text_mode=eval_set.text_mode
-        )
-        for record in read(str(file), source):
+        if eval_set.format == "hf":
+            dataset, hf_name, hf_split = parse_hub_split(eval_set.path, key)
+            source = SourceConfig(
+                path=dataset, format="hf", text_field=column, hf_name=hf_name, hf_split=hf_split
+            )
+            target = dataset
+        else:
+            file = resolve_file(eval_set.path, data_dir, key)
+            source = SourceConfig(
+                path=str(file), format=eval_set.format, text_field=column, text_mode=eval_set.text_mode
+            )
+            target = str(file)
+        for record in read(target, source):
             if record.text is not None:
                 examples.setdefault(record.key, []).append(record.text)
     if not examples:
-        raise DataError(f"{key}: {file} holds no readable example with columns {eval_set.columns}")
+        raise DataError(f"{key}: {eval_set.path} holds no readable example with columns {eval_set.columns}")
     return examples
+
+
+def parse_hub_split(uri: str, key: str) -> tuple[str, str | None, str]:
+    """(hf://owner/name[@revision], config, split) of `hf://owner/name[@revision]?config=..&split=..`."""
+    from urllib.parse import parse_qs
+
+    bare, revision = split_revision(uri)
+    body, _, query = bare[len(HF_PREFIX) :].partition("?")
+    params = {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
+    unknown = sorted(set(params) - {"config", "split"})
+    if not body or unknown or "split" not in params:
+        raise ConfigError(
+            f"{key}: {uri!r} is not hf://<dataset>[@revision]?[config=<name>&]split=<split>"
+            + (f" (unknown parameters: {', '.join(unknown)})" if unknown else "")
+        )
+    dataset = f"{HF_PREFIX}{body}" + (f"@{revision}" if revision else "")
+    return dataset, params.get("config") or None, params["split"]
 
 
 def build_index(config: DecontamConfig, data_dir: Path | None) -> DecontamIndex:
@@ -176,7 +226,7 @@ def build_index(config: DecontamConfig, data_dir: Path | None) -> DecontamIndex:
     index = DecontamIndex(n=config.n)
     for set_index, eval_set in enumerate(config.eval_sets):
         index.eval_sets.append(EvalSetIndex(eval_set.name, []))
-        examples = read_examples(eval_set, data_dir, f"decontamination.eval_sets[{set_index}].path")
+        examples = read_examples(eval_set, data_dir, f"corpus.decontamination.eval_sets[{set_index}].path")
         for example_id, texts in examples.items():
             if not index.add_example(set_index, example_id, texts, config.min_words):
                 index.eval_sets[set_index].num_too_short += 1

@@ -31,12 +31,14 @@ class FilterResult:
 
 @dataclass(frozen=True, slots=True)
 class FilterOutcome:
-    """All filters' verdict on one document; `lines_removed` is per filter, in config order."""
+    """All filters' verdict on one document; `lines_removed` is per filter, in config order;
+    `filter_index` is the position of the filter that dropped it (None: kept, or empty on arrival)."""
 
     text: str
     reason: str | None
     value: float | None
     lines_removed: tuple[int, ...]
+    filter_index: int | None = None
 
 
 class DocumentFilter(StrictModel):
@@ -134,9 +136,9 @@ def apply_filters(filters: Sequence[DocumentFilter], text: str) -> FilterOutcome
     for index, document_filter in enumerate(filters):
         result = document_filter.apply(text)
         if result.reason is not None:
-            return FilterOutcome(text, result.reason, result.value, tuple(lines_removed))
+            return FilterOutcome(text, result.reason, result.value, tuple(lines_removed), index)
         lines_removed[index] = result.lines_removed
         text = result.text
         if not text:
-            return FilterOutcome(text, "empty", None, tuple(lines_removed))
+            return FilterOutcome(text, "empty", None, tuple(lines_removed), index)
     return FilterOutcome(text, None, None, tuple(lines_removed))

@@ -29,4 +29,4 @@ def read_hf(target: str, source: SourceConfig) -> Iterator[RawRecord]:
     if source.max_documents is not None:
         dataset = dataset.take(source.max_documents)
     for row_number, row in enumerate(dataset):
-        yield field_record(str(row_number), row, source.text_field)
+        yield field_record(str(row_number), row, source.text_field, source.max_document_bytes)

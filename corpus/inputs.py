@@ -8,8 +8,9 @@ from pathlib import Path
 
 from lmforge.core.errors import ConfigError
 from lmforge.corpus.config import CorpusConfig, SourceConfig
+from lmforge.corpus.decontam import parse_hub_split
 from lmforge.corpus.hf_reader import hf_dataset_name
-from lmforge.infra.data_paths import DATA_DIR_ENV, is_hf_uri, resolve_paths
+from lmforge.infra.data_paths import DATA_DIR_ENV, is_hf_uri, resolve_file, resolve_paths
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,32 @@ def source_key(index: int) -> str:
 
 
 def check_inputs(config: CorpusConfig, data_dir: Path | None) -> None:
-    """Raise ConfigError naming `corpus.sources[i].path` when a local source matches nothing."""
+    """Raise ConfigError naming `corpus.sources[i].path` when a local source matches nothing, or the
+    key of a decontamination eval set that does not name exactly one file."""
     for index, source in enumerate(config.sources):
         if not is_hf_uri(source.path):
             _local_files(index, source, data_dir)
+    eval_set_inputs(config, data_dir)
+
+
+def eval_set_inputs(config: CorpusConfig, data_dir: Path | None) -> list[InputRef]:
+    """The evaluation files decontamination reads (they shape the stage's output, so lineage names them)."""
+    if config.decontamination is None:
+        return []
+    refs = []
+    for index, eval_set in enumerate(config.decontamination.eval_sets):
+        key = eval_set_key(index)
+        if is_hf_uri(eval_set.path):
+            parse_hub_split(eval_set.path, key)
+            refs.append(InputRef(eval_set.path, None))
+            continue
+        path = resolve_file(eval_set.path, data_dir, key)
+        refs.append(InputRef(_display_uri(path, data_dir), path))
+    return refs
+
+
+def eval_set_key(index: int) -> str:
+    return f"corpus.decontamination.eval_sets[{index}].path"
 
 
 def list_inputs(config: CorpusConfig, data_dir: Path | None) -> list[InputRef]:

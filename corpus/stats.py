@@ -12,6 +12,19 @@ from typing import Any
 from lmforge.core.errors import DataError, EmptyCorpusError
 
 PROGRESS_SECONDS = 10.0
+SAMPLES_PER_STEP = 3
+
+
+@dataclass
+class StepDrops:
+    """What one step (a filter by its name, language_id, exact_dedup, ...) dropped, with the first samples."""
+
+    dropped: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dropped": self.dropped, "reasons": _sorted_reasons(self.reasons), "samples": self.samples}
 
 
 @dataclass
@@ -31,6 +44,9 @@ class CleanStats:
         self.lines_removed: Counter = Counter()
         self.num_chars_kept = 0
         self.num_output_files = 0
+        self.steps: dict[str, StepDrops] = {}
+        self.pii: Counter = Counter()  # replacements per kind, in the documents written
+        self.languages: Counter = Counter()  # language of the documents written (with language_id)
         self._last_log = time.monotonic()
 
     def count(
@@ -40,8 +56,11 @@ class CleanStats:
         num_chars: int,
         malformed: bool = False,
         lines_removed: Sequence[int] = (),
+        step: str | None = None,
+        sample: dict[str, Any] | None = None,
     ) -> None:
-        """Count one record; `lines_removed` is per filter, in the order of `filter_names`."""
+        """Count one record; `lines_removed` is per filter, in the order of `filter_names`; a dropped
+        record names the `step` that dropped it and may come with a `sample` for the report."""
         counts = self.per_source[source_index]
         for name, num_lines in zip(self.filter_names, lines_removed, strict=False):
             if num_lines:
@@ -53,6 +72,31 @@ class CleanStats:
         else:
             counts.dropped[reason] += 1
             counts.num_malformed += malformed
+            if step is not None:
+                drops = self.steps.setdefault(step, StepDrops())
+                drops.dropped += 1
+                drops.reasons[reason] += 1
+                if sample is not None and len(drops.samples) < SAMPLES_PER_STEP:
+                    drops.samples.append(sample)
+
+    def merge(self, source_index: int, other: CleanStats) -> None:
+        """Add `other`, the stats of one input file of source `source_index` (its only source)."""
+        counts = self.per_source[source_index]
+        for part in other.per_source:
+            counts.num_read += part.num_read
+            counts.num_kept += part.num_kept
+            counts.num_malformed += part.num_malformed
+            counts.dropped.update(part.dropped)
+        self.lines_removed.update(other.lines_removed)
+        self.num_chars_kept += other.num_chars_kept
+        self.num_output_files += other.num_output_files
+        self.pii.update(other.pii)
+        self.languages.update(other.languages)
+        for step, part_drops in other.steps.items():
+            drops = self.steps.setdefault(step, StepDrops())
+            drops.dropped += part_drops.dropped
+            drops.reasons.update(part_drops.reasons)
+            drops.samples.extend(part_drops.samples[: SAMPLES_PER_STEP - len(drops.samples)])
 
     @property
     def num_read(self) -> int:
@@ -74,6 +118,9 @@ class CleanStats:
             "num_chars_kept": self.num_chars_kept,
             "num_output_files": self.num_output_files,
             "lines_removed": _sorted_reasons(self.lines_removed),
+            "steps": {step: drops.as_dict() for step, drops in sorted(self.steps.items())},
+            **({"pii_replaced": _sorted_reasons(self.pii)} if self.pii else {}),
+            **({"languages_kept": _sorted_reasons(self.languages)} if self.languages else {}),
             "sources": [
                 {
                     "path": counts.path,

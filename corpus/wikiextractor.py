@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 
 from lmforge.corpus.config import SourceConfig
-from lmforge.corpus.readers import READERS, RawRecord, text_record
+from lmforge.corpus.readers import READERS, DocumentBuffer, RawRecord, bounded_lines, skips_binary_files
 
 _DOC_START = re.compile(rb"^<doc(\s[^>]*)?>\s*$")
 _DOC_END = b"</doc>"
@@ -15,30 +15,32 @@ _ATTRIBUTE = re.compile(rb'(\w+)="([^"]*)"')
 
 
 @READERS.register("wikiextractor")
+@skips_binary_files
 def read_wikiextractor(target: str, source: SourceConfig) -> Iterator[RawRecord]:
     """One record per `<doc>`; its text is the body (title line included), keyed by the `id` attribute.
 
-    A `<doc>` left open (a new `<doc>` or end of file before `</doc>`) is `malformed_doc`; text outside
-    any `<doc>` is ignored, as WikiExtractor writes none.
+    A `<doc>` left open (a new `<doc>` or end of file before `</doc>`) is `malformed_doc`; a body over
+    `source.max_document_bytes` is `document_too_large` (its lines are not held); text outside any
+    `<doc>` is ignored, as WikiExtractor writes none.
     """
     seen: dict[str, int] = {}
     key: str | None = None
-    body: list[bytes] = []
+    body = DocumentBuffer(source.max_document_bytes)
     ordinal = 0
     with open(target, "rb") as handle:
-        for line in handle:
-            start = _DOC_START.match(line)
+        for line in bounded_lines(handle, source.max_document_bytes):
+            start = _DOC_START.match(line) if line is not None else None
             if start:
                 if key is not None:
                     yield RawRecord(key, None, "malformed_doc")
                 key = _unique_key(_doc_id(start.group(1) or b"", ordinal), seen)
                 ordinal += 1
-                body = []
-            elif line.rstrip() == _DOC_END and key is not None:
-                yield text_record(key, b"".join(body))
+                body = DocumentBuffer(source.max_document_bytes)
+            elif key is not None and line is not None and line.rstrip() == _DOC_END:
+                yield body.record(key)
                 key = None
             elif key is not None:
-                body.append(line)
+                body.add(line)
     if key is not None:
         yield RawRecord(key, None, "malformed_doc")
 

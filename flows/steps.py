@@ -60,7 +60,8 @@ def own_code(step: str, *modules: str) -> tuple[str, ...]:
 
 def clean_step(ctx: RunContext) -> StageOutcome:
     cfg = ctx.config.corpus
-    inputs = [ExternalFile(ref.uri, ref.path) for ref in corpus.list_inputs(cfg, ctx.data_dir)]
+    refs = [*corpus.list_inputs(cfg, ctx.data_dir), *corpus.eval_set_inputs(cfg, ctx.data_dir)]
+    inputs = [ExternalFile(ref.uri, ref.path) for ref in refs]
     return ctx.runner.run(
         "clean",
         "corpus",
@@ -68,7 +69,7 @@ def clean_step(ctx: RunContext) -> StageOutcome:
         parents=[],
         code=own_code("clean_step", "lmforge.corpus"),
         external_files=inputs,
-        compute=lambda out, _work: corpus.clean_corpus(cfg, ctx.data_dir, out),
+        compute=lambda out, work: corpus.clean_corpus(cfg, ctx.data_dir, out, work),
     )
 
 

@@ -14,7 +14,8 @@ from lmforge.core.configbase import StrictModel
 from lmforge.core.errors import ConfigError
 from lmforge.core.logs import get_logger
 from lmforge.corpus import CorpusConfig, SourceConfig
-from lmforge.corpus.inputs import source_key
+from lmforge.corpus.decontam import EvalSetConfig
+from lmforge.corpus.inputs import eval_set_key, source_key
 from lmforge.infra.data_paths import (
     DATA_DIR_ENV,
     RevisionResolver,
@@ -224,7 +225,14 @@ def apply_hub_fallbacks(
         fall_back(key, path, hub)
         return hub
 
-    return _rewrite_inputs(config, source_or_hub, path_or_hub), fallbacks
+    def eval_set_or_hub(key: str, eval_set: EvalSetConfig) -> EvalSetConfig:
+        hub = eval_set.hub_eval_set()
+        if hub is None or is_hf_uri(eval_set.path) or local_data_found(eval_set.path, data_dir):
+            return eval_set
+        fall_back(key, eval_set.path, hub.path)
+        return hub
+
+    return _rewrite_inputs(config, source_or_hub, path_or_hub, eval_set_or_hub), fallbacks
 
 
 def pin_hub_revisions(config: PipelineConfig, resolver: RevisionResolver = hub_commit) -> PipelineConfig:
@@ -238,7 +246,12 @@ def input_paths(config: PipelineConfig) -> list[tuple[str, str]]:
     from lmforge.tasks.inputs import task_inputs
 
     sources = [(source_key(index), source.path) for index, source in enumerate(config.corpus.sources)]
-    return sources + task_inputs(config.finetune, config.evaluation)
+    decontamination = config.corpus.decontamination
+    eval_sets = [
+        (eval_set_key(index), eval_set.path)
+        for index, eval_set in enumerate(decontamination.eval_sets if decontamination else [])
+    ]
+    return sources + eval_sets + task_inputs(config.finetune, config.evaluation)
 
 
 def source_uri(source: SourceConfig) -> str:
@@ -279,11 +292,20 @@ def _rewrite_inputs(
     config: PipelineConfig,
     source_fn: Callable[[str, SourceConfig], SourceConfig],
     path_fn: Callable[[str, TaskConfig, str, str], str],
+    eval_set_fn: Callable[[str, EvalSetConfig], EvalSetConfig],
 ) -> PipelineConfig:
-    """`config` with each corpus source and each task data field passed through the given function."""
+    """`config` with each corpus source, decontamination eval set and task data field passed through
+    the given functions."""
     from lmforge.tasks.inputs import task_paths
 
     sources = [source_fn(source_key(index), source) for index, source in enumerate(config.corpus.sources)]
+    corpus_update: dict[str, Any] = {"sources": sources}
+    if config.corpus.decontamination is not None:
+        decontamination = config.corpus.decontamination
+        eval_sets = [
+            eval_set_fn(eval_set_key(index), item) for index, item in enumerate(decontamination.eval_sets)
+        ]
+        corpus_update["decontamination"] = decontamination.model_copy(update={"eval_sets": eval_sets})
 
     def rewritten(section: str, tasks: Sequence[TaskConfig]) -> list[Any]:
         return [
@@ -298,7 +320,7 @@ def _rewrite_inputs(
 
     return config.model_copy(
         update={
-            "corpus": config.corpus.model_copy(update={"sources": sources}),
+            "corpus": config.corpus.model_copy(update=corpus_update),
             "finetune": config.finetune.model_copy(
                 update={"tasks": rewritten("finetune", config.finetune.tasks)}
             ),
@@ -315,4 +337,5 @@ def _rewrite_paths(config: PipelineConfig, path_fn: Callable[[str, str], str]) -
         config,
         lambda key, source: source.model_copy(update={"path": path_fn(key, source.path)}),
         lambda key, _task, _field, path: path_fn(key, path),
+        lambda key, eval_set: eval_set.model_copy(update={"path": path_fn(key, eval_set.path)}),
     )

@@ -109,7 +109,7 @@ def test_counts_are_exact(ray_runtime, mixed_inputs, tmp_path):
     assert stats["dropped"] == {"duplicate": 2, "invalid_utf8": 1, "malformed_json": 1, "too_few_words": 1}
     assert (stats["num_read"], stats["num_kept"], stats["num_dropped"]) == (9, 4, 5)
     assert stats["num_chars_kept"] == sum(len(row["text"]) for row in rows)
-    assert stats["num_output_files"] == 1
+    assert stats["num_output_files"] == 2  # one per input file with kept documents
     assert stats["sources"][0] == {
         "path": "*.jsonl",
         "num_read": 6,
@@ -146,13 +146,8 @@ def test_rows_per_file_and_determinism(ray_runtime, tmp_path):
     second = clean_corpus(config, data, tmp_path / "run2")
     assert first == second
     names = sorted(path.name for path in (tmp_path / "run1").iterdir())
-    assert names == [
-        "part-00000.parquet",
-        "part-00001.parquet",
-        "part-00002.parquet",
-        "part-00003.parquet",
-        "part-00004.parquet",
-    ]
+    # Each input file's documents go to files of their own, at most rows_per_file rows each.
+    assert names == [f"part-{item:05d}-{chunk:04d}.parquet" for item in range(3) for chunk in range(2)]
     for name in names:
         assert (tmp_path / "run1" / name).read_bytes() == (tmp_path / "run2" / name).read_bytes()
     doc_ids = [row["doc_id"] for row in read_output(tmp_path / "run1")]

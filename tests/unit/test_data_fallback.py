@@ -202,3 +202,35 @@ def test_fallbacks_are_typed_and_left_out_of_recipes():
         make_config(source={"path": "a.txt", "hub": {**WIKIPEDIA, "hf_nam": "x"}})
     with pytest.raises(ConfigError, match="a fallback is for local paths"):
         make_config(source={"path": "hf://a/b", "hub": WIKIPEDIA})
+
+
+def test_decontamination_eval_sets_fall_back_to_the_hub_pinned(tmp_path):
+    decontamination = {
+        "eval_sets": [
+            {
+                "name": "sst2_dev",
+                "path": "sst2/dev.tsv",
+                "format": "tsv",
+                "columns": ["sentence"],
+                "hub": GLUE_DEV,
+            },
+            {"name": "wikitext", "path": "wikitext2_raw/valid.txt", "format": "text", "hub": WIKITEXT},
+        ]
+    }
+    raw = raw_config(finetune=[], evaluation=[])
+    raw["corpus"]["decontamination"] = decontamination
+    resolved = resolve_inputs(validate_config(PipelineConfig, raw), FakeHub())
+    sst2, wikitext = resolved.corpus.decontamination.eval_sets
+    assert (sst2.format, sst2.columns) == ("hf", ["sentence"])
+    assert sst2.path == f"hf://nyu-mll/glue@{commit_of('nyu-mll/glue')}?config=sst2&split=validation"
+    # Plain text read from the hub is its `text` column, one example per row (line).
+    assert (wikitext.format, wikitext.columns) == ("hf", ["text"])
+    assert wikitext.path.startswith(f"hf://Salesforce/wikitext@{commit_of('Salesforce/wikitext')}?")
+    # The fallback is operational: it is not part of the recipe, the data set read is.
+    assert "hub" not in identity_view(resolved.corpus)["decontamination"]["eval_sets"][0]
+    assert resolve_inputs(resolved, no_network) == resolved
+    # With local copies nothing changes.
+    write_local_copies(tmp_path, "enwiki/a.txt", "sst2/dev.tsv", "wikitext2_raw/valid.txt")
+    raw["data_dir"] = str(tmp_path)
+    local = validate_config(PipelineConfig, raw)
+    assert resolve_inputs(local, no_network) == local

@@ -23,8 +23,7 @@ from lmforge.corpus.minhash import (
     shingle_hashes,
     simplify,
 )
-from lmforge.corpus.near_dedup import near_duplicates, near_duplicates_in_parts
-from lmforge.corpus.writer import PartWriter
+from lmforge.corpus.near_dedup import near_duplicates
 
 # Letters only: simplify() turns every digit run into 0.
 _LETTERS = random.Random(0)
@@ -201,21 +200,6 @@ def test_documents_without_words_are_counted_not_clustered(tmp_path):
     assert result.stats["num_without_shingles"] == 3
     with pytest.raises(ValueError, match="non-negative integer key per text"):
         near_duplicates([([-1], ["x"])], NearDedupConfig(), tmp_path / "bad", parallel=False)
-
-
-@pytest.mark.unit
-def test_parts_entry_point_names_the_later_copies(tmp_path):
-    texts, planted = planted_corpus(seed=3)
-    parts = tmp_path / "corpus"
-    parts.mkdir()
-    writer = PartWriter(parts, rows_per_file=25)
-    for index, text in enumerate(texts):
-        writer.add(f"0/wiki_00.txt/{index}", "wiki", text)
-    writer.close()
-    result = near_duplicates_in_parts(parts, NearDedupConfig(), tmp_path / "work", parallel=False)
-    expected = sorted(key for members in planted for key in members if key != min(members))
-    assert result.drop_keys.tolist() == expected
-    assert result.drop_doc_ids == tuple(f"0/wiki_00.txt/{key}" for key in expected)
 
 
 @pytest.mark.unit
