@@ -83,8 +83,9 @@ def summary_rows(run_record: dict) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     clean = stage_metrics(run_record, "clean")
     rows.append(("documents kept / read", f"{fmt(clean.get('num_kept'))} / {fmt(clean.get('num_read'))}"))
-    for reason, count in sorted((clean.get("dropped") or {}).items()):
-        rows.append((f"dropped: {reason}", fmt(count)))
+    if not clean.get("steps"):  # runs from before per-step counts: one row per reason
+        for reason, count in sorted((clean.get("dropped") or {}).items()):
+            rows.append((f"dropped: {reason}", fmt(count)))
     rows.append(("tokenizer vocab size", fmt(stage_metrics(run_record, "tokenizer").get("vocab_size"))))
     shard = flat_scalars(stage_metrics(run_record, "shard"))
     counts = {k: v for k, v in shard.items() if "num_sequences" in k or "num_tokens" in k or k == "seq_len"}
@@ -249,6 +250,7 @@ def sections(
     blocks += [("text", "## Summary"), ("table", _summary_table(run_record))]
     if png_name:
         blocks += [("text", "## Loss curves"), ("image", png_name)]
+    blocks += curation_blocks(run_record)
     blocks += downstream_blocks(run_record, task_pngs)
     blocks += probe_blocks(run_record)
     blocks += [("text", "## Stages"), ("table", stage_table(run_record))]
@@ -256,6 +258,60 @@ def sections(
         graph = (format_mermaid(lineage), format_svg(lineage))
         blocks += [("text", "## Lineage"), ("text", LINEAGE_NOTE), ("lineage", graph)]
     return blocks
+
+
+SNIPPET_CHARS = 160
+
+
+def curation_blocks(run_record: dict) -> list[Block]:
+    """The clean stage per step: documents dropped, by reason, with sample snippets; then the
+    decontamination report, PII replacements and the near-duplicate clusters."""
+    clean = stage_metrics(run_record, "clean")
+    steps = clean.get("steps") or {}
+    if not steps:
+        return []
+    rows = []
+    for step, drops in sorted(steps.items(), key=lambda item: -item[1].get("dropped", 0)):
+        reasons = ", ".join(
+            f"{reason} {fmt(count)}" for reason, count in (drops.get("reasons") or {}).items()
+        )
+        samples = " / ".join(
+            f"{sample.get('doc_id')}: {' '.join(str(sample.get('text', '')).split())[:SNIPPET_CHARS]}"
+            for sample in drops.get("samples") or []
+        )
+        rows.append([step, fmt(drops.get("dropped")), reasons, samples])
+    blocks: list[Block] = [
+        ("text", "## Corpus curation"),
+        ("text", f"{fmt(clean.get('num_kept'))} of {fmt(clean.get('num_read'))} documents kept."),
+        ("table", (["step", "dropped", "reasons", "samples (first dropped)"], rows)),
+    ]
+    decontamination = clean.get("decontamination") or {}
+    if decontamination:
+        table = [
+            [
+                name,
+                fmt(report.get("num_contaminated_documents")),
+                f"{fmt(report.get('num_contaminated_examples'))} / {fmt(report.get('num_examples'))}",
+                ", ".join(str(i) for i in report.get("sample_example_ids") or []) or NA,
+            ]
+            for name, report in decontamination.items()
+        ]
+        headers = ["eval set", "training documents matched", "examples matched / checked", "example ids"]
+        blocks += [("text", "### Decontamination"), ("table", (headers, table))]
+    facts = []
+    if clean.get("pii_replaced") is not None:
+        facts.append("PII replaced: " + ", ".join(f"{k} {fmt(v)}" for k, v in clean["pii_replaced"].items()))
+    near = clean.get("near_dedup") or {}
+    if near:
+        histogram = ", ".join(
+            f"{size}: {fmt(n)}" for size, n in (near.get("cluster_size_histogram") or {}).items()
+        )
+        facts.append(f"near-duplicate clusters by size: {histogram}")
+    if clean.get("lines_removed"):
+        facts.append(
+            "lines removed: " + ", ".join(f"{k} {fmt(v)}" for k, v in clean["lines_removed"].items())
+        )
+    return blocks + ([("list", facts)] if facts else [])
 
 
 def downstream_blocks(run_record: dict, png_names: Sequence[str] = ()) -> list[Block]:

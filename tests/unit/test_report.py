@@ -211,3 +211,42 @@ def test_fill_mask_probes_samples_and_pseudo_perplexity_render(tmp_path):
     assert "| Paris is the capital of [MASK]. | france (0.500), the (0.250) |" in markdown
     assert "| The river |  flows |" in markdown
     assert "| WikiText-2 pseudo-perplexity (masked LM) | 41.5 |" in markdown
+
+
+@pytest.mark.unit
+def test_curation_section_lists_steps_samples_and_decontamination(tmp_path):
+    record = full_record(tmp_path)
+    sample = {
+        "doc_id": "0/wiki_00.txt/7",
+        "reason": "language",
+        "value": 0.2,
+        "text": "Marcus  Claudius\nTacitus",
+    }
+    record["stages"]["clean"]["metrics"].update(
+        {
+            "steps": {
+                "language_id": {"dropped": 15, "reasons": {"language": 15}, "samples": [sample]},
+                "gopher_quality": {"dropped": 5, "reasons": {"gopher_short_doc": 5}, "samples": []},
+            },
+            "decontamination": {
+                "sst2_dev": {
+                    "num_contaminated_documents": 2,
+                    "num_contaminated_examples": 3,
+                    "num_examples": 776,
+                    "sample_example_ids": ["12", "40", "41"],
+                }
+            },
+            "pii_replaced": {"email": 4, "phone": 1},
+            "near_dedup": {"cluster_size_histogram": {"1": 70, "2": 3}},
+        }
+    )
+    markdown = write_report(record, tmp_path / "report")["markdown"].read_text()
+    assert "## Corpus curation" in markdown
+    # Steps by documents dropped; snippets on one line.
+    assert "| language_id | 15 | language 15 | 0/wiki_00.txt/7: Marcus Claudius Tacitus |" in markdown
+    assert markdown.index("| language_id |") < markdown.index("| gopher_quality |")
+    assert "| sst2_dev | 2 | 3 / 776 | 12, 40, 41 |" in markdown
+    assert "PII replaced: email 4, phone 1" in markdown
+    assert "near-duplicate clusters by size: 1: 70, 2: 3" in markdown
+    # With per-step counts the summary no longer lists every reason.
+    assert "dropped: too_short" not in markdown
