@@ -7,11 +7,12 @@ to `work/bands/`. The driver then applies the document caps in corpus order from
 Phase 2: exact dedup, one task per digest bucket (the first occurrence in corpus order stays), then
 near dedup (corpus.near_dedup) over the documents exact dedup kept.
 Phase 3, one task per item: apply the duplicate drops, write `part-IIIII-JJJJ.parquet` (and
-`rejected/part-IIIII.parquet`), and count.
+`rejected/part-IIIII-JJJJ.parquet`), and count; the driver merges the counts in item order as they come.
 
 A document's key is `(item << 32) | ordinal`, so corpus order and each duplicate cluster's
 representative need no coordination: the output depends on the inputs and the config, never on the
-number of workers. The driver only holds counts, duplicate keys and a few samples.
+number of workers. The driver holds no documents: per input file a few counts, the duplicate keys
+(8 bytes per duplicate) and near-duplicate edges, and at most three samples per step.
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ ITEM_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class ScanResult:
+    """What the driver keeps of one input file's phase 1: counts only."""
+
     num_records: int
-    kept_ordinals: np.ndarray  # int64, ascending
+    num_kept: int  # passed every per-document step (before caps and dedup)
     band_stats: dict[str, int] | None
 
 
@@ -86,8 +89,10 @@ def clean_corpus(
     when None or not a local path) and is emptied first."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if any(output_dir.glob("part-*.parquet")):
-        raise ArtifactError(f"{output_dir} already holds part-*.parquet files; clean into an empty directory")
+    if any(output_dir.glob("part-*.parquet")) or any(output_dir.glob("rejected/*")):
+        raise ArtifactError(
+            f"{output_dir} already holds part-*.parquet or rejected/ files; clean into an empty directory"
+        )
     items = work_items(config, data_dir)
     index = build_index(config.decontamination, data_dir) if config.decontamination else None
     with _work_area(work_dir) as work:
@@ -134,9 +139,6 @@ def _clean(
     )
     caps = _caps(config, items, scans)
     exact_keys = _exact_duplicates(config, caps, work)
-    kept_in_caps = sum(
-        int(np.searchsorted(scan.kept_ordinals, cap)) for scan, cap in zip(scans, caps, strict=True)
-    )
     near_keys, near_stats = np.zeros(0, np.int64), None
     if config.near_dedup is not None:
         result = find_clusters(
@@ -145,10 +147,13 @@ def _clean(
             [scan.band_stats or {} for scan in scans],
             parallel=True,
             key_filter=KeyFilter(np.array(caps, np.int64), exact_keys),
-            num_documents=kept_in_caps - len(exact_keys),
         )
         near_keys, near_stats = result.drop_keys, result.stats
-    item_stats: list[tuple[CleanStats, DecontamReport]] = map_tasks(
+    stats = CleanStats([source.path for source in config.sources], [f.name for f in config.filters])
+    report = DecontamReport()
+    merge = _InOrder(lambda number, result: _merge_item(stats, report, items[number], result))
+    width = max(5, len(str(len(items) - 1)))
+    map_tasks(
         finish_item,
         (
             (
@@ -160,25 +165,57 @@ def _clean(
                 _item_ordinals(near_keys, number),
                 str(work),
                 str(output_dir),
+                width,
             )
             for number, item in enumerate(items)
         ),
         max_in_flight=config.num_workers,
+        on_result=merge,
     )
-    stats = CleanStats([source.path for source in config.sources], [f.name for f in config.filters])
-    report = DecontamReport()
-    for item, (partial, partial_report) in zip(items, item_stats, strict=True):
-        stats.merge(item.source_index, partial)
-        report.merge(partial_report)
     result_dict = stats.as_dict()
     result_dict["exact_dedup"] = {"enabled": config.dedup, "num_dropped": len(exact_keys)}
     if near_stats is not None:
-        result_dict["near_dedup"] = near_stats
+        result_dict["near_dedup"] = _with_singletons(near_stats, stats.num_kept + len(near_keys))
     if index is not None:
         result_dict["decontamination"] = report.summary(index)
     log.info("cleaned corpus: %s", stats.summary())
     stats.raise_if_unusable()
     return result_dict
+
+
+class _InOrder:
+    """Calls `merge(index, result)` in index order as results arrive in any order: the driver holds
+    only the results that arrived before an earlier one."""
+
+    def __init__(self, merge: Any) -> None:
+        self.merge, self.next_index = merge, 0
+        self.waiting: dict[int, Any] = {}
+
+    def __call__(self, index: int, result: Any) -> None:
+        self.waiting[index] = result
+        while self.next_index in self.waiting:
+            self.merge(self.next_index, self.waiting.pop(self.next_index))
+            self.next_index += 1
+
+
+def _merge_item(
+    stats: CleanStats, report: DecontamReport, item: WorkItem, result: tuple[CleanStats, DecontamReport]
+) -> None:
+    partial, partial_report = result
+    stats.merge(item.source_index, partial)
+    report.merge(partial_report)
+
+
+def _with_singletons(near_stats: dict[str, Any], num_documents: int) -> dict[str, Any]:
+    """Near-dedup stats with the documents it saw (exact dedup's survivors inside the caps) and the
+    histogram's size-1 count, known once the last phase has counted them."""
+    histogram = {size: count for size, count in near_stats["cluster_size_histogram"].items() if size != "1"}
+    in_clusters = sum(int(size) * count for size, count in histogram.items())
+    return {
+        **near_stats,
+        "num_documents": num_documents,
+        "cluster_size_histogram": {"1": num_documents - in_clusters, **histogram},
+    }
 
 
 class _Progress:
@@ -189,11 +226,11 @@ class _Progress:
     def scanned(self, _index: int, scan: ScanResult) -> None:
         self.num_done += 1
         self.num_records += scan.num_records
-        self.num_kept += len(scan.kept_ordinals)
+        self.num_kept += scan.num_kept
         if time.monotonic() - self._last_log >= PROGRESS_SECONDS or self.num_done == self.num_items:
             self._last_log = time.monotonic()
             log.info(
-                "clean: %d/%d file(s) read, %d documents, %d passed the filters",
+                "clean: %d/%d file(s) read, %d records, %d passed the filters (before caps and dedup)",
                 self.num_done,
                 self.num_items,
                 self.num_records,
@@ -255,8 +292,7 @@ def scan_item(
     )
     item_path = Path(work) / "items" / f"item-{number:05d}.parquet"
     item_path.parent.mkdir(parents=True, exist_ok=True)
-    kept_ordinals: list[int] = []
-    digests: list[tuple[int, int, int]] = []
+    num_kept = 0
     rows = _Rows(config.rejected_documents)
     with pq.ParquetWriter(item_path, ITEM_SCHEMA, compression="lz4") as writer:
         for ordinal, record in enumerate(READERS.get(source.format)(item.target, source)):
@@ -276,9 +312,9 @@ def scan_item(
                 rows.add(doc_id, *verdict)
                 if verdict.reason is None:
                     key = document_key(number, ordinal)
-                    kept_ordinals.append(ordinal)
+                    num_kept += 1
                     digest = hashlib.blake2b(verdict.text.encode("utf-8"), digest_size=16).digest()
-                    digests.append(
+                    rows.digest_batch.append(
                         (int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little"), key)
                     )
                     if bands is not None:
@@ -286,10 +322,10 @@ def scan_item(
             if len(rows) >= RECORDS_PER_BATCH:
                 rows.flush(writer, bands)
         rows.flush(writer, bands)
-    num_records = rows.num_written
     if config.dedup:
-        _write_digests(np.array(digests, dtype=DIGEST_DTYPE), Path(work) / "digests", number)
-    return ScanResult(num_records, np.array(kept_ordinals, np.int64), bands.close() if bands else None)
+        digests = np.concatenate(rows.digest_parts) if rows.digest_parts else np.zeros(0, DIGEST_DTYPE)
+        _write_digests(digests, Path(work) / "digests", number)
+    return ScanResult(rows.num_written, num_kept, bands.close() if bands else None)
 
 
 @dataclass(frozen=True)
@@ -365,6 +401,8 @@ class _Rows:
     def __init__(self, keep_dropped_text: bool) -> None:
         self.columns: dict[str, list[Any]] = {name: [] for name in ITEM_SCHEMA.names}
         self.band_batch: list[tuple[int, str]] = []
+        self.digest_batch: list[tuple[int, int, int]] = []
+        self.digest_parts: list[np.ndarray] = []  # 24 bytes per kept document of the file
         self.num_written = 0
         self.keep_dropped_text = keep_dropped_text
 
@@ -410,6 +448,9 @@ class _Rows:
             writer.write_table(pa.table(self.columns, schema=ITEM_SCHEMA))
             self.num_written += len(self)
             self.columns = {name: [] for name in ITEM_SCHEMA.names}
+        if self.digest_batch:
+            self.digest_parts.append(np.array(self.digest_batch, dtype=DIGEST_DTYPE))
+            self.digest_batch = []
         if bands is not None and self.band_batch:
             keys, texts = zip(*self.band_batch, strict=True)
             bands.add(np.array(keys, np.int64), list(texts))
@@ -464,18 +505,19 @@ def finish_item(
     near_ordinals: np.ndarray,
     work: str,
     output_dir: str,
+    width: int = 5,
 ) -> tuple[CleanStats, DecontamReport]:
-    """Phase 3 for one input file (a Ray task): drop duplicates, write its parts, count everything."""
+    """Phase 3 for one input file (a Ray task): drop duplicates, write its parts, count everything.
+    `width`: digits of the file number in output names, so names sort in corpus order."""
     source_path = config.sources[item.source_index].path
     stats = CleanStats([source_path], [f.name for f in config.filters])
     report = DecontamReport()
     kinds = list(config.pii.kinds) if config.pii else []
     schema = output_schema(config.language_id is not None)
-    parts = PartWriter(Path(output_dir), config.rows_per_file, f"part-{number:05d}", schema)
+    stem = f"part-{number:0{width}d}"
+    parts = PartWriter(Path(output_dir), config.rows_per_file, stem, schema)
     rejected = (
-        PartWriter(
-            Path(output_dir) / "rejected", 1 << 62, f"part-{number:05d}", REJECTED_SCHEMA, numbered=False
-        )
+        PartWriter(Path(output_dir) / "rejected", config.rows_per_file, stem, REJECTED_SCHEMA)
         if config.rejected_documents
         else None
     )
@@ -483,9 +525,9 @@ def finish_item(
     item_path = Path(work) / "items" / f"item-{number:05d}.parquet"
     ordinal = 0
     for batch in pq.ParquetFile(item_path).iter_batches(batch_size=RECORDS_PER_BATCH):
-        for row in batch.to_pylist():
-            if ordinal >= cap:
-                break
+        if ordinal >= cap:
+            break
+        for row in batch.slice(0, cap - ordinal).to_pylist():
             reason, step = row["reason"] or None, row["step"] or None
             if reason is None and ordinal in exact:
                 reason, step = "duplicate", EXACT_DEDUP

@@ -197,7 +197,8 @@ def read_examples(eval_set: EvalSetConfig, data_dir: Path | None, key: str) -> d
             )
             target = str(file)
         for record in read(target, source):
-            if record.text is not None:
+            # Blank rows (a hub text split's empty lines) are not examples, as the local reader skips them.
+            if record.text is not None and record.text.strip():
                 examples.setdefault(record.key, []).append(record.text)
     if not examples:
         raise DataError(f"{key}: {eval_set.path} holds no readable example with columns {eval_set.columns}")

@@ -187,7 +187,7 @@ def find_clusters(
         num_documents = num_written
     num_ranges = max(1, -(-num_records // config.max_records_in_memory))
     bounds = [KEY_SPACE * index // num_ranges for index in range(num_ranges + 1)]
-    calls = [
+    calls: list[tuple[Any, ...]] = [
         (
             str(Path(spill_dir) / f"band-{band:03d}"),
             bounds[index],
@@ -199,6 +199,12 @@ def find_clusters(
         for index in range(num_ranges)
     ]
     log.info("near-dedup: %d documents, %d pair-finding task(s)", num_documents, len(calls))
+    if parallel and key_filter is not None and calls:
+        import ray
+
+        # Stored once in the object store, not once per task.
+        filter_ref = ray.put(key_filter)
+        calls = [(*call[:-1], filter_ref) for call in calls]
     edge_parts = _map(band_range_edges, calls, parallel) if num_records else []
     edges = np.unique(np.concatenate(edge_parts), axis=0) if edge_parts else np.zeros((0, 2), np.int64)
     drop_keys, histogram = clusters(edges)
@@ -211,8 +217,8 @@ def find_clusters(
         # Size 1: documents in no cluster (those without shingles included).
         "cluster_size_histogram": {str(size): count for size, count in sizes.items()},
     }
-    if key_filter is None:
-        stats["num_without_shingles"] = num_written - num_records
+    # Documents too short for one shingle (in no cluster); with a key filter, counted before it.
+    stats["num_without_shingles"] = num_written - num_records
     log.info("near-dedup: %d cluster(s), %d document(s) dropped", stats["num_clusters"], len(drop_keys))
     return NearDedupResult(drop_keys, stats, edges)
 

@@ -147,10 +147,15 @@ def raw_input_dataset(record: dict[str, Any]) -> InputDataset:
 
 
 def parquet_summary(data_dir: Path) -> ParquetSummary | None:
-    """((column, type) of the Parquet files' schema, their total rows); None without Parquet files."""
+    """((column, type) of the Parquet files' schema, their total rows); None without Parquet files.
+    A clean stage's audit files (`rejected/`) are not rows of the data set."""
     import pyarrow.parquet as pq
 
-    files = sorted(path for path in data_dir.rglob("*.parquet") if path.is_file())
+    files = sorted(
+        path
+        for path in data_dir.rglob("*.parquet")
+        if path.is_file() and "rejected" not in path.relative_to(data_dir).parts[:-1]
+    )
     if not files:
         return None
     schema = pq.read_schema(files[0])

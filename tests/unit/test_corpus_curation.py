@@ -148,6 +148,7 @@ def test_output_is_the_same_for_any_number_of_workers(ray_runtime, tmp_path):
         texts = [documents[(file_index * 3 + i) % 12] for i in range(4)]
         texts.append(edited(documents[file_index], 1, seed=file_index))
         write_jsonl(data / f"f{file_index}.jsonl", texts)
+    (data / "f9-empty.jsonl").write_bytes(b"")
     outputs = []
     for num_workers in (1, 2, 3):
         config = curation_config(
@@ -178,3 +179,39 @@ def test_caps_apply_before_dedup(ray_runtime, tmp_path):
     # Three records count: a/1, a/2, b/1 (a copy of a/1); b/2 is past the cap.
     assert (stats["num_read"], stats["num_kept"], stats["dropped"]) == (3, 2, {"duplicate": 1})
     assert [row["doc_id"] for row in read_rows(tmp_path / "out")] == ["0/a.jsonl/1", "0/a.jsonl/2"]
+
+
+def test_a_source_cap_decides_which_copy_is_kept(ray_runtime, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    first, second = english(1, 150), english(2, 150)
+    write_jsonl(data / "a.jsonl", [first, second])
+    write_jsonl(data / "b.jsonl", [second, edited(second, 2, seed=3)])
+    config = CorpusConfig(
+        sources=[{"path": "a.jsonl", "max_documents": 1}, {"path": "b.jsonl"}],
+        filters=[],
+        near_dedup={},
+    )
+    stats = clean_corpus(config, data, tmp_path / "out")
+    # a.jsonl's copy of `second` is past its source's cap: b.jsonl's is the first one inside the caps,
+    # so it is kept and only its edited copy goes, as a near duplicate.
+    assert [row["doc_id"] for row in read_rows(tmp_path / "out")] == ["0/a.jsonl/1", "1/b.jsonl/1"]
+    assert stats["exact_dedup"]["num_dropped"] == 0
+    assert stats["near_dedup"]["num_dropped"] == 1
+    histogram = stats["near_dedup"]["cluster_size_histogram"]
+    assert histogram == {"1": 1, "2": 1}
+    assert (
+        sum(int(size) * count for size, count in histogram.items())
+        == stats["near_dedup"]["num_documents"]
+        == 3
+    )
+
+
+def test_decontamination_counts_only_documents_inside_the_caps(ray_runtime, corpus_dir, tmp_path):
+    # a.jsonl's 4th document holds the eval sentence; a cap of 3 leaves it unread.
+    config = curation_config(sources=[{"path": "a.jsonl"}], max_documents=3, near_dedup=None)
+    stats = clean_corpus(config, corpus_dir, tmp_path / "out")
+    report = stats["decontamination"]["sst2_dev"]
+    # Checked: the two English documents that passed the filters (the German one is dropped before).
+    assert (report["num_documents_checked"], report["num_contaminated_documents"]) == (2, 0)
+    assert stats["num_read"] == 3
