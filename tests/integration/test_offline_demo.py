@@ -45,6 +45,11 @@ def test_demo_without_data_or_hub_stops_at_once_with_one_actionable_message(tmp_
         ("finetune.tasks[0].dev_path", "hf://nyu-mll/glue?config=sst2&split=validation"),
         ("evaluation.tasks[0].train_path", "hf://nyu-mll/glue?config=sst2&split=train"),
         ("evaluation.tasks[1].path", "hf://Salesforce/wikitext?config=wikitext-2-raw-v1&split=validation"),
+        ("corpus.decontamination.eval_sets[0].path", "hf://nyu-mll/glue?config=sst2&split=validation"),
+        (
+            "corpus.decontamination.eval_sets[1].path",
+            "hf://Salesforce/wikitext?config=wikitext-2-raw-v1&split=validation",
+        ),
     ]:
         assert f"  {key}: " in output and hub_name in output, key
     assert "http://127.0.0.1:9" in output and "LMFORGE_DATA_DIR=" in output

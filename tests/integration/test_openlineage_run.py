@@ -111,7 +111,11 @@ def test_run_events_validate_and_chain_from_raw_inputs_to_the_model(lineage_runs
     store = ol.store_namespace(record["store"])
     model = (store, record["stages"]["pretrain"]["artifact_id"])
     raw = chain_to_raw_inputs(events, model)
-    assert raw == {("file", str(shared_data_dir / "enwiki_extract" / "wiki_00.txt"))}
+    # The corpus, and the eval set tiny.yaml's decontamination checks it against.
+    assert raw == {
+        ("file", str(shared_data_dir / "enwiki_extract" / "wiki_00.txt")),
+        ("file", str(shared_data_dir / "sst2" / "dev.tsv")),
+    }
     # Every stage's COMPLETE names the artifact run.json recorded, with our manifest's recipe key.
     for stage in STAGES:
         (complete,) = [
@@ -123,10 +127,17 @@ def test_run_events_validate_and_chain_from_raw_inputs_to_the_model(lineage_runs
     corpus = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == "tiny.clean"][0][
         "outputs"
     ][0]
-    assert [field["name"] for field in corpus["facets"]["schema"]["fields"]] == ["doc_id", "source", "text"]
+    assert [field["name"] for field in corpus["facets"]["schema"]["fields"]] == [
+        "doc_id",
+        "source",
+        "text",
+        "language",
+        "language_score",
+    ]
     clean_metrics = record["stages"]["clean"]["metrics"]
     assert corpus["facets"]["lmforge_cleaning"]["num_kept"] == clean_metrics["num_kept"]
     assert corpus["facets"]["lmforge_cleaning"]["dropped"] == clean_metrics["dropped"]
+    # The rejected-documents files inside the artifact are not rows of the corpus.
     assert corpus["outputFacets"]["outputStatistics"]["rowCount"] == clean_metrics["num_kept"]
 
 

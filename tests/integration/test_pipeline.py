@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from lmforge.app.config import PipelineConfig
@@ -346,6 +347,17 @@ def test_stage_metrics_are_real(tiny_runs, shared_data_dir):
     clean = stages["clean"]["metrics"]
     assert clean["num_kept"] > 0 and clean["dropped"].get("too_few_words", 0) > 0
     assert clean["num_read"] == clean["num_kept"] + clean["num_dropped"]
+    # tiny.yaml runs every curation step: each reports, and the audit files hold every drop.
+    assert {"language_id", "min_length", "gopher_repetition"} <= set(clean["steps"])
+    assert clean["languages_kept"] == {"en": clean["num_kept"]}
+    assert set(clean["pii_replaced"]) == {"email", "ip_address", "phone"}
+    assert clean["decontamination"]["sst2_dev"]["num_documents_checked"] >= clean["num_kept"]
+    assert "cluster_size_histogram" in clean["near_dedup"]
+    corpus_dir = Path(stages["clean"]["path"])
+    rejected = pq.ParquetDataset(sorted(corpus_dir.glob("rejected/*.parquet"))).read()
+    assert rejected.num_rows == clean["num_dropped"]
+    kept = pq.ParquetDataset(sorted(corpus_dir.glob("part-*.parquet"))).read()
+    assert kept.num_rows == clean["num_kept"] and set(kept.column("language").to_pylist()) == {"en"}
     assert stages["tokenizer"]["metrics"]["vocab_size"] <= 2048
     pretrain = stages["pretrain"]["metrics"]
     assert pretrain["final_train_loss"] < pretrain["initial_train_loss"]
