@@ -300,7 +300,8 @@ def scan_item(
                 break
             doc_id = f"{item.source_index}/{item.name}/{record.key}"
             if record.reason is not None:
-                rows.add(doc_id, "", record.reason, READER, malformed=True, num_filters=len(config.filters))
+                no_lines = (0,) * len(config.filters)
+                rows.add(doc_id, Verdict("", record.reason, READER, None, no_lines), malformed=True)
             else:
                 verdict = clean_document(
                     normalize_text(record.text or "", config.normalization),
@@ -309,7 +310,7 @@ def scan_item(
                     index,
                     redactor,
                 )
-                rows.add(doc_id, *verdict)
+                rows.add(doc_id, verdict)
                 if verdict.reason is None:
                     key = document_key(number, ordinal)
                     num_kept += 1
@@ -330,30 +331,17 @@ def scan_item(
 
 @dataclass(frozen=True)
 class Verdict:
+    """One document's outcome of the per-document steps: `reason` None keeps `text`."""
+
     text: str
     reason: str | None
     step: str | None
     value: float | None
     lines_removed: tuple[int, ...]
-    language: str | None
-    language_score: float | None
-    contaminated: list[str] | None
-    pii: list[int] | None
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(
-            (
-                self.text,
-                self.reason,
-                self.step,
-                self.value,
-                self.lines_removed,
-                self.language,
-                self.language_score,
-                self.contaminated,
-                self.pii,
-            )
-        )
+    language: str | None = None
+    language_score: float | None = None
+    contaminated: list[str] | None = None
+    pii: list[int] | None = None
 
 
 def clean_document(
@@ -366,19 +354,17 @@ def clean_document(
     """One readable document through language ID, filters, decontamination and PII redaction."""
     no_lines = (0,) * len(config.filters)
     if not text:
-        return Verdict(text, "empty", EMPTY, None, no_lines, None, None, None, None)
+        return Verdict(text, "empty", EMPTY, None, no_lines)
     language = score = None
     if language_id is not None:
         reason, language, score = language_id.check(text)
         if reason is not None:
-            return Verdict(text, reason, LANGUAGE_ID, score, no_lines, language, score, None, None)
+            return Verdict(text, reason, LANGUAGE_ID, score, no_lines, language, score)
     outcome = apply_filters(config.filters, text)
     text = outcome.text
     if outcome.reason is not None:
         step = config.filters[outcome.filter_index].name if outcome.filter_index is not None else EMPTY
-        return Verdict(
-            text, outcome.reason, step, outcome.value, outcome.lines_removed, language, score, None, None
-        )
+        return Verdict(text, outcome.reason, step, outcome.value, outcome.lines_removed, language, score)
     contaminated = None
     if index is not None and config.decontamination is not None:
         matches = index.check(text)
@@ -386,8 +372,8 @@ def clean_document(
             f"{name}{KEY_SEPARATOR}{example}" for name, ids in matches.items() for example in ids
         )
         if matches and config.decontamination.drop:
-            step_args = (outcome.lines_removed, language, score, contaminated, None)
-            return Verdict(text, "contaminated", DECONTAMINATION, float(len(contaminated)), *step_args)
+            lines, value = outcome.lines_removed, float(len(contaminated))
+            return Verdict(text, "contaminated", DECONTAMINATION, value, lines, language, score, contaminated)
     pii = None
     if redactor is not None:
         text, counts = redactor.redact(text)
@@ -409,36 +395,22 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.columns["doc_id"])
 
-    def add(
-        self,
-        doc_id: str,
-        text: str,
-        reason: str | None,
-        step: str | None,
-        value: float | None = None,
-        lines_removed: tuple[int, ...] = (),
-        language: str | None = None,
-        language_score: float | None = None,
-        contaminated: list[str] | None = None,
-        pii: list[int] | None = None,
-        *,
-        malformed: bool = False,
-        num_filters: int = 0,
-    ) -> None:
-        if reason is not None and not self.keep_dropped_text:
+    def add(self, doc_id: str, verdict: Verdict, malformed: bool = False) -> None:
+        text = verdict.text
+        if verdict.reason is not None and not self.keep_dropped_text:
             text = text[:SNIPPET_CHARS]
         row = {
             "doc_id": doc_id,
             "text": text,
-            "reason": reason or "",
-            "step": step or "",
-            "value": value,
+            "reason": verdict.reason or "",
+            "step": verdict.step or "",
+            "value": verdict.value,
             "malformed": malformed,
-            "lines_removed": list(lines_removed) or [0] * num_filters,
-            "language": language,
-            "language_score": language_score,
-            "contaminated": contaminated,
-            "pii": pii,
+            "lines_removed": list(verdict.lines_removed),
+            "language": verdict.language,
+            "language_score": verdict.language_score,
+            "contaminated": verdict.contaminated,
+            "pii": verdict.pii,
         }
         for name, cell in row.items():
             self.columns[name].append(cell)

@@ -23,18 +23,19 @@ import xxhash
 from pydantic import Field, model_validator
 
 from lmforge.core.configbase import StrictModel, operational
-from lmforge.core.errors import ConfigError, DataError
-from lmforge.infra.data_paths import HF_PREFIX, is_hf_uri, resolve_file, split_revision
+from lmforge.core.errors import DataError
+from lmforge.infra.data_paths import HF_PREFIX, is_hf_uri, parse_hf_uri, resolve_file
 
 WORD = re.compile(r"[^\W_]+")
 TABULAR_FORMATS = ("jsonl", "csv", "tsv", "parquet")
 NUM_SAMPLE_IDS = 10
+EVAL_SPLIT = "validation"  # a hub eval set's split when its URI names none
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd, so no word's hash is lost to overflow
 
 
 class EvalSetConfig(StrictModel):
     """One evaluation data set: `path` is a file (absolute or relative to the data directory) or a hub
-    split, `hf://owner/name?config=..&split=..` (format `hf`).
+    split, `hf://owner/name?config=..&split=..` (format `hf`; the split defaults to validation).
 
     `columns` names the text fields of a tabular file or hub split (each checked on its own); plain
     text has one example per line (`text_mode: line`) or per blank-line-separated paragraph. `hub` is
@@ -185,11 +186,11 @@ def read_examples(eval_set: EvalSetConfig, data_dir: Path | None, key: str) -> d
     examples: dict[str, list[str]] = {}
     for column in eval_set.columns or ["text"]:
         if eval_set.format == "hf":
-            dataset, hf_name, hf_split = parse_hub_split(eval_set.path, key)
+            hub = parse_hf_uri(eval_set.path, key, None, EVAL_SPLIT)
+            target = f"{HF_PREFIX}{hub.dataset}" + (f"@{hub.revision}" if hub.revision else "")
             source = SourceConfig(
-                path=dataset, format="hf", text_field=column, hf_name=hf_name, hf_split=hf_split
+                path=target, format="hf", text_field=column, hf_name=hub.config, hf_split=hub.split
             )
-            target = dataset
         else:
             file = resolve_file(eval_set.path, data_dir, key)
             source = SourceConfig(
@@ -203,23 +204,6 @@ def read_examples(eval_set: EvalSetConfig, data_dir: Path | None, key: str) -> d
     if not examples:
         raise DataError(f"{key}: {eval_set.path} holds no readable example with columns {eval_set.columns}")
     return examples
-
-
-def parse_hub_split(uri: str, key: str) -> tuple[str, str | None, str]:
-    """(hf://owner/name[@revision], config, split) of `hf://owner/name[@revision]?config=..&split=..`."""
-    from urllib.parse import parse_qs
-
-    bare, revision = split_revision(uri)
-    body, _, query = bare[len(HF_PREFIX) :].partition("?")
-    params = {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
-    unknown = sorted(set(params) - {"config", "split"})
-    if not body or unknown or "split" not in params:
-        raise ConfigError(
-            f"{key}: {uri!r} is not hf://<dataset>[@revision]?[config=<name>&]split=<split>"
-            + (f" (unknown parameters: {', '.join(unknown)})" if unknown else "")
-        )
-    dataset = f"{HF_PREFIX}{body}" + (f"@{revision}" if revision else "")
-    return dataset, params.get("config") or None, params["split"]
 
 
 def build_index(config: DecontamConfig, data_dir: Path | None) -> DecontamIndex:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from lmforge.core.errors import ConfigError
 from lmforge.corpus.config import CorpusConfig, SourceConfig
-from lmforge.corpus.decontam import parse_hub_split
+from lmforge.corpus.decontam import EVAL_SPLIT
 from lmforge.corpus.hf_reader import hf_dataset_name
-from lmforge.infra.data_paths import DATA_DIR_ENV, is_hf_uri, resolve_file, resolve_paths
+from lmforge.infra.data_paths import DATA_DIR_ENV, is_hf_uri, parse_hf_uri, resolve_file, resolve_paths
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def eval_set_inputs(config: CorpusConfig, data_dir: Path | None) -> list[InputRe
     for index, eval_set in enumerate(config.decontamination.eval_sets):
         key = eval_set_key(index)
         if is_hf_uri(eval_set.path):
-            parse_hub_split(eval_set.path, key)
+            parse_hf_uri(eval_set.path, key, None, EVAL_SPLIT)  # checks its form
             refs.append(InputRef(eval_set.path, None))
             continue
         path = resolve_file(eval_set.path, data_dir, key)

@@ -17,7 +17,7 @@ drop set is the same for any chunking, number of workers or `max_records_in_memo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -167,7 +167,7 @@ def near_duplicates(
     non-negative and global (the smallest of a cluster is kept). `parallel=False` runs in-process."""
     spill_dir = str(Path(work_dir) / "bands")
     calls = ((index, [chunk], config, spill_dir) for index, chunk in enumerate(chunks))
-    chunk_stats = _map(write_band_records, calls, parallel)
+    chunk_stats = map_tasks(write_band_records, calls, parallel)
     return find_clusters(config, spill_dir, chunk_stats, parallel)
 
 
@@ -205,7 +205,7 @@ def find_clusters(
         # Stored once in the object store, not once per task.
         filter_ref = ray.put(key_filter)
         calls = [(*call[:-1], filter_ref) for call in calls]
-    edge_parts = _map(band_range_edges, calls, parallel) if num_records else []
+    edge_parts = map_tasks(band_range_edges, calls, parallel) if num_records else []
     edges = np.unique(np.concatenate(edge_parts), axis=0) if edge_parts else np.zeros((0, 2), np.int64)
     drop_keys, histogram = clusters(edges)
     sizes = {1: num_documents - sum(size * count for size, count in histogram.items()), **histogram}
@@ -221,7 +221,3 @@ def find_clusters(
     stats["num_without_shingles"] = num_written - num_records
     log.info("near-dedup: %d cluster(s), %d document(s) dropped", stats["num_clusters"], len(drop_keys))
     return NearDedupResult(drop_keys, stats, edges)
-
-
-def _map(fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]], parallel: bool) -> list[Any]:
-    return map_tasks(fn, calls, parallel)

@@ -18,9 +18,8 @@ def output_schema(with_language: bool) -> pa.Schema:
 
 
 class PartWriter:
-    """Buffers rows and flushes every `rows_per_file` to `{stem}-JJJJ.parquet` (`{stem}.parquet` when
-    not `numbered`: then everything goes to one file); same rows in -> byte-identical files out.
-    Columns a row has beyond the schema's are ignored."""
+    """Buffers rows and flushes every `rows_per_file` to `{stem}-JJJJ.parquet`; same rows in ->
+    byte-identical files out. Columns a row has beyond the schema's are ignored."""
 
     def __init__(
         self,
@@ -28,11 +27,10 @@ class PartWriter:
         rows_per_file: int,
         stem: str = "part",
         schema: pa.Schema = SCHEMA,
-        numbered: bool = True,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.rows_per_file = rows_per_file
-        self.stem, self.schema, self.numbered = stem, schema, numbered
+        self.stem, self.schema = stem, schema
         self.num_files = 0
         self._columns: dict[str, list[Any]] = {name: [] for name in schema.names}
 
@@ -48,8 +46,9 @@ class PartWriter:
 
     def _flush(self) -> None:
         table = pa.table(self._columns, schema=self.schema)
-        name = f"{self.stem}-{self.num_files:04d}.parquet" if self.numbered else f"{self.stem}.parquet"
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, self.output_dir / name, compression="zstd")
+        pq.write_table(
+            table, self.output_dir / f"{self.stem}-{self.num_files:04d}.parquet", compression="zstd"
+        )
         self.num_files += 1
         self._columns = {name: [] for name in self.schema.names}

@@ -8,7 +8,9 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from lmforge.core.errors import ConfigError, DataError
 
@@ -80,6 +82,29 @@ def split_revision(uri: str) -> tuple[str, str | None]:
     body, sep, query = uri[len(HF_PREFIX) :].partition("?")
     dataset, mark, revision = body.partition(REVISION_MARK)
     return f"{HF_PREFIX}{dataset}{sep}{query}", (revision or None) if mark else None
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    dataset: str
+    config: str | None
+    split: str
+    revision: str | None = None  # a commit sha once the flow has pinned the URI
+
+
+def parse_hf_uri(uri: str, key: str, default_config: str | None, default_split: str) -> HubDataset:
+    """Split `hf://dataset[@revision]?config=..&split=..` into its parts; unknown query keys are a ConfigError."""
+    bare, revision = split_revision(uri)
+    body, _, query = bare[len(HF_PREFIX) :].partition("?")
+    params = {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
+    unknown = sorted(set(params) - {"config", "split"})
+    if not body or unknown:
+        raise ConfigError(
+            f"{key}: {uri!r} is not hf://<dataset>[?config=<name>&split=<split>]"
+            + (f" (unknown parameters: {', '.join(unknown)})" if unknown else "")
+        )
+    config, split = params.get("config") or default_config, params.get("split") or default_split
+    return HubDataset(body, config, split, revision)
 
 
 def hub_dataset_id(uri: str) -> str:

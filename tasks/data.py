@@ -10,13 +10,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import numpy as np
 
-from lmforge.core.errors import ArtifactError, ConfigError, DataError
+from lmforge.core.errors import ArtifactError, DataError
 from lmforge.core.logs import get_logger
-from lmforge.infra.data_paths import HF_PREFIX, is_hf_uri, resolve_file, split_revision
+from lmforge.infra.data_paths import HubDataset, is_hf_uri, parse_hf_uri, resolve_file
 
 log = get_logger(__name__)
 
@@ -28,29 +27,6 @@ WIKITEXT_HF_CONFIG = "wikitext-2-raw-v1"
 class LabelledText:
     text: str
     label: int
-
-
-@dataclass(frozen=True)
-class HubDataset:
-    dataset: str
-    config: str | None
-    split: str
-    revision: str | None = None  # a commit sha once the flow has pinned the URI
-
-
-def parse_hf_uri(uri: str, key: str, default_config: str | None, default_split: str) -> HubDataset:
-    """Split `hf://dataset[@revision]?config=..&split=..` into its parts; unknown query keys are a ConfigError."""
-    bare, revision = split_revision(uri)
-    body, _, query = bare[len(HF_PREFIX) :].partition("?")
-    params = {name: values[-1] for name, values in parse_qs(query, keep_blank_values=True).items()}
-    unknown = sorted(set(params) - {"config", "split"})
-    if not body or unknown:
-        raise ConfigError(
-            f"{key}: {uri!r} is not hf://<dataset>[?config=<name>&split=<split>]"
-            + (f" (unknown parameters: {', '.join(unknown)})" if unknown else "")
-        )
-    config, split = params.get("config") or default_config, params.get("split") or default_split
-    return HubDataset(body, config, split, revision)
 
 
 def load_hub_split(hub: HubDataset) -> Any:
