@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lmforge.core.configbase import StrictModel, choice, operational
 
-ModelSize = Literal["debug", "tiny", "small", "custom"]
+ModelSize = Literal["debug", "tiny", "small", "base", "gpt2", "custom"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 # hidden size, layers, heads; the feed-forward width defaults to 4x hidden (GPT-2 / BERT convention).
@@ -16,6 +16,10 @@ MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
     "debug": (64, 2, 2),
     "tiny": (128, 2, 2),
     "small": (256, 4, 4),
+    # 23 M parameters at an 8k vocabulary: the CPU speed benchmark's model (docs/benchmarks.md).
+    "base": (512, 6, 8),
+    # GPT-2's smallest release (124 M at its 50k vocabulary): the GPU benchmark's model.
+    "gpt2": (768, 12, 12),
 }
 
 
