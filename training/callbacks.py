@@ -10,6 +10,7 @@ from lmforge.infra.progress import ProgressReporter
 from lmforge.training import deepspeed_setup
 from lmforge.training.artifact import HF_DIR, model_recipe
 from lmforge.training.hooks import LOGGERS, Callback
+from lmforge.training.profiling import StepProfiler
 from lmforge.training.speed import PEAK_SECONDS, SpeedMonitor
 from lmforge.training.tensorboard import TensorBoardLogger
 
@@ -139,8 +140,10 @@ def set_export_template(hf_dir: Path, objective: Objective, special_ids: dict[st
 def build_callbacks(inputs: LoopInputs, peak_seconds: float = PEAK_SECONDS) -> list[Callback]:
     """The loop's callbacks from `inputs.config`, in call order (the speed monitor first)."""
     config = inputs.config
-    callbacks: list[Callback] = [
-        SpeedMonitor(peak_seconds),
+    callbacks: list[Callback] = [SpeedMonitor(peak_seconds)]
+    if config.profile is not None:
+        callbacks.append(StepProfiler(config.profile))
+    callbacks += [
         ConsoleLogger(),
         Evaluation(config.eval_every, config.eval_batches),
     ]

@@ -95,6 +95,17 @@ class SpanCorruptionConfig(StrictModel):
     mean_noise_span_length: float = Field(default=3.0, ge=1.0)
 
 
+class ProfileConfig(StrictModel):
+    """Which steps torch.profiler records (after warm-up: the first steps choose kernels)."""
+
+    start_step: int = Field(default=3, ge=1)
+    steps: int = Field(default=5, ge=1)
+
+    def covers(self, step: int) -> bool:
+        """Whether 1-based `step` is profiled."""
+        return self.start_step <= step < self.start_step + self.steps
+
+
 def _objective_names() -> list[str]:
     from lmforge.training.objectives import OBJECTIVES
 
@@ -117,6 +128,15 @@ class PretrainConfig(StrictModel):
     zero_stage: int = Field(default=1, ge=0, le=3)
     # "auto": bf16 where the workers' hardware computes it natively, else fp32 (training/precision.py).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # torch.compile the model before DeepSpeed wraps it. "auto": on GPU workers only; on CPU it measured
+    # slower than eager (docs/benchmarks.md). Compiled kernels round differently, so it shapes the weights.
+    compile: Literal["auto"] | bool = "auto"
+    # AdamW implementation: "fused" (one kernel over every tensor), "foreach" (batched tensor ops) or
+    # "for-loop" (torch's CPU default); "auto": fused. They round differently, so it shapes the weights.
+    adamw: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    # Profile steps [start, start + steps) of every rank with torch.profiler: a per-phase breakdown
+    # (data, forward, backward, optimizer, communication) goes to the run's telemetry.
+    profile: ProfileConfig | None = operational(None)
     micro_batch_size: int = Field(default=16, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0.0)
@@ -227,6 +247,15 @@ class PretrainConfig(StrictModel):
                 f"{str(self.use_gpu).lower()}): drop the GPU key or set use_gpu true"
             )
         return resources
+
+    def compiles(self, use_gpu: bool) -> bool:
+        """Whether the workers compile the model ("auto" resolved for their device)."""
+        return use_gpu if self.compile == "auto" else self.compile
+
+    def adamw_options(self) -> dict[str, bool]:
+        """torch.optim.AdamW keyword arguments that pick its implementation."""
+        choice = "fused" if self.adamw == "auto" else self.adamw
+        return {"fused": choice == "fused", "foreach": choice == "foreach"}
 
     @property
     def threads_per_worker(self) -> int:

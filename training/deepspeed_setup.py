@@ -76,7 +76,10 @@ def initialize(model: nn.Module, config: PretrainConfig, world_size: int, precis
 
     check_process_group()
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=config.adam_betas
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=config.adam_betas,
+        **config.adamw_options(),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_decay, config.min_lr_ratio)

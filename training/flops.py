@@ -269,3 +269,31 @@ def nominal_peak(device_name: str, precision: str) -> float | None:
         if set(key.split()) <= tokens:
             return peaks.get(precision)
     return None
+
+
+def counted_training_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """FLOPs torch's own counter (`torch.utils.flop_counter`) sees in one forward + backward of
+    `model(**inputs)` (the loss is the logits' sum): an independent check of the analytic counts
+    above, which it should match up to what they leave out or add (see the conventions above).
+
+    The count runs with eager attention: torch 2.13's counter has no formula for the CPU SDPA
+    kernel (`_scaled_dot_product_flash_attention_for_cpu`), so under SDPA it silently leaves the
+    attention matmuls out (7-11% of a small GPT-2's FLOPs). Eager attention does the same matmuls.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    hf_model: Any = model
+    attention = getattr(hf_model.config, "_attn_implementation", None)
+    if attention not in (None, "eager"):
+        hf_model.set_attn_implementation("eager")
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            output = model(**inputs)
+            logits = output.logits if hasattr(output, "logits") else output
+            logits.float().sum().backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        if attention not in (None, "eager"):
+            hf_model.set_attn_implementation(attention)
+    return int(counter.get_total_flops())

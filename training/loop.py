@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.profiler import record_function
 
 from lmforge.core.errors import ArtifactError, DataError
 from lmforge.core.logs import get_logger
@@ -31,6 +32,7 @@ from lmforge.training.masking import EVAL_STREAM, IGNORE_INDEX, masking_generato
 from lmforge.training.metrics import EventLog, all_gather_object, all_reduce_sum, run_summary
 from lmforge.training.models import count_parameters
 from lmforge.training.objectives import BatchContext, Sums, get_objective, word_continuation_table
+from lmforge.training.profiling import PHASES
 from lmforge.training.resume import (
     LoopState,
     capture_rng,
@@ -174,6 +176,8 @@ class PretrainLoop:
         )
         self.flops_per_token = model_flops_per_token(model, self.inputs.seq_len, self.inputs.target_length)
         self.num_parameters = count_parameters(model)
+        if self.config.compiles(self.env.device.type == "cuda"):
+            model.compile()  # in place: the engine wraps the same module, state-dict keys unchanged
         self.engine, self.optimizer, _ = deepspeed_setup.initialize(
             model, self.config, self.env.world_size, self.inputs.precision
         )
@@ -211,12 +215,17 @@ class PretrainLoop:
             epoch, indices = self.stream.batch(index)
             # Masks derive from (seed, epoch, rank, micro-batch): reproducible, fresh every epoch.
             generator = masking_generator(inputs.seed, epoch, self.env.rank, index)
-            batch = self.objective.prepare_batch(
-                self.train[torch.from_numpy(indices)], self._batch_context(generator, indices, "train")
-            )
-            loss = self.objective.training_loss(self.objective.forward(self.engine, self._to_device(batch)))
-            self.engine.backward(loss)
-            self.engine.step()
+            with record_function(PHASES.data):
+                batch = self.objective.prepare_batch(
+                    self.train[torch.from_numpy(indices)], self._batch_context(generator, indices, "train")
+                )
+                batch = self._to_device(batch)
+            with record_function(PHASES.forward):
+                loss = self.objective.training_loss(self.objective.forward(self.engine, batch))
+            with record_function(PHASES.backward):
+                self.engine.backward(loss)
+            with record_function(PHASES.optimizer):
+                self.engine.step()
             total += loss.detach().float()
             self.next_micro_batch += 1
         return total / config.gradient_accumulation_steps

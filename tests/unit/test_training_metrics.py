@@ -93,3 +93,11 @@ def test_summary_placement_and_restarts_come_from_telemetry(tmp_path):
     assert summary["worker_nodes"] == ["node-d", "node-e"]  # the attempt that finished
     fresh = run_summary(metrics, EventLog(), clm=False, curve_step=lambda step: True)
     assert fresh["restarts"] == [] and fresh["worker_nodes"] is None
+
+
+def test_an_mfu_above_one_marks_the_peak_suspect():
+    metrics, telemetry = summary_logs()
+    telemetry.events[0]["peak_flops_per_second"] = 1e5  # 600 FLOPs x 200 tokens/s = 1.2e5 achieved
+    summary = run_summary(metrics, telemetry, clm=False, curve_step=lambda step: True)
+    assert summary["mfu_vs_measured_peak"] == pytest.approx(1.2)
+    assert summary["peak_suspect"] is True
