@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -36,8 +37,8 @@ from lmforge.flows import steps
 from lmforge.flows.run_record import CANCELLED, COMPLETED, FAILED, RunRecord, new_run_id
 from lmforge.infra import progress
 from lmforge.infra.progress import ProgressListener, ProgressRelay, ProgressUpdate
-from lmforge.infra.ray_runtime import ensure_ray, shutdown_ray
-from lmforge.infra.stage_runner import StageOutcome
+from lmforge.infra.ray_runtime import ensure_ray, plan_ray, shutdown_ray
+from lmforge.infra.stage_runner import WOULD_REUSE, ReuseProbe, StageOutcome
 from lmforge.infra.store import default_store_location
 
 log = get_logger(__name__)
@@ -195,7 +196,9 @@ def pipeline_flow(
         logger.info("--stage %s: running %s; skipping the rest", stage, ", ".join(planned))
     try:
         with log_to_file(record.path.parent / "flow.log"):
-            ensure_ray(pipeline_config.ray.address, pipeline_config.ray.num_cpus)
+            # Started by the first stage that computes (on this thread: the sequential stages run
+            # here, and the fan-out starts it before submitting); a fully reused run never does.
+            plan_ray(pipeline_config.ray.address, pipeline_config.ray.num_cpus)
             with ProgressRelay(run_id) as relay:
                 ctx.progress = relay
                 _run_stages(ctx, record, planned)
@@ -277,19 +280,26 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord, planned: tuple[str, ..
     # Their recipes parse source code; do it here, once, not in the fan-out's threads (CPython
     # 3.11.7's ast.parse is not thread-safe).
     steps.prepare_fan_out(ctx)
-    # Every cell of every fine-tune grid, both inits: Ray runs as many at once as it has CPUs for.
-    futures = [
-        finetune_task.submit(ctx, task_config, cell, init, model)
+    finetunes = [
+        (task_config, cell, init)
         for task_config in ctx.config.finetune.tasks_for(objective)
         for cell in task_config.cells()
         for init in steps.FINETUNE_INITS
         if "finetune" in planned
     ]
-    futures += [
-        eval_task.submit(ctx, task_config, model, shards)
-        for task_config in ctx.config.evaluation.tasks_for(objective)
-        if "eval" in planned
+    evals = [task_config for task_config in ctx.config.evaluation.tasks_for(objective) if "eval" in planned]
+    if fan_out_computes(ctx, finetunes, evals, model, shards):
+        # Ray (and the progress board) start here, on the flow's thread: starting them from the
+        # fan-out's task threads is left to a stage found damaged after this check.
+        if ctx.progress is not None:
+            ctx.progress.start()
+        else:
+            ensure_ray()
+    # Every cell of every fine-tune grid, both inits: Ray runs as many at once as it has CPUs for.
+    futures = [
+        finetune_task.submit(ctx, task_config, cell, init, model) for task_config, cell, init in finetunes
     ]
+    futures += [eval_task.submit(ctx, task_config, model, shards) for task_config in evals]
     errors = []
     for future in futures:
         try:
@@ -298,6 +308,23 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord, planned: tuple[str, ..
             errors.append(err)
     if errors:
         raise errors[0]
+
+
+def fan_out_computes(
+    ctx: steps.RunContext,
+    finetunes: list[tuple[Any, Any, str]],
+    evals: list[Any],
+    model: StageOutcome,
+    shards: StageOutcome,
+) -> bool:
+    """Whether any fan-out stage lacks a stored artifact (asks each step's recipe, computes nothing)."""
+    probe = dataclasses.replace(ctx, runner=ReuseProbe(ctx.runner))
+    for task_config, cell, init in finetunes:
+        if steps.finetune_step(probe, task_config, cell, init, model).status != WOULD_REUSE:
+            return True
+    return any(
+        steps.eval_step(probe, task_config, model, shards).status != WOULD_REUSE for task_config in evals
+    )
 
 
 def artifact_key(*parts: str) -> str:

@@ -1,29 +1,41 @@
 """A local Prefect server (`prefect server start`) as a subprocess: UI, API, scheduler, SQLite database.
 
-Used by `lmforge ui` and by the integration tests. The database lives under the given home folder
-(PREFECT_HOME), so a user keeps their runs and schedules where they choose.
+Used by `lmforge ui`, by `lmforge run` (a server per run, its database in the run's folder) and by
+the integration tests. The database lives under the given home folder (PREFECT_HOME), so a user
+keeps their runs and schedules where they choose; a new home starts from a copy of a migrated empty
+database (`seed_database`), which saves the server most of its start-up.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmforge.core.errors import ConfigError, LmforgeError
 from lmforge.core.logs import get_logger
+from lmforge.infra.remote_fs import CACHE_ENV, DEFAULT_CACHE
 
 log = get_logger(__name__)
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 API_URL_ENV = "PREFECT_API_URL"
+DATABASE_FILE = "prefect.db"
+# A database the user configured instead of $PREFECT_HOME/prefect.db.
+DATABASE_URL_ENV = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+# How often a starting server's health is asked for (a run waits on it, so finely).
+POLL_SECONDS = 0.1
 
 
 def free_port() -> int:
@@ -35,11 +47,19 @@ def free_port() -> int:
 class PrefectServer:
     """`prefect server start` bound to 127.0.0.1 with its database in `home`; `start()` waits for health."""
 
-    def __init__(self, home: Path, port: int = DEFAULT_PORT, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        port: int = DEFAULT_PORT,
+        log_path: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.home = Path(home).expanduser().resolve()
         self.port = port
         self.log_path = log_path or self.home / "server.log"
+        self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
+        self._launched_at = 0.0
 
     @property
     def url(self) -> str:
@@ -54,14 +74,21 @@ class PrefectServer:
         return {"PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home)}
 
     def start(self, timeout: float = 90.0) -> PrefectServer:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> PrefectServer:
+        """Start the server process and return at once (`wait_ready` waits for it): a caller has
+        seconds of its own start-up to do meanwhile."""
         if self.healthy():
             raise ConfigError(f"something already answers on {self.url}; choose another --port")
         self.home.mkdir(parents=True, exist_ok=True)
+        seed_database(self.home)
         env = {
             **os.environ,
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_API_URL": self.api_url,
+            **self.extra_env,
         }
         env.pop(API_URL_ENV, None)
         command = [_prefect_executable(), "server", "start", "--host", HOST, "--port", str(self.port)]
@@ -69,7 +96,13 @@ class PrefectServer:
             self.process = subprocess.Popen(
                 command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + timeout
+        self._launched_at = time.monotonic()
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> PrefectServer:
+        """Wait until the launched server answers its health check (at most `timeout` s from launch)."""
+        assert self.process is not None, "launch() first"
+        deadline = self._launched_at + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise LmforgeError(
@@ -78,7 +111,7 @@ class PrefectServer:
             if self.healthy():
                 log.info("Prefect server up at %s (database in %s)", self.url, self.home)
                 return self
-            time.sleep(0.5)
+            time.sleep(POLL_SECONDS)
         self.stop()
         raise LmforgeError(
             f"prefect server did not answer on {self.url} within {timeout:.0f} s; see {self.log_path}"
@@ -114,8 +147,59 @@ class PrefectServer:
     def __enter__(self) -> PrefectServer:
         return self.start()
 
+    @contextmanager
+    def launched(self) -> Iterator[PrefectServer]:
+        """Launched (not yet waited for) for the block, stopped after it."""
+        self.launch()
+        try:
+            yield self
+        finally:
+            self.stop()
+
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def database_template() -> Path:
+    """This Prefect version's empty, migrated SQLite database, copied into each new server home."""
+    base = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+    return base / "prefect-db" / f"prefect-{importlib.metadata.version('prefect')}.db"
+
+
+def seed_database(home: Path, template: Path | None = None) -> str:
+    """Give a new server home a copy of the migrated template database: a fresh SQLite file takes
+    the server ~5 s of migrations on 2 cores (the server still checks the copy's migrations, so a
+    template a version behind is upgraded, not trusted). Without a template one is built in the
+    background for the next server. Returns what was done: kept, copied, building or skipped."""
+    database = home / DATABASE_FILE
+    if database.exists():
+        return "kept"
+    if any(os.environ.get(name) for name in DATABASE_URL_ENV):
+        return "skipped"  # the user's own database (Postgres, another file): nothing to seed
+    template = template or database_template()
+    if template.is_file():
+        shutil.copyfile(template, database)
+        return "copied"
+    _build_template(template)
+    return "building"
+
+
+def _build_template(template: Path) -> None:
+    """Migrate an empty database in a scratch home beside `template`, then rename it into place
+    (atomic: concurrent builders never leave a half-written template). Detached, so it finishes
+    even when the run that started it has ended."""
+    template.parent.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".build-", dir=template.parent)
+    env = {**os.environ, "PREFECT_HOME": scratch, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    script = '"$0" server database upgrade -y && mv "$1/prefect.db" "$2"; rm -rf "$1"'
+    subprocess.Popen(
+        ["sh", "-c", script, _prefect_executable(), scratch, str(template)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def interrupt_on_termination() -> None:

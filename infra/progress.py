@@ -205,7 +205,11 @@ class _Board:
 
 
 class ProgressRelay:
-    """Driver side of one run: creates its board and relays the board's news to the listeners."""
+    """Driver side of one run: its board and the relay of the board's news to the listeners.
+
+    The board (a Ray actor) is created on the first `target()` or `start()`, not on entering: a run
+    whose stages are all reused never starts Ray for it.
+    """
 
     def __init__(self, run_id: str, poll_seconds: float = 1.0) -> None:
         self.board_name = "lmforge-progress-" + "".join(ch if ch.isalnum() else "-" for ch in run_id)
@@ -216,26 +220,42 @@ class ProgressRelay:
         self._sequence = 0
         self._last: dict[str, ProgressUpdate] = {}
         self._drain_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._context: contextvars.Context | None = None
 
     def target(self, stage: str) -> ProgressTarget:
-        return ProgressTarget(stage=stage, board=self.board_name if self._actor is not None else None)
+        """Where `stage` reports: the board, which starts (with Ray) when the first stage asks."""
+        self.start()
+        return ProgressTarget(stage=stage, board=self.board_name)
 
     def start(self) -> ProgressRelay:
-        import ray
+        """Create the board (starting Ray where the run planned it) and the poller; idempotent."""
+        with self._start_lock:
+            if self._actor is not None:
+                return self
+            import ray
 
-        self._actor = (
-            ray.remote(num_cpus=0, max_restarts=0)(_Board)
-            .options(name=self.board_name, get_if_exists=True)
-            .remote()
-        )
-        # The poller runs in the starter's context: listeners that call an API (Prefect's settings
-        # and run context are context variables) see what the flow sees.
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._poll,), name="lmforge-progress", daemon=True
-        )
-        self._thread.start()
+            from lmforge.infra.ray_runtime import ensure_ray
+
+            ensure_ray()
+            self._actor = (
+                ray.remote(num_cpus=0, max_restarts=0)(_Board)
+                .options(name=self.board_name, get_if_exists=True)
+                .remote()
+            )
+            # The poller runs in the context the relay was entered in (the flow's), not in the
+            # stage task's that started it: listeners that call an API (Prefect's settings and run
+            # context are context variables) see what the flow sees.
+            context = self._context or contextvars.copy_context()
+            self._thread = threading.Thread(
+                target=context.run, args=(self._poll,), name="lmforge-progress", daemon=True
+            )
+            self._thread.start()
         return self
+
+    @property
+    def started(self) -> bool:
+        return self._actor is not None
 
     def close(self) -> None:
         self._stop.set()
@@ -252,7 +272,8 @@ class ProgressRelay:
             self._actor = None
 
     def __enter__(self) -> ProgressRelay:
-        return self.start()
+        self._context = contextvars.copy_context()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

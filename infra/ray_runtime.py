@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from lmforge.core.logs import get_logger
@@ -23,22 +25,61 @@ WORKER_ENV = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}
 # The settings remote tasks need to open the same object store as the driver (no credentials).
 STORE_ENV_NAMES = ("LMFORGE_STORE_OPTIONS", "AWS_REGION", "AWS_DEFAULT_REGION")
 STORE_ENV_PREFIXES = ("AWS_ENDPOINT_URL",)
+
+
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
+@dataclass
+class _Plan:
+    """Where this process's runtime is to start: set by `plan_ray`, used by the first `ensure_ray()`."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+_plan = _Plan()
+# Two fan-out threads may find Ray missing at once: one of them starts it.
+_init_lock = threading.Lock()
+
+
+def plan_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Say where Ray is to run without starting it: the first stage that needs it starts it there.
+
+    A run whose every stage is reused never pays Ray's start-up (seconds on 2 cores).
+    """
+    _plan.address, _plan.num_cpus = address, num_cpus
+
+
+def ray_initialized() -> bool:
+    """Whether this process has a Ray runtime, without importing Ray when it has none."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
+
+
+def local_runtime_pending() -> bool:
+    """True when Ray is not started yet and `ensure_ray()` would start a local runtime: its workers
+    would run on this machine, with this process's environment."""
+    return not ray_initialized() and cluster_address(_plan.address) is None
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to the cluster this process runs in as a Ray Job, else to `address` (or
-    $LMFORGE_RAY_ADDRESS), else start an in-process local runtime.
+    """Connect to the cluster this process runs in as a Ray Job, else to `address` (or the planned
+    one, or $LMFORGE_RAY_ADDRESS), else start an in-process local runtime (of `num_cpus`, or the
+    planned count).
 
     Idempotent: an already initialised runtime is reused, so tests can share one.
     """
-    import ray
-
-    if ray.is_initialized():
+    if ray_initialized():
         return
-    address = cluster_address(address)
-    with _signal_handlers_kept():
-        _init(address, num_cpus)
+    with _init_lock:
+        import ray
+
+        if ray.is_initialized():
+            return
+        address = cluster_address(address or _plan.address)
+        with _signal_handlers_kept():
+            _init(address, num_cpus if num_cpus is not None else _plan.num_cpus)
     from ray.data import DataContext
 
     # Deterministic block order: cleaning, dedup and packing outputs must not depend on scheduling.
@@ -151,3 +192,18 @@ def cuda_available_on_cluster() -> bool:
 
     ensure_ray()
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def assigned_cpus(default: int = 1) -> int:
+    """Whole CPUs Ray assigned to the calling task (at least 1); `default` outside a Ray task.
+
+    A worker process outlives its tasks, so the OMP_NUM_THREADS Ray sets when it first runs one is
+    not necessarily this task's share: a task reads its own here.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return default
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:  # the driver holds no task's resources
+        return default
+    return max(1, int(context.get_assigned_resources().get("CPU", 1)))

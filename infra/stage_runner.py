@@ -41,6 +41,15 @@ class StageOutcome:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A stage's recipe key, its code fingerprint and its raw inputs' records (uri, path, sha256, size)."""
+
+    key: str
+    fingerprint: str
+    external: list[dict[str, Any]]
+
+
 class StageRunner:
     """Executes stages for one pipeline run.
 
@@ -88,6 +97,43 @@ class StageRunner:
         `recipe_parents`: the parents whose content shapes the output, when that is not all of
         `parents` (a random-init fine-tune reads the pre-trained model's architecture, not its weights).
         """
+        recipe = self.recipe(stage, config, parents, code, seed, external_files, recipe_parents)
+        config = full_view(config)
+        # One attempt per recipe at a time, across processes: a second run waits here, then reuses.
+        with self.store.recipe_lock(recipe.key, self.run_id).held(on_wait=self._log_wait(stage)):
+            if reuse and (forced_name or stage) not in self.forced:
+                reused = self._reuse(stage, recipe.key, parents, recipe.external)
+                if reused is not None:
+                    return reused
+            log.info("%s: computing", stage)
+            self.lineage.stage_started(stage, parents, recipe.external, recipe.key)
+            try:
+                return self._compute(
+                    stage,
+                    kind,
+                    recipe.key,
+                    recipe.fingerprint,
+                    config,
+                    parents,
+                    seed,
+                    recipe.external,
+                    compute,
+                )
+            except BaseException as err:
+                self.lineage.stage_failed(stage, parents, recipe.external, recipe.key, err)
+                raise
+
+    def recipe(
+        self,
+        stage: str,
+        config: Any,
+        parents: list[str],
+        code: tuple[str, ...],
+        seed: int | None = None,
+        external_files: list[ExternalFile] | None = None,
+        recipe_parents: list[str] | None = None,
+    ) -> Recipe:
+        """The stage's recipe key, from what shapes its output (see the class docstring)."""
         fingerprint = sha256_json(code_identity(code))
         # Raw inputs count by content, parents by content too: an identical parent (say, a tokenizer
         # retrained byte-for-byte) does not invalidate what was built on it.
@@ -97,20 +143,30 @@ class StageRunner:
         parent_contents = [self.store.get(parent)["content_id"] for parent in shaping]
         identity = {"config": identity_view(config), "inputs": inputs}
         key = recipe_key(stage, identity, parent_contents, fingerprint, seed)
-        config = full_view(config)
-        # One attempt per recipe at a time, across processes: a second run waits here, then reuses.
-        with self.store.recipe_lock(key, self.run_id).held(on_wait=self._log_wait(stage)):
-            if reuse and (forced_name or stage) not in self.forced:
-                reused = self._reuse(stage, key, parents, external)
-                if reused is not None:
-                    return reused
-            log.info("%s: computing", stage)
-            self.lineage.stage_started(stage, parents, external, key)
-            try:
-                return self._compute(stage, kind, key, fingerprint, config, parents, seed, external, compute)
-            except BaseException as err:
-                self.lineage.stage_failed(stage, parents, external, key, err)
-                raise
+        return Recipe(key, fingerprint, external)
+
+    def would_reuse(
+        self,
+        stage: str,
+        kind: str,
+        *,
+        config: Any,
+        parents: list[str],
+        code: tuple[str, ...],
+        compute: Compute,
+        seed: int | None = None,
+        external_files: list[ExternalFile] | None = None,
+        forced_name: str | None = None,
+        reuse: bool = True,
+        recipe_parents: list[str] | None = None,
+    ) -> bool:
+        """Whether `run` with these arguments would find the stage stored (it computes nothing and
+        takes no lock; the stored files are checked only when `run` reuses them)."""
+        del kind, compute  # the same signature as `run`, so a step can be asked either way
+        if not reuse or (forced_name or stage) in self.forced:
+            return False
+        key = self.recipe(stage, config, parents, code, seed, external_files, recipe_parents).key
+        return self.store.find_by_recipe(key) is not None
 
     @staticmethod
     def _log_wait(stage: str) -> Callable[[Holder | None], None]:
@@ -176,3 +232,20 @@ class StageRunner:
         self.lineage.stage_finished(stage, manifest, parents, external, "completed", summary=summary)
         path = self.store.data_location(manifest["id"])
         return StageOutcome(stage, "completed", manifest["id"], path, metrics, round(seconds, 3))
+
+
+# Statuses of a ReuseProbe's outcomes.
+WOULD_REUSE = "would-reuse"
+WOULD_COMPUTE = "would-compute"
+
+
+class ReuseProbe(StageRunner):
+    """Stands in for a run's stage runner to ask a step, without running it, whether its stage is
+    stored: `run` computes nothing and answers WOULD_REUSE or WOULD_COMPUTE as the outcome's status."""
+
+    def __init__(self, runner: StageRunner) -> None:
+        super().__init__(runner.store, runner.run_id, runner.forced, runner.lineage)
+
+    def run(self, stage: str, kind: str, **kwargs: Any) -> StageOutcome:
+        status = WOULD_REUSE if self.would_reuse(stage, kind, **kwargs) else WOULD_COMPUTE
+        return StageOutcome(stage, status, artifact_id="", path="")

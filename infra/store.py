@@ -40,6 +40,7 @@ from typing import Any
 from lmforge.core.errors import ArtifactError, ConfigError
 from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import sha256_file
+from lmforge.infra.file_hashes import cached_sha256
 from lmforge.infra.integrity import (
     FAST_HASH_RECORD,
     content_id_of,
@@ -83,7 +84,8 @@ def hash_external(files: list[ExternalFile]) -> list[dict[str, Any]]:
                 {
                     "uri": item.uri,
                     "path": str(item.path),
-                    "sha256": sha256_file(item.path),
+                    # Remembered by stat: a re-run does not read its whole corpus again.
+                    "sha256": cached_sha256(item.path),
                     "size": item.path.stat().st_size,
                 }
             )

@@ -143,21 +143,34 @@ def fit_off_main_thread(trainer: Any) -> Any:
 
 
 def worker_precision(config: PretrainConfig) -> ResolvedPrecision:
-    """The precision `config` trains in on the cluster's workers ("auto" resolved for their device)."""
-    from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray
+    """The precision `config` trains in on the cluster's workers ("auto" resolved for their device).
 
+    Before a local runtime has started, CPU workers are probed in this process: they would run on
+    this machine with this environment (CPU flags, oneDNN cap), which is all the choice reads, so a
+    fully reused run resolves the same precision (the pre-training recipe holds it) without starting Ray.
+    """
+    from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray, local_runtime_pending
+
+    if local_runtime_pending():
+        # A local Ray runtime counts the GPUs CUDA shows this process.
+        use_gpu = torch.cuda.is_available() if config.use_gpu == "auto" else bool(config.use_gpu)
+        if not use_gpu:
+            return choose_precision(config, worker_prober(config, use_gpu, in_process=True))
     ensure_ray()
     use_gpu = cuda_available_on_cluster() if config.use_gpu == "auto" else bool(config.use_gpu)
     return choose_precision(config, worker_prober(config, use_gpu))
 
 
-def worker_prober(config: PretrainConfig, use_gpu: bool) -> DeviceProber:
-    """Probe the device as a Ray task with one worker's resources, i.e. where the workers will run."""
+def worker_prober(config: PretrainConfig, use_gpu: bool, in_process: bool = False) -> DeviceProber:
+    """Probe the device as a Ray task with one worker's resources, i.e. where the workers will run
+    (`in_process`: here, for workers of a local runtime not started yet)."""
     from lmforge.infra.ray_runtime import run_remote
 
-    resources = worker_resources(config, use_gpu)
+    resources = worker_resources(config, use_gpu)  # also checks them against use_gpu
 
     def probe(measure_bf16: bool) -> DeviceProbe:
+        if in_process:
+            return probe_device("cuda" if use_gpu else "cpu", measure_bf16)
         return run_remote(
             probe_device,
             "cuda" if use_gpu else "cpu",

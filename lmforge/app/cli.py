@@ -9,8 +9,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmforge.core.errors import ConfigError, LmforgeError
+
+if TYPE_CHECKING:
+    from lmforge.infra.prefect_server import PrefectServer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,17 +328,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lmforge.app.config import PipelineConfig, apply_hub_fallbacks, resolve_inputs
     from lmforge.core.configbase import load_config
     from lmforge.flows.run_record import new_run_id
-    from lmforge.flows.steps import forced_stages
+    from lmforge.flows.steps import FORCEABLE_STAGES, forced_stages
     from lmforge.infra.prefect_server import interrupt_on_termination
     from lmforge.infra.store import open_store as open_location
 
     # Everything a user can get wrong is checked before Prefect or Ray start.
     config = load_config(PipelineConfig, args.config, args.overrides)
     forced_stages(args.force)
-    configure_prefect_environment()  # before Prefect is imported (stage_plan's module imports it)
-    from lmforge.flows.pipeline import stage_plan
-
-    stage_plan(args.stage)
+    if args.stage is not None and args.stage not in FORCEABLE_STAGES:
+        # As the flow's stage_plan says it, without importing the flow (and Prefect) yet.
+        raise ConfigError(f"--stage {args.stage!r}: expected one of {', '.join(FORCEABLE_STAGES)}")
     if config.lab is not None and args.stage:
         raise ConfigError(
             f"--stage {args.stage}: a lab config runs whole branches; run a branch's config instead"
@@ -344,63 +347,86 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = resolve_inputs(config)
     store = open_location(args.store or config.store)
     run_id = args.run_id or new_run_id(config.name)
-    configure_runtime_environment()
+    configure_runtime_environment()  # before Prefect is imported (the flow's module imports it)
     interrupt_on_termination()  # a SIGTERM or hang-up ends the run like Ctrl-C: recorded, cleaned up
-    from lmforge.app.console import RunConsole
+    # The run's own Prefect server starts now and gets ready while the flow's modules import.
+    with run_prefect_server(store.run_dir(run_id) / "prefect") as server:
+        from lmforge.app.console import RunConsole
+        from lmforge.flows.lab import paradigm_lab_flow
+        from lmforge.flows.pipeline import pipeline_flow
 
-    log_path = store.run_dir(run_id) / "console.log"
-    with (
-        RunConsole(log_path, verbose=args.verbose) as console,
-        prefect_api(console.print, store.run_dir(run_id) / "prefect"),
-    ):
-        console.print(f"run id: {run_id}  (full log: {log_path})")
-        if config.lab is not None:
-            from lmforge.flows.lab import paradigm_lab_flow
-
-            console.print(f"paradigm lab: branches {', '.join(config.lab.branches)}, one run each")
-            record = paradigm_lab_flow(config=config, run_id=run_id, store=store.location, force=args.force)
-        else:
-            from lmforge.flows.pipeline import pipeline_flow
-
-            record = pipeline_flow(
-                config=config, run_id=run_id, store=store.location, force=args.force, stage=args.stage
-            )
-        console.print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
-        console.print(f"run record: {store.run_dir(run_id) / 'run.json'}")
-        if record["report"]:
-            console.print(f"report: {record['report']['markdown']}")
-            console.print(f"report (html): {record['report']['html']}")
-        else:
-            console.print(f"--stage {args.stage}: skipped {', '.join(record['skipped_stages'])}")
+        log_path = store.run_dir(run_id) / "console.log"
+        with (
+            RunConsole(log_path, verbose=args.verbose) as console,
+            prefect_api(console.print, server),
+        ):
+            console.print(f"run id: {run_id}  (full log: {log_path})")
+            if config.lab is not None:
+                console.print(f"paradigm lab: branches {', '.join(config.lab.branches)}, one run each")
+                record = paradigm_lab_flow(
+                    config=config, run_id=run_id, store=store.location, force=args.force
+                )
+            else:
+                record = pipeline_flow(
+                    config=config, run_id=run_id, store=store.location, force=args.force, stage=args.stage
+                )
+            console.print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
+            console.print(f"run record: {store.run_dir(run_id) / 'run.json'}")
+            if record["report"]:
+                console.print(f"report: {record['report']['markdown']}")
+                console.print(f"report (html): {record['report']['html']}")
+            else:
+                console.print(f"--stage {args.stage}: skipped {', '.join(record['skipped_stages'])}")
     return 0
 
 
 @contextmanager
-def prefect_api(say: Callable[[str], None], home: Path) -> Iterator[None]:
-    """The configured Prefect server, else a local one for this run with its database in `home` (not
-    Prefect's temporary server: it shares the terminal's process group, so a Ctrl-C meant for the run
-    would kill it too, and concurrent runs would share one SQLite file under $PREFECT_HOME)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
+def run_prefect_server(home: Path) -> Iterator[PrefectServer | None]:
+    """A Prefect server for this run, launched now (it needs seconds to answer) and stopped at the
+    end; None when one is configured (PREFECT_API_URL). Not Prefect's temporary server: it shares
+    the terminal's process group, so a Ctrl-C meant for the run would kill it too, and concurrent
+    runs would share one SQLite file under $PREFECT_HOME."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield None
         return
+    import shutil
+
     from lmforge.infra.prefect_server import PrefectServer, free_port
 
-    say("starting a local Prefect server for this run ...")
-    with PrefectServer(home, port=free_port()) as server:
-        os.environ["PREFECT_API_URL"] = server.api_url  # for subprocesses
-        say(f"Prefect UI (while the run lasts): {server.url}")
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                try:
-                    yield
-                finally:
-                    from prefect.logging.handlers import APILogWorker
+    # Launched before Prefect's settings are read (importing them takes a second here): a server
+    # named by the user's Prefect profile instead is rare, and then this one is stopped unused.
+    with PrefectServer(home, port=free_port()).launched() as server:
+        from prefect.settings import PREFECT_API_URL
 
-                    APILogWorker.drain_all(timeout=5)  # ship the last log lines before the server stops
-        finally:
-            os.environ.pop("PREFECT_API_URL", None)
+        if not PREFECT_API_URL.value():
+            yield server
+            return
+    shutil.rmtree(home, ignore_errors=True)
+    yield None
+
+
+@contextmanager
+def prefect_api(say: Callable[[str], None], server: PrefectServer | None) -> Iterator[None]:
+    """Point Prefect at the run's server (once it answers), or at the configured one (None)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if server is None:
+        yield
+        return
+    say("starting a local Prefect server for this run ...")
+    server.wait_ready()
+    os.environ["PREFECT_API_URL"] = server.api_url  # for subprocesses
+    say(f"Prefect UI (while the run lasts): {server.url}")
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            try:
+                yield
+            finally:
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=5)  # ship the last log lines before the server stops
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -567,8 +593,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     interrupt_on_termination()
     log_path = store.run_dir(plan.run_id) / "console.log"
     with (
+        run_prefect_server(store.run_dir(plan.run_id) / "prefect") as server,
         RunConsole(log_path, verbose=args.verbose) as console,
-        prefect_api(console.print, store.run_dir(plan.run_id) / "prefect"),
+        prefect_api(console.print, server),
     ):
         console.print(f"reproducing release {plan.release_id} into {store.location} (run {plan.run_id})")
         result = run_reproduction(plan, store)
