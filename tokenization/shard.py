@@ -1,4 +1,5 @@
-"""Shard stage: tokenize the corpus (Ray Data), split by document, pack, and write Parquet shards."""
+"""Shard stage: tokenize the corpus (here, or with Ray Data on a cluster), split by document, pack, and
+write Parquet shards."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def build_shards(
     seed: int,
     corpus_location: str | None = None,
     packing_options: dict[str, Any] | None = None,
+    tokenize_in_process: bool | None = None,
 ) -> dict[str, Any]:
     """Write train-/validation-NNNNN.parquet and dataset_manifest.json into `output_dir`.
 
@@ -44,6 +46,8 @@ def build_shards(
 
     `corpus_location`: where Ray's tokenize tasks read the corpus files from (a path or fsspec URL
     holding the same file names as `corpus_dir`, e.g. the artifact store's copy); default `corpus_dir`.
+    `tokenize_in_process`: tokenize in this process (True) or on a Ray Data actor pool (False); None:
+    in this process unless the corpus is remote or Ray runs on a cluster. It changes no output byte.
     Returns the manifest's split totals plus `num_shards` and `seconds`.
     """
     start = time.perf_counter()
@@ -75,7 +79,8 @@ def build_shards(
 
     base = (corpus_location or str(Path(corpus_dir).resolve())).rstrip("/")
     uris = [f"{base}/{path.name}" for path in files]
-    for doc_id, token_ids in iter_tokenized_documents(uris, tokenizer_dir, config.batch_size):
+    documents = iter_tokenized_documents(uris, tokenizer_dir, config.batch_size, tokenize_in_process)
+    for doc_id, token_ids in documents:
         writers[split_of(doc_id, config.validation_fraction, seed)].add_document(doc_id, token_ids)
     totals = {split: writer.finish() for split, writer in writers.items()}
     _check_totals(totals, config, corpus_dir)
