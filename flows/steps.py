@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from lmforge.core.errors import ConfigError
 from lmforge.infra.code_identity import code_identity
 from lmforge.infra.data_paths import is_hf_uri, resolve_file
 from lmforge.infra.progress import ProgressRelay, ProgressTarget
-from lmforge.infra.ray_runtime import run_remote
+from lmforge.infra.ray_runtime import assigned_cpus, run_remote
 from lmforge.infra.stage_runner import StageOutcome, StageRunner
 from lmforge.infra.store import ArtifactStore, ExternalFile, open_store
 
@@ -259,7 +260,7 @@ def _run_on_node(out: Path, fn: Callable[..., dict[str, Any]], *args: Any) -> di
 
 
 def _collect_output(fn: Callable[..., dict[str, Any]], *args: Any) -> tuple[dict[str, Any], dict[str, bytes]]:
-    with tempfile.TemporaryDirectory(prefix="lmforge-stage-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="lmforge-stage-") as scratch, task_threads(assigned_cpus()):
         output_dir = Path(scratch)
         metrics = fn(output_dir, *args)
         files = {
@@ -268,6 +269,27 @@ def _collect_output(fn: Callable[..., dict[str, Any]], *args: Any) -> tuple[dict
             if path.is_file()
         }
     return metrics, files
+
+
+@contextmanager
+def task_threads(num_threads: int) -> Iterator[None]:
+    """torch computes on `num_threads` intra-op threads (inter-op: 1) inside the block; restored after.
+
+    Tasks sharing a node each get a CPU share: more threads than that oversubscribe the cores the
+    other tasks compute on. Inter-op threads serve only `torch.jit.fork`; torch fixes their count
+    at the first parallel work in a process, so it is set only where it still can be, and kept.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    if torch.get_num_interop_threads() != 1:
+        with suppress(RuntimeError):  # the worker already ran inter-op work: its pool stays
+            torch.set_num_interop_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def finetune_on_node(
