@@ -1,22 +1,30 @@
-"""Pre-training throughput and MFU: lmforge (DeepSpeed ZeRO-1 bf16 in Ray Train) vs plain PyTorch.
+"""Pre-training throughput and MFU: lmforge (DeepSpeed ZeRO-1 in Ray Train) vs a plain PyTorch loop.
 
     LMFORGE_DATA_DIR=/work/shared/data python bench/pretrain_throughput.py --sizes small --steps 50 --repeats 2
+    # issue 12: the 23 M GPT-2 (`base`), each lever on its own, and where a step's time goes:
+    LMFORGE_DATA_DIR=/work/shared/data python bench/pretrain_throughput.py --sizes base --steps 20 --levers --profile
     # the three paradigms on one Unigram tokenizer (T5 on encoder length 128):
     LMFORGE_DATA_DIR=/work/shared/data python bench/pretrain_throughput.py --objectives clm mlm span --seq-len 128
 
-OURS is `training.pretrain` on 2 Ray Train workers x 1 CPU (ZeRO-1, bf16, micro-batch 8 each).
-BASELINE is one process, `torch.set_num_threads(2)`, the same model (GPT-2, BERT or T5) from
-`build_model` with the same init, the same sequences in the same steps (16 per step: ours' 2 ranks stride the same permutation),
-torch AdamW + the same warmup/cosine schedule and gradient clipping, bf16 autocast on CPU. Tokens/s
-leave out step 1 (warm-up) and all start-up, for both; MFU divides by a bf16 matmul peak measured
-in the same run (ours: both 1-thread workers at once, summed; baseline: 2 threads). Shards and
-tokenizer are built once from a few enwiki files (or pass --shards and --tokenizer). One JSON line per size.
+OURS is `training.pretrain` on 2 Ray Train workers x 1 CPU (ZeRO-1, micro-batch 8 each) with the
+config's defaults (`--levers` adds one run per lever setting: AdamW implementation, torch.compile,
+one 2-thread worker instead of two 1-thread ones). BASELINE is what a user would write by hand: one
+process, `torch.set_num_threads(2)`, the same model (GPT-2, BERT or T5) from `build_model` with the
+same init, the same sequences in the same steps (16 per step: ours' 2 ranks stride the same
+permutation), torch's default AdamW + the same warmup/cosine schedule and gradient clipping, bf16
+autocast on CPU where the precision is bf16, eager. Tokens/s leave out step 1 (warm-up) and all
+start-up, for both; MFU divides by a matmul peak in the training precision measured in the same run
+(ours: both 1-thread workers at once, summed; baseline: 2 threads). `--profile` adds one profiled
+run of each side (torch.profiler over steps 3-7; those runs are not timed) and prints seconds per
+step by phase. FLOPs per token are cross-checked against torch's own counter. Shards and tokenizer
+are built once from a few enwiki files (or pass --shards and --tokenizer). One JSON line per size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,14 +32,17 @@ from typing import Any
 
 import common
 import torch
+from torch.profiler import record_function
 
 from lmforge.training import ModelConfig, PretrainConfig, get_objective, pretrain
 from lmforge.training.artifact import METRICS_FILE, SPEED_FILE
+from lmforge.training.config import ProfileConfig
 from lmforge.training.data import TrainStream, load_split
 from lmforge.training.deepspeed_setup import parameter_groups
-from lmforge.training.flops import measure_matmul_peak, model_flops_per_token
+from lmforge.training.flops import counted_training_flops, measure_matmul_peak, model_flops_per_token
 from lmforge.training.inputs import LoopInputs, resolve_inputs
 from lmforge.training.objectives import BatchContext
+from lmforge.training.profiling import PHASES, new_profiler, phase_breakdown
 from lmforge.training.schedule import lr_lambda
 
 
@@ -51,6 +62,9 @@ def run_ours(config: PretrainConfig, shards: Path, tokenizer: Path, work: Path) 
         last["train_seconds"] - first["train_seconds"]
     )
     losses = {event["step"]: event["loss"] for event in events(METRICS_FILE) if event["event"] == "train"}
+    profiles = [event["ranks"] for event in speed if event["event"] == "profile"]
+    if profiles:
+        return {"profile": profiles[0]}
     return {
         "tokens_per_second": tokens_per_second,
         "flops_per_token": summary["flops_per_token"],
@@ -60,12 +74,15 @@ def run_ours(config: PretrainConfig, shards: Path, tokenizer: Path, work: Path) 
         "deepspeed_setup_seconds": start["ready_time"] - start["worker_start_time"] - start["peak_seconds"],
         "wall_seconds": wall,
         "precision": summary["precision"],
+        "num_parameters": summary.get("num_parameters"),
         "loss_step1": losses[1],
         "loss_final": sum(losses[step] for step in range(2, last["step"] + 1)) / (last["step"] - 1),
     }
 
 
-def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str, Any]:
+def run_baseline(
+    inputs: LoopInputs, num_workers: int, threads: int, profile: ProfileConfig | None = None
+) -> dict[str, Any]:
     config = inputs.config
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -85,28 +102,41 @@ def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str
     generator = torch.Generator().manual_seed(inputs.seed)  # unused by clm; masks for mlm
     model.train()
     losses, step_seconds = [], []
-    for step in range(config.max_steps):
+    profiler, profile_started = None, 0.0
+    last_step = profile.start_step + profile.steps - 1 if profile else config.max_steps
+    for step in range(1, last_step + 1):
+        if profile is not None and step == profile.start_step:
+            profiler, profile_started = new_profiler(torch.device("cpu")), time.perf_counter()
+            profiler.__enter__()
         begin = time.perf_counter()
-        _, indices = stream.batch(step)
-        context = BatchContext(
-            special_ids=inputs.special_ids,
-            vocab_size=inputs.vocab_size,
-            config=config,
-            generator=generator,
-            seed=inputs.seed,
-            sequence_indices=indices,
-            sentinel_ids=inputs.sentinel_ids,
-        )
-        batch = objective.prepare_batch(train[torch.from_numpy(indices)], context)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inputs.precision == "bf16"):
-            loss = objective.training_loss(objective.forward(model, batch))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clipping)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        with record_function(PHASES.data):
+            _, indices = stream.batch(step - 1)
+            context = BatchContext(
+                special_ids=inputs.special_ids,
+                vocab_size=inputs.vocab_size,
+                config=config,
+                generator=generator,
+                seed=inputs.seed,
+                sequence_indices=indices,
+                sentinel_ids=inputs.sentinel_ids,
+            )
+            batch = objective.prepare_batch(train[torch.from_numpy(indices)], context)
+        with record_function(PHASES.forward):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inputs.precision == "bf16"):
+                loss = objective.training_loss(objective.forward(model, batch))
+        with record_function(PHASES.backward):
+            loss.backward()
+        with record_function(PHASES.optimizer):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clipping)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         step_seconds.append(time.perf_counter() - begin)
+    if profiler is not None and profile is not None:
+        wall = time.perf_counter() - profile_started
+        profiler.__exit__(None, None, None)
+        return {"profile": [phase_breakdown(profiler.events(), profile.steps, wall)]}
     tokens_per_step = config.micro_batch_size * num_workers * inputs.seq_len
     tokens_per_second = tokens_per_step * (config.max_steps - 1) / sum(step_seconds[1:])
     return {
@@ -117,6 +147,32 @@ def run_baseline(inputs: LoopInputs, num_workers: int, threads: int) -> dict[str
         "loss_step1": losses[0],
         "loss_final": sum(losses[1:]) / len(losses[1:]),  # mean over steps 2..N, as ours logs it
     }
+
+
+def flop_check(inputs: LoopInputs) -> dict[str, Any]:
+    """Analytic FLOPs per token vs torch.utils.flop_counter on one micro-batch of the same model."""
+    config = inputs.config
+    torch.manual_seed(inputs.seed)
+    model = get_objective(config.objective).build_model(
+        config.model, inputs.vocab_size, inputs.seq_len, inputs.special_ids
+    )
+    if inputs.target_length is not None:
+        return {"skipped": "encoder-decoder: see tests/unit/test_flops_counter.py"}
+    ids = torch.randint(0, inputs.vocab_size, (2, inputs.seq_len), generator=torch.Generator().manual_seed(0))
+    counted = counted_training_flops(model, {"input_ids": ids}) / ids.numel()
+    analytic = model_flops_per_token(model, inputs.seq_len, inputs.target_length)
+    return {"analytic": analytic, "torch_flop_counter": counted, "analytic_over_counter": analytic / counted}
+
+
+# Each lever on its own against the defaults (the first entry); keys are PretrainConfig fields.
+LEVERS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "for-loop AdamW (torch's CPU default)": {"adamw": "for-loop"},
+    "foreach AdamW": {"adamw": "foreach"},
+    "torch.compile": {"compile": True},
+    "ZeRO stage 0 (no optimizer-state partitioning)": {"zero_stage": 0},
+    "1 worker x 2 threads (no all-reduce)": {"num_workers": 1, "cpus_per_worker": 2},
+}
 
 
 def measure_size(
@@ -137,33 +193,86 @@ def measure_size(
         eval_batches=1,
     )
     inputs = resolve_inputs(config, shards, tokenizer, seed=0)
-    ours, baseline = [], []
+    levers = LEVERS if args.levers else {"defaults": {}}
+    ours: dict[str, list[dict[str, Any]]] = {name: [] for name in levers}
+    baseline = []
     for _ in range(args.repeats):
         baseline.append(common.measured(lambda: run_baseline(inputs, args.workers, args.workers), args))
-        with tempfile.TemporaryDirectory(prefix="lmforge-bench-pretrain-") as tmp:
-            ours.append(common.measured(lambda: run_ours(config, shards, tokenizer, Path(tmp)), args))  # noqa: B023
+        for name, change in levers.items():
+            variant = lever_config(config, change, args.micro_batch_size * args.workers)
+            with tempfile.TemporaryDirectory(prefix="lmforge-bench-pretrain-") as tmp:
+                run = common.measured(lambda: run_ours(variant, shards, tokenizer, Path(tmp)), args)  # noqa: B023
+            ours[name].append(run)
     # The workers measure their peak while Ray Train is still starting up; the baseline's 2-thread
     # peak is taken on a quiet process, so it also gives ours an MFU against the same denominator.
     machine_peak = common.spread([run["peak_flops_per_second"] for run in baseline])["median"]
-    for run in ours:
-        run["mfu_vs_baseline_peak"] = run["flops_per_token"] * run["tokens_per_second"] / machine_peak
-    ours_tps = common.spread([run["tokens_per_second"] for run in ours])
     baseline_tps = common.spread([run["tokens_per_second"] for run in baseline])
-    return {
+    variants = {}
+    for name, runs in ours.items():
+        for run in runs:
+            run["mfu_vs_baseline_peak"] = run["flops_per_token"] * run["tokens_per_second"] / machine_peak
+        tps = common.spread([run["tokens_per_second"] for run in runs])
+        variants[name] = {
+            "tokens_per_second": tps,
+            "ratio_over_baseline": tps["median"] / baseline_tps["median"],
+            "mfu": common.spread([run["mfu"] for run in runs]),
+            "mfu_vs_baseline_peak": common.spread([run["mfu_vs_baseline_peak"] for run in runs]),
+            "loss_step1": [run["loss_step1"] for run in runs],
+            "loss_final": [run["loss_final"] for run in runs],
+            "runs": runs,
+        }
+    result: dict[str, Any] = {
         "benchmark": "pretrain_throughput",
         "objective": objective,
         "size": size,
+        "num_parameters": ours["defaults"][0].get("num_parameters"),
         "steps": args.steps,
         "tokens_per_step": args.micro_batch_size * args.workers * inputs.seq_len,
-        "ours_tokens_per_second": ours_tps,
+        "precision": inputs.precision,
+        "ours_tokens_per_second": variants["defaults"]["tokens_per_second"],
         "baseline_tokens_per_second": baseline_tps,
-        "ratio_ours_over_baseline": ours_tps["median"] / baseline_tps["median"],
-        "ours_mfu": common.spread([run["mfu"] for run in ours]),
+        "ratio_ours_over_baseline": variants["defaults"]["ratio_over_baseline"],
+        "ours_mfu": variants["defaults"]["mfu"],
         "baseline_mfu": common.spread([run["mfu"] for run in baseline]),
-        "ours_mfu_vs_baseline_peak": common.spread([run["mfu_vs_baseline_peak"] for run in ours]),
-        "ours_runs": ours,
+        "ours_mfu_vs_baseline_peak": variants["defaults"]["mfu_vs_baseline_peak"],
+        "baseline_loss_step1": [run["loss_step1"] for run in baseline],
+        "baseline_loss_final": [run["loss_final"] for run in baseline],
+        "flops_per_token": flop_check(inputs),
+        "ours": variants,
         "baseline_runs": baseline,
     }
+    if args.profile:
+        profile = ProfileConfig(start_step=3, steps=5)
+        profiled = config.model_copy(
+            update={"profile": profile, "max_steps": 7, "log_every": 7, "eval_every": 7}
+        )
+        with tempfile.TemporaryDirectory(prefix="lmforge-bench-profile-") as tmp:
+            result["ours_profile"] = run_ours(profiled, shards, tokenizer, Path(tmp))["profile"]
+        result["baseline_profile"] = run_baseline(inputs, args.workers, args.workers, profile)["profile"]
+        print_profiles(result["ours_profile"], result["baseline_profile"])
+    return result
+
+
+def lever_config(config: PretrainConfig, change: dict[str, Any], global_batch: int) -> PretrainConfig:
+    """`config` with one lever changed; fewer workers take a larger micro-batch (same global batch)."""
+    workers = change.get("num_workers", config.num_workers)
+    update = {**change, "micro_batch_size": global_batch // workers}
+    return PretrainConfig.model_validate({**config.model_dump(), **update})
+
+
+def print_profiles(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> None:
+    """Seconds per step by phase, one column per rank of ours and one for the baseline (stderr)."""
+    columns = [(f"ours rank {rank}", profile) for rank, profile in enumerate(ours)] + [
+        ("baseline", baseline[0])
+    ]
+    print("phase (s/step)  " + "  ".join(f"{name:>12}" for name, _ in columns), file=sys.stderr)
+    for phase in ("data", "forward", "backward", "optimizer", "other"):
+        cells = "  ".join(f"{profile['phases'][phase]:>12.3f}" for _, profile in columns)
+        print(f"{phase:<15} {cells}", file=sys.stderr)
+    cells = "  ".join(f"{profile['communication']:>12.3f}" for _, profile in columns)
+    print(f"{'(of which comm)':<15} {cells}", file=sys.stderr)
+    cells = "  ".join(f"{profile['step_seconds']:>12.3f}" for _, profile in columns)
+    print(f"{'step':<15} {cells}", file=sys.stderr)
 
 
 def main() -> None:
@@ -186,6 +295,10 @@ def main() -> None:
         help="objectives to measure; more than one trains one Unigram tokenizer for all (its sentinels serve span)",
     )
     parser.add_argument("--seq-len", type=int, default=256, help="model input length (span: encoder tokens)")
+    parser.add_argument("--levers", action="store_true", help="one run of ours per lever setting too")
+    parser.add_argument(
+        "--profile", action="store_true", help="a profiled run of each side (per-phase times)"
+    )
     parser.add_argument("--shards", type=Path, help="a clm shard directory (skips building data)")
     parser.add_argument("--tokenizer", type=Path, help="its tokenizer directory")
     common.add_load_arguments(parser)
