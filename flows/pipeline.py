@@ -123,27 +123,6 @@ def flow_run_name() -> str:
     return new_run_id(str(name or "run"))
 
 
-# What each stage reads, in pipeline order: `--stage NAME` runs NAME and everything it needs.
-STAGE_NEEDS: dict[str, tuple[str, ...]] = {
-    "clean": (),
-    "tokenizer": ("clean",),
-    "shard": ("clean", "tokenizer"),
-    "pretrain": ("clean", "tokenizer", "shard"),
-    "finetune": ("clean", "tokenizer", "shard", "pretrain"),
-    "eval": ("clean", "tokenizer", "shard", "pretrain"),
-}
-assert tuple(STAGE_NEEDS) == steps.FORCEABLE_STAGES
-
-
-def stage_plan(stage: str | None) -> tuple[str, ...]:
-    """The stages a run executes: all of them, or `stage` and the stages it needs (then no report)."""
-    if stage is None:
-        return (*steps.FORCEABLE_STAGES, "report")
-    if stage not in STAGE_NEEDS:
-        raise ConfigError(f"--stage {stage!r}: expected one of {', '.join(steps.FORCEABLE_STAGES)}")
-    return (*STAGE_NEEDS[stage], stage)
-
-
 @flow(name=FLOW_NAME, flow_run_name=flow_run_name, validate_parameters=False)
 def pipeline_flow(
     config: PipelineConfig,
@@ -171,7 +150,7 @@ def pipeline_flow(
             "lmforge-paradigm-lab flow, or run one branch's config with this flow"
         )
     steps.forced_stages(force)
-    planned = stage_plan(stage)
+    planned = steps.stage_plan(stage)
     # Hub data sets are pinned to a commit once, here: every stage's recipe and reader see that one.
     pipeline_config = resolve_inputs(pipeline_config)
     run_id = run_id or flow_run.get_name() or new_run_id(pipeline_config.name)

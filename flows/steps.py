@@ -46,6 +46,27 @@ def forced_stages(force: str | None) -> set[str]:
     return set(FORCEABLE_STAGES[FORCEABLE_STAGES.index(force) :])
 
 
+# What each stage reads, in pipeline order: `--stage NAME` runs NAME and everything it needs.
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "clean": (),
+    "tokenizer": ("clean",),
+    "shard": ("clean", "tokenizer"),
+    "pretrain": ("clean", "tokenizer", "shard"),
+    "finetune": ("clean", "tokenizer", "shard", "pretrain"),
+    "eval": ("clean", "tokenizer", "shard", "pretrain"),
+}
+assert tuple(STAGE_NEEDS) == FORCEABLE_STAGES
+
+
+def stage_plan(stage: str | None) -> tuple[str, ...]:
+    """The stages a run executes: all of them, or `stage` and the stages it needs (then no report)."""
+    if stage is None:
+        return (*FORCEABLE_STAGES, "report")
+    if stage not in STAGE_NEEDS:
+        raise ConfigError(f"--stage {stage!r}: expected one of {', '.join(FORCEABLE_STAGES)}")
+    return (*STAGE_NEEDS[stage], stage)
+
+
 def make_context(
     config: PipelineConfig, store_root: str | Path, run_id: str, force: str | None
 ) -> RunContext:

@@ -20,7 +20,7 @@ from typing import Any
 
 from lmforge.core.logs import get_logger
 from lmforge.infra.artifact_files import sha256_file
-from lmforge.infra.remote_fs import CACHE_ENV, DEFAULT_CACHE
+from lmforge.infra.remote_fs import lmforge_cache_dir
 
 log = get_logger(__name__)
 RECORDS_DIR = "file-sha256"
@@ -30,7 +30,7 @@ SETTLED_SECONDS = 2.0
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / RECORDS_DIR
+    return lmforge_cache_dir() / RECORDS_DIR
 
 
 def stat_key(stat: os.stat_result) -> list[int]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lmforge.core.errors import ConfigError, LmforgeError
 from lmforge.core.logs import get_logger
-from lmforge.infra.remote_fs import CACHE_ENV, DEFAULT_CACHE
+from lmforge.infra.remote_fs import lmforge_cache_dir
 
 log = get_logger(__name__)
 HOST = "127.0.0.1"
@@ -162,8 +162,7 @@ class PrefectServer:
 
 def database_template() -> Path:
     """This Prefect version's empty, migrated SQLite database, copied into each new server home."""
-    base = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
-    return base / "prefect-db" / f"prefect-{importlib.metadata.version('prefect')}.db"
+    return lmforge_cache_dir() / "prefect-db" / f"prefect-{importlib.metadata.version('prefect')}.db"
 
 
 def seed_database(home: Path, template: Path | None = None) -> str:

@@ -39,10 +39,14 @@ def local_path_of(location: str | Path) -> Path:
     return Path(text.removeprefix("file://")) if text.startswith("file://") else Path(text)
 
 
+def lmforge_cache_dir() -> Path:
+    """This machine's lmforge cache folder: `${LMFORGE_CACHE_DIR:-~/.cache/lmforge}`."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
 def cache_root(url: str) -> Path:
     """This node's cache of a URL store: `${LMFORGE_CACHE_DIR:-~/.cache/lmforge}/stores/<hash>/`."""
-    base = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
-    return (base / "stores" / hashlib.sha256(url.encode()).hexdigest()[:16]).resolve()
+    return (lmforge_cache_dir() / "stores" / hashlib.sha256(url.encode()).hexdigest()[:16]).resolve()
 
 
 def storage_options(protocol: str) -> dict[str, Any]:

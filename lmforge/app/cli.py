@@ -328,16 +328,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lmforge.app.config import PipelineConfig, apply_hub_fallbacks, resolve_inputs
     from lmforge.core.configbase import load_config
     from lmforge.flows.run_record import new_run_id
-    from lmforge.flows.steps import FORCEABLE_STAGES, forced_stages
+    from lmforge.flows.steps import forced_stages, stage_plan
     from lmforge.infra.prefect_server import interrupt_on_termination
     from lmforge.infra.store import open_store as open_location
 
     # Everything a user can get wrong is checked before Prefect or Ray start.
     config = load_config(PipelineConfig, args.config, args.overrides)
     forced_stages(args.force)
-    if args.stage is not None and args.stage not in FORCEABLE_STAGES:
-        # As the flow's stage_plan says it, without importing the flow (and Prefect) yet.
-        raise ConfigError(f"--stage {args.stage!r}: expected one of {', '.join(FORCEABLE_STAGES)}")
+    stage_plan(args.stage)  # from flows.steps: no Prefect import yet
     if config.lab is not None and args.stage:
         raise ConfigError(
             f"--stage {args.stage}: a lab config runs whole branches; run a branch's config instead"

@@ -124,8 +124,7 @@ def resolved_config(request: JobRequest) -> tuple[PipelineConfig, list[str]]:
     """The config as `lmforge run` resolves it (overrides, checks, hub pins), and its fallback notes."""
     from lmforge.app.config import PipelineConfig, apply_hub_fallbacks, resolve_inputs
     from lmforge.core.configbase import load_config
-    from lmforge.flows.pipeline import stage_plan
-    from lmforge.flows.steps import forced_stages
+    from lmforge.flows.steps import forced_stages, stage_plan
 
     config = load_config(PipelineConfig, request.config_path, request.overrides)
     forced_stages(request.force)

@@ -11,6 +11,7 @@ import pytest
 
 from lmforge.infra import file_hashes, ray_runtime
 from lmforge.infra.progress import ProgressRelay
+from lmforge.infra.remote_fs import CACHE_ENV
 from lmforge.infra.stage_runner import WOULD_COMPUTE, WOULD_REUSE, ReuseProbe, StageRunner
 from lmforge.infra.store import ArtifactStore, ExternalFile, hash_external
 from lmforge.training import PretrainConfig, launcher
@@ -56,7 +57,7 @@ def test_a_file_changed_just_now_is_not_recorded(tmp_path):
 
 
 def test_hash_external_uses_the_cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(file_hashes.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     path = settled_file(tmp_path / "input.txt", "data")
     [record] = hash_external([ExternalFile("input.txt", path), *[]])
     assert record["sha256"] == hashlib.sha256(b"data").hexdigest() and record["size"] == 4

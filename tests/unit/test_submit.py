@@ -84,8 +84,7 @@ def test_bad_stage_names_option_and_choices(tiny_env, capsys):
 
 
 def test_stage_plan_runs_a_stage_with_what_it_needs():
-    from lmforge.flows.pipeline import stage_plan
-    from lmforge.flows.steps import FORCEABLE_STAGES
+    from lmforge.flows.steps import FORCEABLE_STAGES, stage_plan
 
     assert stage_plan(None) == (*FORCEABLE_STAGES, "report")
     assert stage_plan("clean") == ("clean",)

@@ -71,3 +71,16 @@ def test_write_corpus_round_trips(tmp_path):
     assert [path.name for path in files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     rows = [row for path in files for row in pq.read_table(path).to_pylist()]
     assert [(row["doc_id"], row["text"]) for row in rows] == docs
+
+
+def train_small_tokenizers(
+    corpus_dir: Path, tmp_path_factory, algorithms=("bpe", "wordpiece")
+) -> dict[str, Path]:
+    """A 1000-token tokenizer per algorithm, trained on `corpus_dir` (for module-scoped fixtures)."""
+    from lmforge.tokenization import TokenizerConfig, train_tokenizer
+
+    dirs = {}
+    for algorithm in algorithms:
+        dirs[algorithm] = tmp_path_factory.mktemp(algorithm)
+        train_tokenizer(TokenizerConfig(algorithm=algorithm, vocab_size=1000), corpus_dir, dirs[algorithm])
+    return dirs

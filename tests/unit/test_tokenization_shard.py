@@ -12,15 +12,13 @@ import pytest
 from lmforge.core.errors import ConfigError, DataError
 from lmforge.tokenization import (
     ShardConfig,
-    TokenizerConfig,
     build_shards,
     load_split,
     load_tokenizer_meta,
     read_dataset_manifest,
     split_of,
-    train_tokenizer,
 )
-from tests.unit.test_tokenization_helpers import enwiki_docs, write_corpus
+from tests.unit.test_tokenization_helpers import enwiki_docs, train_small_tokenizers, write_corpus
 
 SEED = 13
 CONFIG = ShardConfig(seq_len=64, validation_fraction=0.1, sequences_per_shard=300, batch_size=64)
@@ -36,11 +34,7 @@ def corpus_dir(shared_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer_dirs(corpus_dir, tmp_path_factory):
-    dirs = {}
-    for algorithm in ("bpe", "wordpiece"):
-        dirs[algorithm] = tmp_path_factory.mktemp(algorithm)
-        train_tokenizer(TokenizerConfig(algorithm=algorithm, vocab_size=1000), corpus_dir, dirs[algorithm])
-    return dirs
+    return train_small_tokenizers(corpus_dir, tmp_path_factory)
 
 
 def reference_streams(corpus_dir: Path, tokenizer_dir: Path, fraction: float, seed: int):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.tokenization import ShardConfig, TokenizerConfig, build_shards, train_tokenizer
+from lmforge.tokenization import ShardConfig, build_shards
 from lmforge.tokenization.ray_tokenize import _ordered_map, runs_on_this_machine
-from tests.unit.test_tokenization_helpers import enwiki_docs, write_corpus
+from tests.unit.test_tokenization_helpers import enwiki_docs, train_small_tokenizers, write_corpus
 
 SEED = 5
 CONFIG = ShardConfig(seq_len=64, validation_fraction=0.1, sequences_per_shard=200, batch_size=32)
@@ -26,11 +26,7 @@ def corpus_dir(shared_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokenizer_dirs(corpus_dir, tmp_path_factory):
-    dirs = {}
-    for algorithm in ("bpe", "wordpiece"):
-        dirs[algorithm] = tmp_path_factory.mktemp(algorithm)
-        train_tokenizer(TokenizerConfig(algorithm=algorithm, vocab_size=1000), corpus_dir, dirs[algorithm])
-    return dirs
+    return train_small_tokenizers(corpus_dir, tmp_path_factory)
 
 
 def file_digests(directory: Path) -> dict[str, str]:
