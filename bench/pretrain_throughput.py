@@ -8,7 +8,8 @@
 
 OURS is `training.pretrain` on 2 Ray Train workers x 1 CPU (ZeRO-1, micro-batch 8 each) with the
 config's defaults (`--levers` adds one run per lever setting: AdamW implementation, torch.compile,
-one 2-thread worker instead of two 1-thread ones). BASELINE is what a user would write by hand: one
+sdpa instead of eager attention, ZeRO stage 0, one 2-thread worker instead of two 1-thread ones,
+and the best combination measured). BASELINE is what a user would write by hand: one
 process, `torch.set_num_threads(2)`, the same model (GPT-2, BERT or T5) from `build_model` with the
 same init, the same sequences in the same steps (16 per step: ours' 2 ranks stride the same
 permutation), torch's default AdamW + the same warmup/cosine schedule and gradient clipping, bf16
@@ -41,6 +42,7 @@ from lmforge.training.data import TrainStream, load_split
 from lmforge.training.deepspeed_setup import parameter_groups
 from lmforge.training.flops import counted_training_flops, measure_matmul_peak, model_flops_per_token
 from lmforge.training.inputs import LoopInputs, resolve_inputs
+from lmforge.training.models import use_attention
 from lmforge.training.objectives import BatchContext
 from lmforge.training.profiling import PHASES, new_profiler, phase_breakdown
 from lmforge.training.schedule import lr_lambda
@@ -80,18 +82,48 @@ def run_ours(config: PretrainConfig, shards: Path, tokenizer: Path, work: Path) 
     }
 
 
+# The plain loop tuned by hand (`--plain-levers`): how far the same levers take a loop without
+# DeepSpeed. Keys: attention kernel, torch.compile of model and loss, and bf16 weights (the model
+# cast to bf16, AdamW fused on them, no autocast: no fp32 master copy) instead of autocast.
+PLAIN_LEVERS: dict[str, dict[str, Any]] = {
+    "plain, eager attention": {"attention": "eager"},
+    "plain, eager attention + compile": {"attention": "eager", "compile": True},
+    "plain, eager attention + compile + bf16 weights": {
+        "attention": "eager",
+        "compile": True,
+        "bf16_weights": True,
+    },
+}
+
+
 def run_baseline(
-    inputs: LoopInputs, num_workers: int, threads: int, profile: ProfileConfig | None = None
+    inputs: LoopInputs,
+    num_workers: int,
+    threads: int,
+    profile: ProfileConfig | None = None,
+    lever: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     config = inputs.config
+    lever = lever or {}
     torch.set_num_threads(threads)
     started = time.perf_counter()
     train = load_split(Path(inputs.shards_dir), "train")
     objective = get_objective(config.objective)
     torch.manual_seed(inputs.seed)
     model = objective.build_model(config.model, inputs.vocab_size, inputs.seq_len, inputs.special_ids)
+    if "attention" in lever:
+        use_attention(model, lever["attention"])
+    bf16_weights = bool(lever.get("bf16_weights")) and inputs.precision == "bf16"
+    if bf16_weights:
+        model = model.to(torch.bfloat16)
+    if lever.get("compile"):
+        model.compile()
+        objective.compile_loss()
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=config.adam_betas
+        parameter_groups(model, config.weight_decay),
+        lr=config.learning_rate,
+        betas=config.adam_betas,
+        fused=bf16_weights or None,
     )
     schedule = lr_lambda(config.warmup_steps, config.max_steps, config.lr_decay, config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -122,7 +154,8 @@ def run_baseline(
             )
             batch = objective.prepare_batch(train[torch.from_numpy(indices)], context)
         with record_function(PHASES.forward):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inputs.precision == "bf16"):
+            autocast = inputs.precision == "bf16" and not bf16_weights
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 loss = objective.training_loss(objective.forward(model, batch))
         with record_function(PHASES.backward):
             loss.backward()
@@ -169,9 +202,16 @@ LEVERS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "for-loop AdamW (torch's CPU default)": {"adamw": "for-loop"},
     "foreach AdamW": {"adamw": "foreach"},
-    "torch.compile": {"compile": True},
+    "torch.compile (model and loss)": {"compile": True},
+    "sdpa attention (torch's CPU flash attention)": {"attention": "sdpa"},
     "ZeRO stage 0 (no optimizer-state partitioning)": {"zero_stage": 0},
     "1 worker x 2 threads (no all-reduce)": {"num_workers": 1, "cpus_per_worker": 2},
+    "1 worker x 2 threads + compile + ZeRO 0": {
+        "num_workers": 1,
+        "cpus_per_worker": 2,
+        "compile": True,
+        "zero_stage": 0,
+    },
 }
 
 
@@ -196,8 +236,14 @@ def measure_size(
     levers = LEVERS if args.levers else {"defaults": {}}
     ours: dict[str, list[dict[str, Any]]] = {name: [] for name in levers}
     baseline = []
+    plain_levers = PLAIN_LEVERS if args.plain_levers else {}
+    plain: dict[str, list[dict[str, Any]]] = {name: [] for name in plain_levers}
     for _ in range(args.repeats):
         baseline.append(common.measured(lambda: run_baseline(inputs, args.workers, args.workers), args))
+        for name, lever in plain_levers.items():
+            plain[name].append(
+                common.measured(lambda: run_baseline(inputs, args.workers, args.workers, lever=lever), args)  # noqa: B023
+            )
         for name, change in levers.items():
             variant = lever_config(config, change, args.micro_batch_size * args.workers)
             with tempfile.TemporaryDirectory(prefix="lmforge-bench-pretrain-") as tmp:
@@ -241,6 +287,20 @@ def measure_size(
         "ours": variants,
         "baseline_runs": baseline,
     }
+    if plain:
+        result["plain_levers"] = {
+            name: {
+                "tokens_per_second": common.spread([run["tokens_per_second"] for run in runs]),
+                "ratio_over_baseline": common.spread([run["tokens_per_second"] for run in runs])["median"]
+                / baseline_tps["median"],
+                "mfu_vs_baseline_peak": common.spread(
+                    [run["mfu"] * run["peak_flops_per_second"] / machine_peak for run in runs]
+                ),
+                "loss_step1": [run["loss_step1"] for run in runs],
+                "loss_final": [run["loss_final"] for run in runs],
+            }
+            for name, runs in plain.items()
+        }
     if args.profile:
         profile = ProfileConfig(start_step=3, steps=5)
         profiled = config.model_copy(
@@ -298,6 +358,9 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true", help="one run of ours per lever setting too")
     parser.add_argument(
         "--profile", action="store_true", help="a profiled run of each side (per-phase times)"
+    )
+    parser.add_argument(
+        "--plain-levers", action="store_true", help="the plain loop with the levers too (PLAIN_LEVERS)"
     )
     parser.add_argument("--shards", type=Path, help="a clm shard directory (skips building data)")
     parser.add_argument("--tokenizer", type=Path, help="its tokenizer directory")

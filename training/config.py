@@ -8,6 +8,9 @@ from pydantic import Field, field_validator, model_validator
 
 from lmforge.core.configbase import StrictModel, choice, operational
 
+# Longest sequence for which "auto" attention picks eager on CPU (PretrainConfig.attention).
+EAGER_ATTENTION_MAX_LENGTH = 1024
+
 ModelSize = Literal["debug", "tiny", "small", "base", "gpt2", "custom"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
@@ -131,6 +134,11 @@ class PretrainConfig(StrictModel):
     # torch.compile the model before DeepSpeed wraps it. "auto": on GPU workers only; on CPU it measured
     # slower than eager (docs/benchmarks.md). Compiled kernels round differently, so it shapes the weights.
     compile: Literal["auto"] | bool = "auto"
+    # Attention kernel: "sdpa" (torch's scaled_dot_product_attention: flash attention on GPU) or
+    # "eager" (explicit matmul + softmax). "auto": sdpa on GPU; eager on CPU up to 1024 tokens, where
+    # torch's CPU flash-attention backward measured slower than the matmuls it replaces and eager
+    # compiles to fused kernels (docs/benchmarks.md), sdpa beyond (eager's scores grow with length^2).
+    attention: Literal["auto", "sdpa", "eager"] = "auto"
     # AdamW implementation: "fused" (one kernel over every tensor), "foreach" (batched tensor ops) or
     # "for-loop" (torch's CPU default); "auto": fused. They round differently, so it shapes the weights.
     adamw: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
@@ -251,6 +259,12 @@ class PretrainConfig(StrictModel):
     def compiles(self, use_gpu: bool) -> bool:
         """Whether the workers compile the model ("auto" resolved for their device)."""
         return use_gpu if self.compile == "auto" else self.compile
+
+    def attention_implementation(self, use_gpu: bool, seq_len: int) -> str:
+        """The attention kernel the workers use ("auto" resolved for their device and sequence length)."""
+        if self.attention != "auto":
+            return self.attention
+        return "sdpa" if use_gpu or seq_len > EAGER_ATTENTION_MAX_LENGTH else "eager"
 
     def adamw_options(self) -> dict[str, bool]:
         """torch.optim.AdamW keyword arguments that pick its implementation."""

@@ -30,7 +30,7 @@ from lmforge.training.hooks import Callback
 from lmforge.training.inputs import LoopInputs
 from lmforge.training.masking import EVAL_STREAM, IGNORE_INDEX, masking_generator
 from lmforge.training.metrics import EventLog, all_gather_object, all_reduce_sum, run_summary
-from lmforge.training.models import count_parameters
+from lmforge.training.models import count_parameters, use_attention
 from lmforge.training.objectives import BatchContext, Sums, get_objective, word_continuation_table
 from lmforge.training.profiling import PHASES
 from lmforge.training.resume import (
@@ -176,8 +176,11 @@ class PretrainLoop:
         )
         self.flops_per_token = model_flops_per_token(model, self.inputs.seq_len, self.inputs.target_length)
         self.num_parameters = count_parameters(model)
-        if self.config.compiles(self.env.device.type == "cuda"):
+        on_gpu = self.env.device.type == "cuda"
+        use_attention(model, self.config.attention_implementation(on_gpu, self.inputs.seq_len))
+        if self.config.compiles(on_gpu):
             model.compile()  # in place: the engine wraps the same module, state-dict keys unchanged
+            self.objective.compile_loss()
         self.engine, self.optimizer, _ = deepspeed_setup.initialize(
             model, self.config, self.env.world_size, self.inputs.precision
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from lmforge.core.errors import ConfigError
 from lmforge.training.config import ModelConfig
 
 
@@ -83,3 +84,20 @@ def build_t5(model_config: ModelConfig, vocab_size: int, seq_len: int, special_i
     )
     config.decoder_start_token_id = special_ids["pad"]
     return T5ForConditionalGeneration(config)
+
+
+def use_attention(model, implementation: str) -> None:
+    """Switch `model`'s attention kernel ("sdpa" or "eager") in place; the weights are unchanged.
+
+    The kernel is a runtime choice: it is not written into the saved config, so an exported model
+    loads with transformers' default. A model class without the kernel gets a ConfigError.
+    """
+    if model.config._attn_implementation == implementation:
+        return
+    try:
+        model.set_attn_implementation(implementation)
+    except (ValueError, ImportError) as error:
+        raise ConfigError(
+            f"pretrain.attention: {type(model).__name__} cannot use {implementation!r} attention ({error}); "
+            "use 'auto' or another kernel"
+        ) from error

@@ -23,6 +23,15 @@ Batch = dict[str, torch.Tensor]
 Sums = dict[str, torch.Tensor]
 
 
+def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> Sums:
+    flat_labels = labels.reshape(-1)
+    flat_logits = logits.reshape(-1, logits.size(-1)).float()
+    loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    targets = flat_labels != IGNORE_INDEX
+    correct = (flat_logits.argmax(-1) == flat_labels) & targets
+    return {"loss_sum": loss, "count": targets.sum(), "correct": correct.sum()}
+
+
 @dataclass(frozen=True)
 class BatchContext:
     """What an objective needs besides the token rows to build one micro-batch."""
@@ -59,6 +68,8 @@ class Objective:
     uses_masking = False
     # Whether `pretrain.span` shapes it.
     uses_span = False
+    # The loss head: eager, or compiled per instance by `compile_loss`.
+    token_sums = staticmethod(token_sums)
 
     def _build(self, model_config: ModelConfig, vocab_size: int, seq_len: int, special_ids):
         raise NotImplementedError
@@ -87,7 +98,12 @@ class Objective:
     def forward(self, model, batch: Batch) -> Sums:
         """Summed fp32 cross-entropy over the batch's targets, correct argmax predictions, target count."""
         logits, labels = self._logits(model, batch)
-        return token_sums(logits, labels)
+        return self.token_sums(logits, labels)
+
+    def compile_loss(self) -> None:
+        """Compile this instance's loss head (fp32 upcast, cross-entropy, argmax) into fused kernels:
+        with the model compiled too, it is the largest piece of a CPU step left in eager ops."""
+        self.token_sums = torch.compile(token_sums, dynamic=False)
 
     def training_loss(self, sums: Sums) -> torch.Tensor:
         """The loss a step minimises: mean over targets (plus the pair task's mean, where there is one)."""
@@ -100,15 +116,6 @@ class Objective:
         """(single, pair) TemplateProcessing the exported tokenizer applies, so `tokenizer(text)` wraps
         text as this objective's training did (`tokens`: role -> token string); None: no specials."""
         return None
-
-
-def token_sums(logits: torch.Tensor, labels: torch.Tensor) -> Sums:
-    flat_labels = labels.reshape(-1)
-    flat_logits = logits.reshape(-1, logits.size(-1)).float()
-    loss = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    targets = flat_labels != IGNORE_INDEX
-    correct = (flat_logits.argmax(-1) == flat_labels) & targets
-    return {"loss_sum": loss, "count": targets.sum(), "correct": correct.sum()}
 
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
@@ -217,7 +224,7 @@ class SentencePairMLM(MaskedLM):
             token_type_ids=batch["token_type_ids"],
             attention_mask=batch["attention_mask"],
         )
-        sums = token_sums(output.prediction_logits, batch["labels"])
+        sums = self.token_sums(output.prediction_logits, batch["labels"])
         pair_logits = output.seq_relationship_logits.float()
         pair_labels = batch["pair_labels"]
         sums["pair_loss_sum"] = F.cross_entropy(

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from torch.profiler import record_function
 
 from lmforge.training import PretrainConfig
-from lmforge.training.config import ProfileConfig
+from lmforge.training.config import EAGER_ATTENTION_MAX_LENGTH, ModelConfig, ProfileConfig
+from lmforge.training.objectives import get_objective
 from lmforge.training.profiling import PHASES, StepProfiler, new_profiler, phase_breakdown
 
 pytestmark = pytest.mark.unit
@@ -135,3 +136,37 @@ def test_profile_is_operational_but_levers_shape_the_weights() -> None:
     assert model_recipe(PretrainConfig(profile=ProfileConfig()), "bf16") == plain
     assert model_recipe(PretrainConfig(adamw="for-loop"), "bf16") != plain
     assert model_recipe(PretrainConfig(compile=True), "bf16") != plain
+    assert model_recipe(PretrainConfig(attention="sdpa"), "bf16") != plain
+
+
+def test_auto_attention_is_sdpa_on_gpu_and_for_long_sequences_else_eager() -> None:
+    config = PretrainConfig()
+    assert config.attention_implementation(use_gpu=True, seq_len=256) == "sdpa"
+    assert config.attention_implementation(use_gpu=False, seq_len=256) == "eager"
+    assert config.attention_implementation(use_gpu=False, seq_len=EAGER_ATTENTION_MAX_LENGTH) == "eager"
+    assert config.attention_implementation(use_gpu=False, seq_len=EAGER_ATTENTION_MAX_LENGTH + 1) == "sdpa"
+    assert PretrainConfig(attention="sdpa").attention_implementation(use_gpu=False, seq_len=8) == "sdpa"
+    with pytest.raises(ValidationError, match="attention"):
+        PretrainConfig.model_validate({"attention": "flash"})
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm", "span"])
+def test_attention_kernels_give_the_same_loss(objective: str) -> None:
+    """eager and sdpa are two kernels for one function: the same weights give the same loss."""
+    from lmforge.training.models import use_attention
+
+    special = {"eos": 1, "pad": 0, "cls": 2, "sep": 3, "mask": 4, "unk": 5}
+    torch.manual_seed(0)
+    model = get_objective(objective).build_model(ModelConfig(size="debug"), 64, 16, special)
+    model.eval()
+    ids = torch.randint(6, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    inputs = {"input_ids": ids, "labels": ids}
+    if objective == "span":
+        inputs["decoder_input_ids"] = ids
+    losses = {}
+    for kernel in ("sdpa", "eager"):
+        use_attention(model, kernel)
+        assert model.config._attn_implementation == kernel
+        with torch.no_grad():
+            losses[kernel] = model(**inputs).loss.item()
+    assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-5)
