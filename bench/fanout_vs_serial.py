@@ -62,6 +62,17 @@ def fan_out_plan(ctx: steps.RunContext, model: StageOutcome, shards: StageOutcom
     config, objective = ctx.config, ctx.config.pretrain.objective
     location, data_dir = ctx.store.location, ctx.data_dir
     plan: list[dict[str, Any]] = []
+    # Evaluations first, as flows.pipeline submits them (each is one long task).
+    for eval_config in config.evaluation.tasks_for(objective):
+        entry = EVAL_TASKS.get(eval_config.type)
+        plan.append(
+            {
+                "stage": f"eval/{eval_config.id}",
+                "step": (steps.eval_step, eval_config, model, shards),
+                "call": (steps.eval_on_node, entry, location, model.artifact_id, shards.artifact_id,
+                         eval_config, data_dir, config.seed),
+            }
+        )  # fmt: skip
     for task_config in config.finetune.tasks_for(objective):
         entry = FINETUNE_TASKS.get(task_config.type)
         for cell in task_config.cells():
@@ -75,16 +86,6 @@ def fan_out_plan(ctx: steps.RunContext, model: StageOutcome, shards: StageOutcom
                                  cell, init, data_dir, cell.seed(config.seed), ProgressTarget(stage)),
                     }
                 )  # fmt: skip
-    for eval_config in config.evaluation.tasks_for(objective):
-        entry = EVAL_TASKS.get(eval_config.type)
-        plan.append(
-            {
-                "stage": f"eval/{eval_config.id}",
-                "step": (steps.eval_step, eval_config, model, shards),
-                "call": (steps.eval_on_node, entry, location, model.artifact_id, shards.artifact_id,
-                         eval_config, data_dir, config.seed),
-            }
-        )  # fmt: skip
     return plan
 
 

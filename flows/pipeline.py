@@ -275,10 +275,14 @@ def _run_stages(ctx: steps.RunContext, record: RunRecord, planned: tuple[str, ..
         else:
             ensure_ray()
     # Every cell of every fine-tune grid, both inits: Ray runs as many at once as it has CPUs for.
+    # Evaluations go first: each is one long task (a perplexity pass over the validation split took
+    # 100 s of the demo's fan-out), and started last it ran alone on one core while the other idled
+    # (docs/benchmarks.md, fan-out). Results are still recorded fine-tunes first.
+    eval_futures = [eval_task.submit(ctx, task_config, model, shards) for task_config in evals]
     futures = [
         finetune_task.submit(ctx, task_config, cell, init, model) for task_config, cell, init in finetunes
     ]
-    futures += [eval_task.submit(ctx, task_config, model, shards) for task_config in evals]
+    futures += eval_futures
     errors = []
     for future in futures:
         try:
