@@ -14,12 +14,18 @@ import ast
 import functools
 import hashlib
 import importlib.metadata
+import os
 import platform
 import sys
 import threading
+import time
 from pathlib import Path
 
+from lmforge.infra.file_hashes import SETTLED_SECONDS, read_record, write_record
+from lmforge.infra.remote_fs import lmforge_cache_dir
+
 PACKAGE = "lmforge"
+RECORDS_DIR = "code-identity"
 # The installed package folder (site-packages/lmforge in a wheel, the checkout's lmforge/ in an
 # editable install, whose stage folders are symlinks): not resolved, so both layouts map alike.
 PACKAGE_ROOT = Path(__file__).parents[1]
@@ -156,25 +162,79 @@ def code_identity(code: tuple[str, ...]) -> dict[str, object]:
     """The code a stage runs, summarized for its recipe: source digest, modules, library versions.
 
     `code` names entry modules (`lmforge.tokenization.shard`) and functions (`module:function`), in
-    any order. Computed once per process and set of names.
+    any order. Computed once per process and set of names, and remembered across processes (see
+    `_code_identity`).
     """
     return _code_identity(tuple(sorted(set(code))))
 
 
 @functools.cache
 def _code_identity(code: tuple[str, ...]) -> dict[str, object]:
+    """The identity from its record under `${LMFORGE_CACHE_DIR:-~/.cache/lmforge}/code-identity/`
+    when nothing it was computed from has moved: the stat of every source file it read and of their
+    folders (a new module file moves its folder), and the site-packages folders, which installing,
+    upgrading or removing a distribution changes. Parsing the closure and asking importlib.metadata
+    for every distribution took 4.3 s of a fully reused demo run (`bench/startup.py`)."""
+    record_path = lmforge_cache_dir() / RECORDS_DIR / f"{_digest([*code, str(PACKAGE_ROOT)])[:32]}.json"
+    record = read_record(record_path)
+    environment = _environment_key()
+    if (
+        record is not None
+        and record.get("code") == list(code)
+        and record.get("environment") == environment
+        and record.get("stats") == _stats(record.get("paths", []))
+    ):
+        return dict(record["identity"])
+    identity, paths = _computed_identity(code)
+    stats = _stats(paths)
+    settled = time.time() - SETTLED_SECONDS
+    if all(stat is not None and stat[1] / 1e9 < settled for stat in stats):
+        record = {"code": list(code), "environment": environment, "paths": paths, "stats": stats}
+        write_record(record_path, {**record, "identity": identity})
+    return identity
+
+
+def _computed_identity(code: tuple[str, ...]) -> tuple[dict[str, object], list[str]]:
+    """The identity, and the files and folders it was computed from."""
     functions = tuple(item for item in code if ":" in item)
     modules, third_party = import_closure(tuple(item for item in code if ":" not in item))
     digest = hashlib.sha256()
     for name in sorted(modules):
         digest.update(name.encode() + b"\0")
         digest.update(normalized_source(modules[name].read_text(encoding="utf-8")).encode() + b"\0")
+    files = set(modules.values())
     for qualified in sorted(functions):
         digest.update(qualified.encode() + b"\0" + function_source(qualified).encode() + b"\0")
-    return {
+        files.add(module_path(_qualified(qualified.partition(":")[0])) or PACKAGE_ROOT)
+    identity: dict[str, object] = {
         "source_sha256": digest.hexdigest(),
         "modules": sorted(modules),
         "functions": sorted(functions),
         "libraries": distribution_versions(third_party),
         "python": platform.python_version(),
     }
+    paths = sorted({str(path) for path in files} | {str(path.parent) for path in files})
+    return identity, paths
+
+
+def _stats(paths: list[str]) -> list[list[int] | None]:
+    """(inode, mtime, ctime, size) of each path in ns; None for a path that is gone."""
+    stats: list[list[int] | None] = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stats.append(None)
+            continue
+        stats.append([stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size])
+    return stats
+
+
+def _environment_key() -> list[object]:
+    """The interpreter and the stat of the folders importlib.metadata reads distributions from."""
+    folders = [path for path in sys.path if os.path.basename(path) in ("site-packages", "dist-packages")]
+    return [sys.version, *[[path, *(_stats([path])[0] or [])] for path in folders]]
+
+
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

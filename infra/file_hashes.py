@@ -45,18 +45,19 @@ def cached_sha256(path: Path, records: Path | None = None) -> str:
     records = cache_dir() if records is None else records
     record_path = records / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
     before = path.stat()
-    record = _read_record(record_path)
+    record = read_record(record_path)
     if record is not None and record.get("path") == str(path) and record.get("stat") == stat_key(before):
         return str(record["sha256"])
     digest = sha256_file(path)
     after = path.stat()
     settled = time.time() - after.st_mtime_ns / 1e9 > SETTLED_SECONDS
     if stat_key(after) == stat_key(before) and settled:
-        _write_record(record_path, {"path": str(path), "stat": stat_key(after), "sha256": digest})
+        write_record(record_path, {"path": str(path), "stat": stat_key(after), "sha256": digest})
     return digest
 
 
-def _read_record(record_path: Path) -> dict[str, Any] | None:
+def read_record(record_path: Path) -> dict[str, Any] | None:
+    """A cache record (a JSON object), or None when it is missing or unreadable."""
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
@@ -64,12 +65,13 @@ def _read_record(record_path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _write_record(record_path: Path, record: dict[str, Any]) -> None:
-    """Best effort: a read-only or full cache folder only means hashing again next time."""
+def write_record(record_path: Path, record: dict[str, Any]) -> None:
+    """Replace a cache record atomically. Best effort: a read-only or full cache folder only means
+    computing again next time."""
     try:
         record_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = record_path.with_name(f".{record_path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(record))
         os.replace(tmp, record_path)
     except OSError as err:
-        log.debug("could not record the sha256 of %s: %s", record["path"], err)
+        log.debug("could not write the cache record %s: %s", record_path, err)

@@ -8,6 +8,7 @@ database (`seed_database`), which saves the server most of its start-up.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -82,12 +83,14 @@ class PrefectServer:
         if self.healthy():
             raise ConfigError(f"something already answers on {self.url}; choose another --port")
         self.home.mkdir(parents=True, exist_ok=True)
-        seed_database(self.home)
+        seeded = seed_database(self.home)
         env = {
             **os.environ,
             "PREFECT_HOME": str(self.home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_API_URL": self.api_url,
+            # A copy of this Prefect's template is migrated and holds its block types already.
+            **(TEMPLATE_READY_ENV if seeded == "copied" else {}),
             **self.extra_env,
         }
         env.pop(API_URL_ENV, None)
@@ -160,9 +163,45 @@ class PrefectServer:
         self.stop()
 
 
+# What a server started on a fresh copy of the template can skip: the migrations check and the
+# registration of every block type (a few hundred schema upserts; its memo is keyed by the database
+# path, so a new home always repeated it).
+TEMPLATE_READY_ENV = {
+    "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+}
+# Migrates a database at $PREFECT_HOME/prefect.db and registers the block types of the installed
+# Prefect and its collections, as a server does at start.
+_TEMPLATE_SCRIPT = """
+import asyncio
+
+from prefect.server.database import provide_database_interface
+from prefect.server.models.block_registration import run_block_auto_registration
+
+
+async def build():
+    db = provide_database_interface()
+    await db.create_db()
+    session = await db.session()
+    async with session:
+        await run_block_auto_registration(session=session)
+
+
+asyncio.run(build())
+"""
+
+
 def database_template() -> Path:
-    """This Prefect version's empty, migrated SQLite database, copied into each new server home."""
-    return lmforge_cache_dir() / "prefect-db" / f"prefect-{importlib.metadata.version('prefect')}.db"
+    """The empty, migrated SQLite database with registered block types, copied into each new server
+    home: one per Prefect version and set of installed Prefect collections (they add block types)."""
+    collections = sorted(
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in importlib.metadata.distributions()
+        if (dist.metadata["Name"] or "").lower().startswith("prefect-")
+    )
+    tag = hashlib.sha256("\n".join(collections).encode()).hexdigest()[:8]
+    version = importlib.metadata.version("prefect")
+    return lmforge_cache_dir() / "prefect-db" / f"prefect-{version}-blocks-{tag}.db"
 
 
 def seed_database(home: Path, template: Path | None = None) -> str:
@@ -184,15 +223,18 @@ def seed_database(home: Path, template: Path | None = None) -> str:
 
 
 def _build_template(template: Path) -> None:
-    """Migrate an empty database in a scratch home beside `template`, then rename it into place
+    """Migrate an empty database and register the block types in a scratch home beside `template`
+    (`_TEMPLATE_SCRIPT`, in this Python), then rename it into place
     (atomic: concurrent builders never leave a half-written template). Detached, so it finishes
     even when the run that started it has ended."""
     template.parent.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=".build-", dir=template.parent)
     env = {**os.environ, "PREFECT_HOME": scratch, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    script = '"$0" server database upgrade -y && mv "$1/prefect.db" "$2"; rm -rf "$1"'
+    for name in DATABASE_URL_ENV:
+        env.pop(name, None)
+    script = '"$0" -c "$3" && mv "$1/prefect.db" "$2"; rm -rf "$1"'
     subprocess.Popen(
-        ["sh", "-c", script, _prefect_executable(), scratch, str(template)],
+        ["sh", "-c", script, sys.executable, scratch, str(template), _TEMPLATE_SCRIPT],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -332,49 +332,83 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lmforge.infra.prefect_server import interrupt_on_termination
     from lmforge.infra.store import open_store as open_location
 
-    # Everything a user can get wrong is checked before Prefect or Ray start.
-    config = load_config(PipelineConfig, args.config, args.overrides)
-    forced_stages(args.force)
-    stage_plan(args.stage)  # from flows.steps: no Prefect import yet
-    if config.lab is not None and args.stage:
-        raise ConfigError(
-            f"--stage {args.stage}: a lab config runs whole branches; run a branch's config instead"
-        )
-    for fallback in apply_hub_fallbacks(config, config.resolved_data_dir())[1]:
-        print(f"{fallback.key}: no local copy of {fallback.local!r}; reading {fallback.hub}")
-    config = resolve_inputs(config)
-    store = open_location(args.store or config.store)
-    run_id = args.run_id or new_run_id(config.name)
     configure_runtime_environment()  # before Prefect is imported (the flow's module imports it)
     interrupt_on_termination()  # a SIGTERM or hang-up ends the run like Ctrl-C: recorded, cleaned up
-    # The run's own Prefect server starts now and gets ready while the flow's modules import.
-    with run_prefect_server(store.run_dir(run_id) / "prefect") as server:
-        from lmforge.app.console import RunConsole
-        from lmforge.flows.lab import paradigm_lab_flow
-        from lmforge.flows.pipeline import pipeline_flow
+    # The run's own Prefect server is launched first: it needs seconds to answer, in which the
+    # config loads and the flow's modules import. Its home moves into the run's folder when it stops
+    # (the folder is known once the config is); a config error stops it and removes its home.
+    scratch_home = server_scratch_home()
+    kept_home: list[Path] = []
+    try:
+        with run_prefect_server(scratch_home) as server:
+            # Everything a user can get wrong is checked before the flow or Ray start.
+            config = load_config(PipelineConfig, args.config, args.overrides)
+            forced_stages(args.force)
+            stage_plan(args.stage)  # from flows.steps: no Prefect import yet
+            if config.lab is not None and args.stage:
+                raise ConfigError(
+                    f"--stage {args.stage}: a lab config runs whole branches; run a branch's config instead"
+                )
+            for fallback in apply_hub_fallbacks(config, config.resolved_data_dir())[1]:
+                print(f"{fallback.key}: no local copy of {fallback.local!r}; reading {fallback.hub}")
+            config = resolve_inputs(config)
+            store = open_location(args.store or config.store)
+            run_id = args.run_id or new_run_id(config.name)
+            kept_home.append(store.run_dir(run_id) / "prefect")
+            return run_pipeline(args, config, store, run_id, server)
+    finally:
+        keep_server_home(scratch_home, kept_home[0] if kept_home else None)
 
-        log_path = store.run_dir(run_id) / "console.log"
-        with (
-            RunConsole(log_path, verbose=args.verbose) as console,
-            prefect_api(console.print, server),
-        ):
-            console.print(f"run id: {run_id}  (full log: {log_path})")
-            if config.lab is not None:
-                console.print(f"paradigm lab: branches {', '.join(config.lab.branches)}, one run each")
-                record = paradigm_lab_flow(
-                    config=config, run_id=run_id, store=store.location, force=args.force
-                )
-            else:
-                record = pipeline_flow(
-                    config=config, run_id=run_id, store=store.location, force=args.force, stage=args.stage
-                )
-            console.print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
-            console.print(f"run record: {store.run_dir(run_id) / 'run.json'}")
-            if record["report"]:
-                console.print(f"report: {record['report']['markdown']}")
-                console.print(f"report (html): {record['report']['html']}")
-            else:
-                console.print(f"--stage {args.stage}: skipped {', '.join(record['skipped_stages'])}")
+
+def server_scratch_home() -> Path:
+    """A new, unique Prefect home for a run's server, before the run's folder is known (in the
+    system's temporary folder: a rejected config leaves nothing behind)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="lmforge-run-server-"))
+
+
+def keep_server_home(scratch: Path, home: Path | None) -> None:
+    """Move a stopped run server's home (database, server.log) to `home`; without one, remove it."""
+    import shutil
+
+    if not scratch.exists():
+        return
+    if home is None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+    home.parent.mkdir(parents=True, exist_ok=True)
+    if home.exists():  # a --run-id used before: its earlier server home is kept beside
+        home.rename(home.with_name(f"{home.name}-{scratch.name}"))
+    shutil.move(str(scratch), str(home))
+
+
+def run_pipeline(args: argparse.Namespace, config, store, run_id: str, server: PrefectServer | None) -> int:
+    """`lmforge run` once the config is checked: the flow, on the run's Prefect server."""
+    from lmforge.app.console import RunConsole
+    from lmforge.flows.lab import paradigm_lab_flow
+    from lmforge.flows.pipeline import pipeline_flow
+
+    log_path = store.run_dir(run_id) / "console.log"
+    with (
+        RunConsole(log_path, verbose=args.verbose) as console,
+        prefect_api(console.print, server),
+    ):
+        console.print(f"run id: {run_id}  (full log: {log_path})")
+        if config.lab is not None:
+            console.print(f"paradigm lab: branches {', '.join(config.lab.branches)}, one run each")
+            record = paradigm_lab_flow(config=config, run_id=run_id, store=store.location, force=args.force)
+        else:
+            record = pipeline_flow(
+                config=config, run_id=run_id, store=store.location, force=args.force, stage=args.stage
+            )
+        console.print(f"run {run_id} {record['status']} in {record['wall_seconds']:.0f} s")
+        console.print(f"run record: {store.run_dir(run_id) / 'run.json'}")
+        if record["report"]:
+            console.print(f"report: {record['report']['markdown']}")
+            console.print(f"report (html): {record['report']['html']}")
+        else:
+            console.print(f"--stage {args.stage}: skipped {', '.join(record['skipped_stages'])}")
     return 0
 
 

@@ -130,3 +130,45 @@ def test_an_entry_that_names_a_package_follows_what_its_init_registers():
 def test_an_unknown_entry_module_is_an_error_not_an_empty_closure():
     with pytest.raises(ValueError, match="no lmforge module lmforge.tokenization.nope"):
         import_closure(("lmforge.tokenization.nope",))
+
+
+def test_code_identity_is_remembered_until_a_file_it_read_moves(tmp_path, monkeypatch) -> None:
+    import json
+
+    from lmforge.infra import code_identity as identity_module
+
+    monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path))
+    code = ("lmforge.tokenization.train", "lmforge.flows.steps:tokenizer_step")
+    identity_module._code_identity.cache_clear()
+    fresh = code_identity(code)
+    [record_path] = (tmp_path / identity_module.RECORDS_DIR).iterdir()
+    record = json.loads(record_path.read_text())
+    assert record["identity"] == fresh
+    assert str(identity_module.module_path("lmforge.tokenization.train")) in record["paths"]
+    assert str(identity_module.module_path("lmforge.flows.steps")) in record["paths"]
+
+    def recomputed(code):
+        raise AssertionError("recomputed")
+
+    # A new process (the in-process cache cleared) takes the record as long as nothing moved.
+    identity_module._code_identity.cache_clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(identity_module, "_computed_identity", recomputed)
+        assert code_identity(code) == fresh
+    # A source file whose stat differs from the record's (an edit) is read again.
+    record["stats"][0][1] -= 1
+    record_path.write_text(json.dumps(record))
+    identity_module._code_identity.cache_clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(identity_module, "_computed_identity", recomputed)
+        with pytest.raises(AssertionError, match="recomputed"):
+            code_identity(code)
+    # So is an installed distribution set that changed (site-packages folders' stat).
+    identity_module._code_identity.cache_clear()
+    assert code_identity(code) == fresh
+    monkeypatch.setattr(identity_module, "_environment_key", lambda: ["another interpreter"])
+    monkeypatch.setattr(identity_module, "_computed_identity", recomputed)
+    identity_module._code_identity.cache_clear()
+    with pytest.raises(AssertionError, match="recomputed"):
+        code_identity(code)
+    identity_module._code_identity.cache_clear()

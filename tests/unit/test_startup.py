@@ -181,7 +181,40 @@ def test_a_missing_template_is_built_in_the_background(tmp_path, monkeypatch):
     assert prefect_server.seed_database(home, template) == "building"
     assert not (home / prefect_server.DATABASE_FILE).exists()
     [command] = launched
-    assert command[:2] == ["sh", "-c"] and "database upgrade" in command[2] and command[-1] == str(template)
+    assert command[:2] == ["sh", "-c"] and command[-2] == str(template)
+    assert "create_db" in command[-1] and "run_block_auto_registration" in command[-1]
+
+
+def test_a_server_on_a_template_copy_skips_migrations_and_block_registration(tmp_path, monkeypatch):
+    from lmforge.infra import prefect_server
+
+    for name in prefect_server.DATABASE_URL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    template = tmp_path / "template.db"
+    template.write_bytes(b"migrated")
+    monkeypatch.setattr(prefect_server, "database_template", lambda: template)
+    launched: list[dict[str, str]] = []
+    monkeypatch.setattr(prefect_server.subprocess, "Popen", lambda command, env, **_: launched.append(env))
+    monkeypatch.setattr(prefect_server.PrefectServer, "healthy", lambda self: False)
+    prefect_server.PrefectServer(tmp_path / "new", port=1).launch()
+    home = tmp_path / "used"
+    home.mkdir()
+    (home / prefect_server.DATABASE_FILE).write_bytes(b"a run's rows")
+    prefect_server.PrefectServer(home, port=1).launch()
+    fresh, kept = launched
+    assert prefect_server.TEMPLATE_READY_ENV.items() <= fresh.items()
+    assert not any(name in kept for name in prefect_server.TEMPLATE_READY_ENV)
+
+
+def test_the_template_is_named_by_prefect_version_and_collections() -> None:
+    import importlib.metadata
+
+    from lmforge.infra.prefect_server import database_template
+
+    name = database_template().name
+    assert name.startswith(f"prefect-{importlib.metadata.version('prefect')}-blocks-") and name.endswith(
+        ".db"
+    )
 
 
 def test_the_run_server_is_launched_early_and_dropped_for_a_profiles_server(tmp_path, monkeypatch):
@@ -207,3 +240,50 @@ def test_the_run_server_is_launched_early_and_dropped_for_a_profiles_server(tmp_
     ):
         assert server is None
     assert events == ["launch", "stop", "launch", "stop"] and not (tmp_path / "c").exists()
+
+
+def test_a_stopped_run_servers_home_moves_into_the_run_folder(tmp_path):
+    from lmforge.app.cli import keep_server_home
+
+    scratch = tmp_path / "tmp" / "1-abc"
+    scratch.mkdir(parents=True)
+    (scratch / "prefect.db").write_bytes(b"this run's rows")
+    home = tmp_path / "store" / "runs" / "r1" / "prefect"
+    keep_server_home(scratch, home)
+    assert (home / "prefect.db").read_bytes() == b"this run's rows" and not scratch.exists()
+    # The same --run-id again: the earlier home is kept beside the new one, not overwritten.
+    scratch.mkdir()
+    (scratch / "prefect.db").write_bytes(b"the second run's rows")
+    keep_server_home(scratch, home)
+    assert (home / "prefect.db").read_bytes() == b"the second run's rows"
+    assert (home.with_name("prefect-1-abc") / "prefect.db").read_bytes() == b"this run's rows"
+    # No run folder (the config was rejected): the scratch home goes.
+    scratch.mkdir()
+    keep_server_home(scratch, None)
+    assert not scratch.exists()
+
+
+def test_the_run_server_is_launched_before_the_config_loads_and_removed_on_a_config_error(
+    tmp_path, monkeypatch, capsys
+):
+    from lmforge.app import cli
+    from lmforge.infra.prefect_server import PrefectServer
+
+    events: list[str] = []
+
+    def launch(self):
+        events.append("launch")
+        self.home.mkdir(parents=True)
+        return self
+
+    monkeypatch.setattr(PrefectServer, "launch", launch)
+    monkeypatch.setattr(PrefectServer, "stop", lambda self, grace=15.0: events.append("stop"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(cli, "server_scratch_home", lambda: tmp_path / "scratch")
+    config = tmp_path / "bad.yaml"
+    config.write_text("name: x\nno_such_key: 1\n")
+    assert cli.main(["run", str(config), "--store", str(tmp_path / "store")]) != 0
+    assert "no_such_key" in capsys.readouterr().err
+    assert events == ["launch", "stop"]
+    assert not (tmp_path / "scratch").exists()
+    assert not (tmp_path / "store" / "runs").exists()
