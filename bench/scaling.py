@@ -132,7 +132,14 @@ def run_size(args: argparse.Namespace) -> None:
     scaled = scaled_data_dir(data_dir, work, size)
     prepare_seconds = time.perf_counter() - prepare_start
     run = work / f"{size}x"
-    shutil.rmtree(run, ignore_errors=True)
+    stages = set(args.stages)
+    if "clean" in stages:
+        shutil.rmtree(run, ignore_errors=True)
+    elif not (run / "corpus").is_dir():
+        raise SystemExit(f"{run / 'corpus'}: no clean output from an earlier run; add the clean stage")
+    else:  # the earlier run's clean output stays; everything after it is rebuilt
+        for name in ("shards", "corpus-fraction", "shards-fraction", "model", "ray-train"):
+            shutil.rmtree(run / name, ignore_errors=True)
     load = common.wait_for_quiet(args.max_load, args.max_wait)
     ray_init_seconds = common.start_ray()
     rss = PeakRss()
@@ -144,20 +151,21 @@ def run_size(args: argparse.Namespace) -> None:
         )
 
     try:
-        rss.reset()
-        start = time.perf_counter()
-        stats = clean_corpus(
-            common.demo_corpus_config("scaled/*.txt"), scaled, run / "corpus", run / "clean-work"
-        )
-        kept = kept_per_copy(run / "corpus")
-        record(
-            "clean",
-            time.perf_counter() - start,
-            num_read=stats["num_read"],
-            num_kept=stats["num_kept"],
-            kept_per_copy=kept,
-            input_mb=sum(p.stat().st_size for p in (scaled / "scaled").iterdir()) / 1e6,
-        )
+        if "clean" in stages:
+            rss.reset()
+            start = time.perf_counter()
+            stats = clean_corpus(
+                common.demo_corpus_config("scaled/*.txt"), scaled, run / "corpus", run / "clean-work"
+            )
+            kept = kept_per_copy(run / "corpus")
+            record(
+                "clean",
+                time.perf_counter() - start,
+                num_read=stats["num_read"],
+                num_kept=stats["num_kept"],
+                kept_per_copy=kept,
+                input_mb=sum(p.stat().st_size for p in (scaled / "scaled").iterdir()) / 1e6,
+            )
         tokenizer = work / "tokenizer"
         if not (tokenizer / "done").exists():
             if size != 1:
@@ -183,15 +191,18 @@ def run_size(args: argparse.Namespace) -> None:
                 packing_options=objective.packing_options(pretrain_config, shard_config.seq_len),
             )
 
-        rss.reset()
-        start = time.perf_counter()
-        built = shard(run / "corpus", run / "shards")
-        record(
-            "shard",
-            time.perf_counter() - start,
-            num_train_sequences=built["train"]["num_sequences"],
-            num_train_tokens=built["train"]["num_sequences"] * built["seq_len"],
-        )
+        if "shard" in stages:
+            rss.reset()
+            start = time.perf_counter()
+            built = shard(run / "corpus", run / "shards")
+            record(
+                "shard",
+                time.perf_counter() - start,
+                num_train_sequences=built["train"]["num_sequences"],
+                num_train_tokens=built["train"]["num_sequences"] * built["seq_len"],
+            )
+        if "pretrain" not in stages:
+            return
         fraction = fraction_corpus(run / "corpus", run / "corpus-fraction", args.pretrain_files)
         fraction_built = shard(fraction, run / "shards-fraction")
         sequences = fraction_built["train"]["num_sequences"]
@@ -222,24 +233,25 @@ def run_size(args: argparse.Namespace) -> None:
         records.append({**records[-1], "stage": "pretrain_loop", "seconds": loop_seconds})
     finally:
         ray.shutdown()
-    shared = {
-        "benchmark": "scaling",
-        "library_digest": digest,
-        **load,
-        "load_1min_after": round(os.getloadavg()[0], 2),
-        "ray_init_seconds": ray_init_seconds,
-        "prepare_copies_seconds": prepare_seconds,
-        # ru_maxrss restarts with each VmHWM reset: the whole run's driver peak is the stages' maximum.
-        "driver_peak_rss_mb_all_stages": max(item["driver_peak_rss_mb"] for item in records),
-        "children_ru_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }
-    with (work / RESULTS_FILE).open("a") as results:
-        for item in records:
-            line = {**shared, **item}
-            common.emit(line)
-            results.write(json.dumps(line) + "\n")
-    shutil.rmtree(run / "model", ignore_errors=True)
-    shutil.rmtree(run / "ray-train", ignore_errors=True)
+        if records:  # the stages that finished, also when a later one failed
+            shared = {
+                "benchmark": "scaling",
+                "library_digest": digest,
+                **load,
+                "load_1min_after": round(os.getloadavg()[0], 2),
+                "ray_init_seconds": ray_init_seconds,
+                "prepare_copies_seconds": prepare_seconds,
+                # ru_maxrss restarts with each VmHWM reset: the run's driver peak is the stages' maximum.
+                "driver_peak_rss_mb_all_stages": max(item["driver_peak_rss_mb"] for item in records),
+                "children_ru_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            }
+            with (work / RESULTS_FILE).open("a") as results:
+                for item in records:
+                    line = {**shared, **item}
+                    common.emit(line)
+                    results.write(json.dumps(line) + "\n")
+        shutil.rmtree(run / "model", ignore_errors=True)
+        shutil.rmtree(run / "ray-train", ignore_errors=True)
 
 
 def library_digest() -> str:
@@ -326,6 +338,12 @@ def report(work: Path, svg: Path | None) -> None:
     print("|---|" + "---:|" * len(sizes) + "---:|---|---|---|---:|")
     series = {}
     for stage in STAGES:
+        if any((stage, size) not in records for size in sizes):
+            print(f"# {stage}: not measured at every size; left out")
+            continue
+        digests = {records[(stage, size)].get("library_digest") for size in sizes}
+        if len(digests) > 1:
+            print(f"# warning: the {stage} row mixes code versions {sorted(map(str, digests))}; rerun it")
         seconds = [records[(stage, size)]["seconds"] for size in sizes]
         ratios = per_unit_ratios(sizes, seconds)
         slope = loglog_slope(sizes, seconds)
@@ -353,6 +371,8 @@ def report(work: Path, svg: Path | None) -> None:
             }
         )
     for stage in ("clean", "shard", "pretrain"):
+        if any((stage, size) not in records for size in sizes):
+            continue
         rss = [records[(stage, size)]["driver_peak_rss_mb"] for size in sizes]
         print(
             f"| driver peak RSS, {stage} | "
@@ -447,6 +467,8 @@ def run_children(args: argparse.Namespace) -> None:
             str(args.max_load),
             "--max-wait",
             str(args.max_wait),
+            "--stages",
+            *args.stages,
         ]
         if args.lock is None:
             subprocess.run(command, check=True)
@@ -471,6 +493,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--pretrain-files", type=int, default=2, help="pre-train on the first N files of each copy"
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=["clean", "shard", "pretrain"],
+        default=["clean", "shard", "pretrain"],
+        help="stages to (re)measure; without clean, each size reuses its earlier run's clean output",
     )
     parser.add_argument("--lock", help="flock this file around each size (shared machines)")
     parser.add_argument("--svg", type=Path, help="write the log-log plot here")
