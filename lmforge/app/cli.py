@@ -355,17 +355,55 @@ def cmd_run(args: argparse.Namespace) -> int:
             store = open_location(args.store or config.store)
             run_id = args.run_id or new_run_id(config.name)
             kept_home.append(store.run_dir(run_id) / "prefect")
+            # Where the home belongs, for the sweep of a run killed before its `finally`.
+            (scratch_home / SERVER_HOME_DESTINATION).write_text(str(kept_home[0]))
             return run_pipeline(args, config, store, run_id, server)
     finally:
         keep_server_home(scratch_home, kept_home[0] if kept_home else None)
 
 
+SERVER_HOME_PREFIX = "lmforge-run-server-"
+# In a run server's scratch home: the run folder's `prefect` path it moves to.
+SERVER_HOME_DESTINATION = "lmforge-destination"
+
+
 def server_scratch_home() -> Path:
     """A new, unique Prefect home for a run's server, before the run's folder is known (in the
-    system's temporary folder: a rejected config leaves nothing behind)."""
+    system's temporary folder: a rejected config leaves nothing behind). The homes that killed runs
+    left there are swept first."""
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix="lmforge-run-server-"))
+    sweep_server_homes(Path(tempfile.gettempdir()))
+    return Path(tempfile.mkdtemp(prefix=f"{SERVER_HOME_PREFIX}{os.getpid()}-"))
+
+
+def sweep_server_homes(folder: Path) -> list[Path]:
+    """Scratch homes whose run process is gone (killed before its cleanup): each moves to the run
+    folder it names, or is removed when it names none (its config never loaded). Returns them."""
+    swept = []
+    for scratch in folder.glob(f"{SERVER_HOME_PREFIX}*"):
+        pid = scratch.name[len(SERVER_HOME_PREFIX) :].partition("-")[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        destination = scratch / SERVER_HOME_DESTINATION
+        try:
+            home = Path(destination.read_text()) if destination.is_file() else None
+            keep_server_home(scratch, home)
+        except OSError as err:
+            print(f"lmforge: could not sweep {scratch}: {err}", file=sys.stderr)
+            continue
+        swept.append(scratch)
+    return swept
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def keep_server_home(scratch: Path, home: Path | None) -> None:
@@ -377,6 +415,7 @@ def keep_server_home(scratch: Path, home: Path | None) -> None:
     if home is None:
         shutil.rmtree(scratch, ignore_errors=True)
         return
+    (scratch / SERVER_HOME_DESTINATION).unlink(missing_ok=True)
     home.parent.mkdir(parents=True, exist_ok=True)
     if home.exists():  # a --run-id used before: its earlier server home is kept beside
         home.rename(home.with_name(f"{home.name}-{scratch.name}"))

@@ -287,3 +287,26 @@ def test_the_run_server_is_launched_before_the_config_loads_and_removed_on_a_con
     assert events == ["launch", "stop"]
     assert not (tmp_path / "scratch").exists()
     assert not (tmp_path / "store" / "runs").exists()
+
+
+def test_homes_left_by_killed_runs_are_swept_into_their_run_folders(tmp_path):
+    import subprocess
+    import sys
+
+    from lmforge.app.cli import SERVER_HOME_DESTINATION, SERVER_HOME_PREFIX, sweep_server_homes
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead, alive = ended.pid, os.getpid()
+    killed = tmp_path / f"{SERVER_HOME_PREFIX}{dead}-a"  # killed mid-run: its run folder is known
+    killed.mkdir()
+    (killed / "prefect.db").write_bytes(b"rows")
+    home = tmp_path / "store" / "runs" / "r1" / "prefect"
+    (killed / SERVER_HOME_DESTINATION).write_text(str(home))
+    early = tmp_path / f"{SERVER_HOME_PREFIX}{dead}-b"  # killed before its config loaded
+    early.mkdir()
+    running = tmp_path / f"{SERVER_HOME_PREFIX}{alive}-c"  # a run still going
+    running.mkdir()
+    assert sorted(sweep_server_homes(tmp_path)) == [killed, early]
+    assert (home / "prefect.db").read_bytes() == b"rows" and not (home / SERVER_HOME_DESTINATION).exists()
+    assert not killed.exists() and not early.exists() and running.exists()
