@@ -14,7 +14,7 @@ from typing import Any
 
 from lmforge.core.errors import ConfigError
 from lmforge.infra.lineage import code_version, source_files
-from lmforge.infra.locks import StoreLock, describe_holder, is_held, read_holder
+from lmforge.infra.locks import StoreLock, describe_holder, is_held, pid_alive, read_holder
 from lmforge.infra.stage_runner import StageOutcome
 from lmforge.infra.store import ArtifactStore, utc_now
 
@@ -156,16 +156,6 @@ def is_alive(store: ArtifactStore, record: dict[str, Any]) -> bool:
     pid = record.get("pid")
     if record.get("host") == socket.gethostname() and isinstance(pid, int):
         return pid_alive(pid)
-    return True
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
     return True
 
 

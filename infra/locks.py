@@ -136,3 +136,14 @@ def hold_if_free(path: Path, run_id: str) -> Iterator[bool]:
         yield True
     finally:
         lock.release()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True

@@ -380,10 +380,12 @@ def server_scratch_home() -> Path:
 def sweep_server_homes(folder: Path) -> list[Path]:
     """Scratch homes whose run process is gone (killed before its cleanup): each moves to the run
     folder it names, or is removed when it names none (its config never loaded). Returns them."""
+    from lmforge.infra.locks import pid_alive
+
     swept = []
     for scratch in folder.glob(f"{SERVER_HOME_PREFIX}*"):
         pid = scratch.name[len(SERVER_HOME_PREFIX) :].partition("-")[0]
-        if not pid.isdigit() or _process_alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         destination = scratch / SERVER_HOME_DESTINATION
         try:
@@ -394,16 +396,6 @@ def sweep_server_homes(folder: Path) -> list[Path]:
             continue
         swept.append(scratch)
     return swept
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def keep_server_home(scratch: Path, home: Path | None) -> None:
