@@ -131,8 +131,9 @@ class PretrainConfig(StrictModel):
     zero_stage: int = Field(default=1, ge=0, le=3)
     # "auto": bf16 where the workers' hardware computes it natively, else fp32 (training/precision.py).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # torch.compile the model before DeepSpeed wraps it. "auto": on GPU workers only; on CPU it measured
-    # slower than eager (docs/benchmarks.md). Compiled kernels round differently, so it shapes the weights.
+    # torch.compile the model and loss head before DeepSpeed wraps it. "auto": on GPU workers only; on
+    # CPU it gained 2-6% with two 1-thread workers and costs 20-25 s on the first step
+    # (docs/benchmarks.md). Compiled kernels round differently, so it shapes the weights.
     compile: Literal["auto"] | bool = "auto"
     # Attention kernel: "sdpa" (torch's scaled_dot_product_attention: flash attention on GPU) or
     # "eager" (explicit matmul + softmax). "auto": sdpa on GPU; eager on CPU up to 1024 tokens, where
