@@ -149,9 +149,15 @@ def build_clm_data(data_dir: Path, pattern: str, work: Path, seq_len: int = 256)
 
 
 def build_pretrain_data(
-    data_dir: Path, pattern: str, work: Path, objectives: tuple[str, ...], algorithm: str, seq_len: int
+    data_dir: Path,
+    pattern: str,
+    work: Path,
+    objectives: tuple[str, ...],
+    algorithm: str,
+    seq_len: int,
+    vocab_size: int = 8192,
 ) -> dict[str, Any]:
-    """Clean `pattern`, train one `algorithm` tokenizer (vocab 8192) and pack shards for each objective.
+    """Clean `pattern`, train one `algorithm` tokenizer and pack shards for each objective.
 
     Returns `tokenizer`, `shards` (objective -> directory), and the stage timings and sizes.
     """
@@ -163,7 +169,7 @@ def build_pretrain_data(
     cleaned = clean_corpus(demo_corpus_config(pattern), data_dir, work / "corpus")
     clean_seconds = time.perf_counter() - start
     tokenizer = train_tokenizer(
-        TokenizerConfig(algorithm=algorithm, vocab_size=8192, min_frequency=2),
+        TokenizerConfig(algorithm=algorithm, vocab_size=vocab_size, min_frequency=2),
         work / "corpus",
         work / "tokenizer",
     )

@@ -42,6 +42,7 @@ from lmforge.training.data import TrainStream, load_split
 from lmforge.training.deepspeed_setup import parameter_groups
 from lmforge.training.flops import counted_training_flops, measure_matmul_peak, model_flops_per_token
 from lmforge.training.inputs import LoopInputs, resolve_inputs
+from lmforge.training.metrics import synchronize
 from lmforge.training.models import use_attention
 from lmforge.training.objectives import BatchContext
 from lmforge.training.profiling import PHASES, new_profiler, phase_breakdown
@@ -102,20 +103,32 @@ def run_baseline(
     threads: int,
     profile: ProfileConfig | None = None,
     lever: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+    skip_steps: int = 1,
 ) -> dict[str, Any]:
+    """The plain loop on `device` (default CPU); tokens/s over the steps after the first `skip_steps`.
+
+    Like a loop written by hand it syncs with the device only where it reads the clock (the end of
+    step `skip_steps` and of the last step), never per step.
+    """
     config = inputs.config
     lever = lever or {}
+    device = device or torch.device("cpu")
     torch.set_num_threads(threads)
     started = time.perf_counter()
     train = load_split(Path(inputs.shards_dir), "train")
     objective = get_objective(config.objective)
     torch.manual_seed(inputs.seed)
-    model = objective.build_model(config.model, inputs.vocab_size, inputs.seq_len, inputs.special_ids)
+    # `pad_vocab`: the model's vocabulary rounded up to a multiple (nanoGPT's 50257 -> 50304 for
+    # aligned matmuls); the loss then runs over the padded logits, so losses differ slightly.
+    multiple = int(lever.get("pad_vocab", 1))
+    vocab_size = -(-inputs.vocab_size // multiple) * multiple
+    model = objective.build_model(config.model, vocab_size, inputs.seq_len, inputs.special_ids)
     if "attention" in lever:
         use_attention(model, lever["attention"])
+    attention = model.config._attn_implementation
     bf16_weights = bool(lever.get("bf16_weights")) and inputs.precision == "bf16"
-    if bf16_weights:
-        model = model.to(torch.bfloat16)
+    model = model.to(device, torch.bfloat16 if bf16_weights else None)
     if lever.get("compile"):
         model.compile()
         objective.compile_loss()
@@ -123,24 +136,24 @@ def run_baseline(
         parameter_groups(model, config.weight_decay),
         lr=config.learning_rate,
         betas=config.adam_betas,
-        fused=bf16_weights or None,
+        fused=bf16_weights or lever.get("fused") or None,
     )
     schedule = lr_lambda(config.warmup_steps, config.max_steps, config.lr_decay, config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     stream = TrainStream(len(train), 0, 1, config.micro_batch_size * num_workers, inputs.seed)
     startup_seconds = time.perf_counter() - started
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[inputs.precision]
-    peak = measure_matmul_peak(dtype, 2.0)
+    peak = measure_matmul_peak(dtype, 2.0, device)
     generator = torch.Generator().manual_seed(inputs.seed)  # unused by clm; masks for mlm
     model.train()
-    losses, step_seconds = [], []
-    profiler, profile_started = None, 0.0
+    losses: list[torch.Tensor] = []
+    profiler, profile_started, timed_from = None, 0.0, 0.0
     last_step = profile.start_step + profile.steps - 1 if profile else config.max_steps
     for step in range(1, last_step + 1):
         if profile is not None and step == profile.start_step:
-            profiler, profile_started = new_profiler(torch.device("cpu")), time.perf_counter()
+            synchronize(device)
+            profiler, profile_started = new_profiler(device), time.perf_counter()
             profiler.__enter__()
-        begin = time.perf_counter()
         with record_function(PHASES.data):
             _, indices = stream.batch(step - 1)
             context = BatchContext(
@@ -153,9 +166,10 @@ def run_baseline(
                 sentinel_ids=inputs.sentinel_ids,
             )
             batch = objective.prepare_batch(train[torch.from_numpy(indices)], context)
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         with record_function(PHASES.forward):
             autocast = inputs.precision == "bf16" and not bf16_weights
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = objective.training_loss(objective.forward(model, batch))
         with record_function(PHASES.backward):
             loss.backward()
@@ -164,21 +178,27 @@ def run_baseline(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        step_seconds.append(time.perf_counter() - begin)
+        losses.append(loss.detach())
+        if step == skip_steps:
+            synchronize(device)
+            timed_from = time.perf_counter()
+    synchronize(device)
+    timed_seconds = time.perf_counter() - timed_from
     if profiler is not None and profile is not None:
         wall = time.perf_counter() - profile_started
         profiler.__exit__(None, None, None)
         return {"profile": [phase_breakdown(profiler.events(), profile.steps, wall)]}
+    values = torch.stack(losses).float().tolist()
     tokens_per_step = config.micro_batch_size * num_workers * inputs.seq_len
-    tokens_per_second = tokens_per_step * (config.max_steps - 1) / sum(step_seconds[1:])
+    tokens_per_second = tokens_per_step * (config.max_steps - skip_steps) / timed_seconds
     return {
         "tokens_per_second": tokens_per_second,
         "mfu": model_flops_per_token(model, inputs.seq_len, inputs.target_length) * tokens_per_second / peak,
         "peak_flops_per_second": peak,
         "startup_seconds": startup_seconds,
-        "loss_step1": losses[0],
-        "loss_final": sum(losses[1:]) / len(losses[1:]),  # mean over steps 2..N, as ours logs it
+        "attention": attention,
+        "loss_step1": values[0],
+        "loss_final": sum(values[1:]) / len(values[1:]),  # mean over steps 2..N, as ours logs it
     }
 
 
