@@ -140,16 +140,29 @@ def run_summary(
 
 
 def speed_summary(telemetry: EventLog, num_tokens: int, flops_per_token: int | None) -> dict[str, Any]:
-    """tokens/s over all training time and MFU against the measured and (GPU) nominal peaks."""
+    """tokens/s over all training time, tokens/s after step 1, and MFU against the measured and (GPU)
+    nominal peaks.
+
+    MFU uses the tokens/s after step 1, which leaves out compilation and allocator warm-up (on a GPU
+    with torch.compile step 1 can take longer than a hundred steps after it); runs of one step, or
+    without a step-1 speed record, use all training time.
+    """
     start, speed = telemetry.last("start"), telemetry.last("speed")
     train_seconds = speed.get("train_seconds", 0.0)
     tokens_per_second = num_tokens / train_seconds if train_seconds else None
-    achieved = flops_per_token * tokens_per_second if flops_per_token and tokens_per_second else None
+    first = next((record for record in telemetry.of("speed") if record["step"] == 1), None)
+    after_step1 = None
+    if first is not None and speed.get("step", 1) > 1 and "num_tokens" in speed and "num_tokens" in first:
+        seconds = train_seconds - first["train_seconds"]
+        after_step1 = (speed["num_tokens"] - first["num_tokens"]) / seconds if seconds > 0 else None
+    steady = after_step1 or tokens_per_second
+    achieved = flops_per_token * steady if flops_per_token and steady else None
     peak = start.get("peak_flops_per_second")
     nominal = start.get("nominal_peak_flops_per_second")
     mfu = achieved / peak if achieved and peak else None
     return {
         "tokens_per_second": tokens_per_second,
+        "tokens_per_second_after_step1": after_step1,
         "train_seconds": train_seconds,
         "mfu_vs_measured_peak": mfu,
         "mfu": mfu,  # alias of mfu_vs_measured_peak, kept for readers of older summaries

@@ -15,6 +15,7 @@ from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.autograd import DeviceType
 
 from lmforge.core.logs import get_logger
 from lmforge.training.hooks import Callback
@@ -47,16 +48,23 @@ def phase_breakdown(events: Iterable[Any], steps: int, wall_seconds: float) -> d
     `other` is the step wall time not inside any phase (callbacks, Python between phases).
     `communication` is the time inside collective operations, counted once where they nest, and
     split by the phase they ran in; it is part of that phase's time, not added to it. Times are
-    host (CPU) times: on GPU they include waiting for kernels only where the host waits.
+    host (CPU) times: on GPU they include waiting for kernels only where the host waits. Where the
+    profiler saw device kernels (GPU), `device_busy_seconds` is their summed time per step (kernels
+    counted once, overlap not merged) and `top_kernels_device_seconds` the largest by name: a
+    device busy far less than the step is waiting on the host.
     """
     names = {name: field for field, name in zip(Phases.__dataclass_fields__, astuple(PHASES), strict=True)}
     phases = dict.fromkeys(names.values(), 0.0)
     communication: dict[str, float] = {}
     self_time: dict[str, float] = {}
+    device_time: dict[str, float] = {}
     events = list(events)
     for event in events:
         seconds = event.cpu_time_total / 1e6
         self_time[event.name] = self_time.get(event.name, 0.0) + event.self_cpu_time_total / 1e6
+        if _is_kernel(event):
+            on_device = event.self_device_time_total / 1e6
+            device_time[event.name] = device_time.get(event.name, 0.0) + on_device
         if event.name in names:
             phases[names[event.name]] += seconds
         elif COMMUNICATION.search(event.name) and not _has_ancestor(
@@ -68,7 +76,7 @@ def phase_breakdown(events: Iterable[Any], steps: int, wall_seconds: float) -> d
     step_seconds = wall_seconds / steps
     per_step["other"] = max(step_seconds - sum(per_step.values()), 0.0)
     top = sorted(self_time.items(), key=lambda item: item[1], reverse=True)[:TOP_OPS]
-    return {
+    result = {
         "steps": steps,
         "step_seconds": step_seconds,
         "phases": per_step,
@@ -78,6 +86,18 @@ def phase_breakdown(events: Iterable[Any], steps: int, wall_seconds: float) -> d
         },
         "top_ops_self_seconds": {name: seconds / steps for name, seconds in top},
     }
+    if device_time:
+        kernels = sorted(device_time.items(), key=lambda item: item[1], reverse=True)[:TOP_OPS]
+        result["device_busy_seconds"] = sum(device_time.values()) / steps
+        result["top_kernels_device_seconds"] = {name: seconds / steps for name, seconds in kernels}
+    return result
+
+
+def _is_kernel(event: Any) -> bool:
+    """A device-side kernel (or memcpy): not a host op, whose device time repeats its kernels', and not
+    a user annotation's device-side span (record_function ranges, compiled regions)."""
+    device_type = getattr(event, "device_type", DeviceType.CPU)
+    return device_type != DeviceType.CPU and not getattr(event, "is_user_annotation", False)
 
 
 def _has_ancestor(event: Any, predicate: Any) -> bool:

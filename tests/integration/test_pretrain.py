@@ -243,6 +243,15 @@ def test_pretrain_clm_loss_falls_and_hf_export_reproduces_val_loss(ray_runtime, 
     assert all(set(event) <= IDENTITY_KEYS[event["event"]] for event in events)
     speed = read_events(out / "telemetry" / "speed.jsonl")
     assert [e["step"] for e in speed if e["event"] == "speed"] == [1, 5, 10, 15, 20, 25, 30]
+    # MFU counts the steps after the first (compilation, warm-up): tokens and seconds from step 1 to 30.
+    first, last = (next(e for e in speed if e["event"] == "speed" and e["step"] == n) for n in (1, 30))
+    after_step1 = (last["num_tokens"] - first["num_tokens"]) / (
+        last["train_seconds"] - first["train_seconds"]
+    )
+    assert summary["tokens_per_second_after_step1"] == pytest.approx(after_step1, rel=1e-12)
+    assert summary["mfu"] == pytest.approx(
+        summary["flops_per_token"] * after_step1 / summary["peak_flops_per_second"], rel=1e-12
+    )
     assert len(speed[0]["peak_flops_per_worker"]) == 2 and len(speed[0]["hosts"]) == 2
     assert json.loads((out / "telemetry" / "summary.json").read_text()) == summary
     assert {

@@ -59,9 +59,21 @@ def test_summary_curves_speed_and_mfu():
     assert summary["val_perplexity"] == math.exp(4.2)
     # 400 tokens in 2 training seconds; 600 FLOPs per token against a 1e6 FLOP/s peak.
     assert summary["tokens_per_second"] == 200.0
+    assert summary["tokens_per_second_after_step1"] is None  # no step-1 record: all training time
     assert summary["mfu_vs_measured_peak"] == pytest.approx(600 * 200 / 1e6, rel=1e-15)
     assert summary["mfu"] == summary["mfu_vs_measured_peak"]
     assert summary["mfu_vs_nominal_peak"] is None and summary["peak_suspect"] is False
+
+
+def test_summary_mfu_leaves_out_step_one():
+    metrics, telemetry = summary_logs()
+    # Step 1 (compilation) took 1.5 s of the 2 training seconds; steps 2-4 moved 300 tokens in 0.5 s.
+    telemetry.add("speed", 1, tokens_per_second=66.7, train_seconds=1.5, num_tokens=100)
+    telemetry.events[1]["num_tokens"] = 400
+    summary = run_summary(metrics, telemetry, clm=False, curve_step=lambda step: True)
+    assert summary["tokens_per_second"] == 200.0  # all training time
+    assert summary["tokens_per_second_after_step1"] == pytest.approx(600.0)
+    assert summary["mfu_vs_measured_peak"] == pytest.approx(600 * 600 / 1e6, rel=1e-12)
 
 
 def test_summary_nominal_mfu_where_a_datasheet_peak_is_known():

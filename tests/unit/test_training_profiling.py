@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from pydantic import ValidationError
+from torch.autograd import DeviceType
 from torch.profiler import record_function
 
 from lmforge.training import PretrainConfig
@@ -71,6 +72,33 @@ def test_breakdown_splits_a_step_into_phases_and_communication() -> None:
     assert sum(phases.values()) == pytest.approx(result["step_seconds"], rel=1e-6)
     assert set(result["communication_by_phase"]) == {"backward"}
     assert "aten::mm" in result["top_ops_self_seconds"]
+
+
+def _event(name, cpu, device=0.0, parent=None, on=DeviceType.CPU, annotation=False):
+    """A FunctionEvent stand-in: times in microseconds, as torch.profiler reports them."""
+    return SimpleNamespace(name=name, cpu_time_total=cpu, self_cpu_time_total=cpu, device_type=on,
+                           self_device_time_total=device, cpu_parent=parent,
+                           is_user_annotation=annotation)  # fmt: skip
+
+
+def test_breakdown_sums_device_kernel_time_where_the_profiler_saw_a_gpu() -> None:
+    forward = _event(PHASES.forward, 3000.0)
+    events = [
+        forward,
+        # A host op's device time repeats its kernels'; an annotation's device span covers them.
+        _event("aten::mm", 1000.0, device=2000.0, parent=forward),
+        _event(PHASES.forward, 0.0, device=3000.0, on=DeviceType.CUDA, annotation=True),
+        _event("sm90_gemm", 0.0, device=1500.0, on=DeviceType.CUDA),
+        _event("sm90_gemm", 0.0, device=500.0, on=DeviceType.CUDA),
+        _event("triton_fused_softmax", 0.0, device=1000.0, on=DeviceType.CUDA),
+    ]
+    result = phase_breakdown(events, steps=2, wall_seconds=0.01)
+    assert result["device_busy_seconds"] == pytest.approx(0.0015)  # 3 ms of kernels over 2 steps
+    assert result["top_kernels_device_seconds"] == pytest.approx(
+        {"sm90_gemm": 0.001, "triton_fused_softmax": 0.0005}
+    )
+    cpu_only = phase_breakdown(events[:2], steps=2, wall_seconds=0.01)
+    assert "device_busy_seconds" not in cpu_only and "top_kernels_device_seconds" not in cpu_only
 
 
 class FakeLoop(SimpleNamespace):
