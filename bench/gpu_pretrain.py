@@ -61,8 +61,8 @@ PLAIN_LEVERS = {
     "plain-tuned": PLAIN_TUNED,
     "plain-tuned-pad64": {**PLAIN_TUNED, "pad_vocab": 64},
 }
-# Changes to ours' config per run; "ours-noclip" is a diagnosis (no gradient clipping: DeepSpeed then
-# skips the gradient norm and its host sync), not the same training.
+# Changes to ours' config per run; "ours-noclip" is a diagnosis, not the same training: no gradient
+# clipping (DeepSpeed still computes the norm, as `zero_optimization.compute_grad_norm` defaults to true).
 OURS = {"ours": {}, "ours-zero0": {"zero_stage": 0}, "ours-noclip": {"gradient_clipping": 0.0}}
 RUNS = [*PLAIN_LEVERS, *OURS, "profile-ours", "profile-plain-tuned"]
 PROFILED_STEPS = 5
