@@ -162,7 +162,7 @@ def speed_summary(telemetry: EventLog, num_tokens: int, flops_per_token: int | N
     mfu = achieved / peak if achieved and peak else None
     return {
         "tokens_per_second": tokens_per_second,
-        "tokens_per_second_after_step1": after_step1,
+        "steady_tokens_per_second": after_step1,
         "train_seconds": train_seconds,
         "mfu_vs_measured_peak": mfu,
         "mfu": mfu,  # alias of mfu_vs_measured_peak, kept for readers of older summaries

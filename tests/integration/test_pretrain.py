@@ -248,7 +248,7 @@ def test_pretrain_clm_loss_falls_and_hf_export_reproduces_val_loss(ray_runtime, 
     after_step1 = (last["num_tokens"] - first["num_tokens"]) / (
         last["train_seconds"] - first["train_seconds"]
     )
-    assert summary["tokens_per_second_after_step1"] == pytest.approx(after_step1, rel=1e-12)
+    assert summary["steady_tokens_per_second"] == pytest.approx(after_step1, rel=1e-12)
     assert summary["mfu"] == pytest.approx(
         summary["flops_per_token"] * after_step1 / summary["peak_flops_per_second"], rel=1e-12
     )
