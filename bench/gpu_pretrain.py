@@ -258,7 +258,9 @@ def main() -> None:
         result.update(run=run, wall_seconds=time.perf_counter() - started, **machine)
         result.update(steps=args.steps, skip=args.skip, tokens_per_step=args.micro_batch_size * SEQ_LEN)
         if "tokens_per_second" in result:
-            flops = result.setdefault("flops_per_token", flops_per_token(inputs))
+            if "flops_per_token" not in result:  # the plain runs: counted on the unpadded model
+                result["flops_per_token"] = flops_per_token(inputs)
+            flops = result["flops_per_token"]
             result["mfu_vs_measured"] = flops * result["tokens_per_second"] / measured_peak
             result["mfu_vs_nominal"] = flops * result["tokens_per_second"] / nominal if nominal else None
         rows.append(result)
