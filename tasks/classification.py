@@ -469,20 +469,26 @@ def encoder_head(
 
 
 def add_transform_tokens(tokenizer: Any, model: Any) -> dict[str, int]:
-    """GPT-1's start/delimiter/extract tokens: added to the tokenizer, with new embedding rows set
-    to the mean embedding (deterministic; training moves them apart)."""
+    """GPT-1's start/delimiter/extract tokens: added to the tokenizer, with their embedding rows set
+    to the mean embedding of the tokenizer's own rows (deterministic; training moves them apart).
+
+    A table wider than the tokenizer (`pretrain.vocab_multiple_of` padding) lends them its padding
+    rows, which no token id of this tokenizer reads; the table grows only when they do not fit.
+    """
+    before = len(tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": [START, DELIM, EXTRACT]})
     ids = {token: int(tokenizer.convert_tokens_to_ids(token)) for token in (START, DELIM, EXTRACT)}
-    old = model.get_input_embeddings().weight.shape[0]
-    if min(ids.values()) < old:  # a table wider than the tokenizer: the new ids would reuse trained rows
+    first_new, rows = min(ids.values()), model.get_input_embeddings().weight.shape[0]
+    if first_new < before:  # the tokenizer had them: their rows are trained, not new
         raise ArtifactError(
-            f"the model's embedding table has {old} rows but the tokenizer only {min(ids.values())} tokens "
-            "before the transform tokens: cannot give them new embeddings"
+            f"the tokenizer already has transform token id {first_new} (of {before} tokens): "
+            "cannot give the transform tokens new embeddings"
         )
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         embeddings = model.get_input_embeddings().weight
-        embeddings[old:] = embeddings[:old].mean(0)
+        embeddings[first_new : len(tokenizer)] = embeddings[:first_new].mean(0)
     return ids
 
 

@@ -50,6 +50,8 @@ def measure_step_flops(
     inputs = resolve_inputs(config.model_copy(update={"precision": "fp32"}), shards_dir, tokenizer_dir, seed)
     objective = get_objective(config.objective)
     torch.manual_seed(seed)
+    # The tokenizer's vocabulary, not the table `vocab_multiple_of` pads on the workers: the budget
+    # counts useful FLOPs, so the steps it buys do not depend on the device that trains them.
     model = objective.build_model(config.model, inputs.vocab_size, inputs.seq_len, inputs.special_ids)
     model.set_attn_implementation("eager")
     rows = load_split(Path(shards_dir), "train")[: config.micro_batch_size]

@@ -10,6 +10,8 @@ from lmforge.core.configbase import StrictModel, choice, operational
 
 # Longest sequence for which "auto" attention picks eager on CPU (PretrainConfig.attention).
 EAGER_ATTENTION_MAX_LENGTH = 1024
+# What `vocab_multiple_of: auto` pads to on GPU: tensor-core tiles want a multiple of 64 (nanoGPT).
+GPU_VOCAB_MULTIPLE = 64
 
 ModelSize = Literal["debug", "tiny", "small", "base", "gpt2", "custom"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -140,6 +142,13 @@ class PretrainConfig(StrictModel):
     # torch's CPU flash-attention backward measured slower than the matmuls it replaces and eager
     # compiles to fused kernels (docs/benchmarks.md), sdpa beyond (eager's scores grow with length^2).
     attention: Literal["auto", "sdpa", "eager"] = "auto"
+    # Round the model's vocabulary (embedding rows and output logits) up to a multiple of this, so
+    # the output-head matmul gets aligned shapes (nanoGPT pads GPT-2's 50,257 to 50,304; T5 and Pythia
+    # ship padded tables). Padded ids are never inputs or targets: the loss pushes their logits down,
+    # as T5's unused ids. "auto": 64 on GPU; 1 (no padding) on CPU, where padding sped the head up
+    # only for an odd size (50,257: 3% of the head; 8,100, 30,522: none, docs/benchmarks.md) and CPU-trained weights
+    # stay as they were. It shapes the weights; the exported config.json keeps the padded size.
+    vocab_multiple_of: Literal["auto"] | int = "auto"
     # AdamW implementation: "fused" (one kernel over every tensor), "foreach" (batched tensor ops) or
     # "for-loop" (torch's CPU default); "auto": fused. They round differently, so it shapes the weights.
     adamw: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
@@ -177,6 +186,13 @@ class PretrainConfig(StrictModel):
         if name not in OBJECTIVES:
             raise ValueError(OBJECTIVES.unknown_message(name))
         return name
+
+    @field_validator("vocab_multiple_of")
+    @classmethod
+    def _positive_multiple(cls, multiple: str | int) -> str | int:
+        if isinstance(multiple, int) and multiple < 1:
+            raise ValueError(f"vocab_multiple_of: 'auto' or a whole number of at least 1, got {multiple}")
+        return multiple
 
     @field_validator("loggers")
     @classmethod
@@ -266,6 +282,14 @@ class PretrainConfig(StrictModel):
         if self.attention != "auto":
             return self.attention
         return "sdpa" if use_gpu or seq_len > EAGER_ATTENTION_MAX_LENGTH else "eager"
+
+    def padded_vocab_size(self, vocab_size: int, use_gpu: bool) -> int:
+        """`vocab_size` rounded up to `vocab_multiple_of` ("auto" resolved for the workers' device)."""
+        if self.vocab_multiple_of == "auto":
+            multiple = GPU_VOCAB_MULTIPLE if use_gpu else 1
+        else:
+            multiple = self.vocab_multiple_of
+        return -(-vocab_size // multiple) * multiple
 
     def adamw_options(self) -> dict[str, bool]:
         """torch.optim.AdamW keyword arguments that pick its implementation."""

@@ -96,6 +96,7 @@ class PretrainLoop:
             self.record(
                 "start",
                 num_parameters=self.num_parameters,
+                model_vocab_size=self.model_vocab_size,
                 flops_per_token=self.flops_per_token,
                 world_size=self.env.world_size,
                 tokens_per_step=self.tokens_per_step,
@@ -171,12 +172,15 @@ class PretrainLoop:
     def _build_engine(self) -> None:
         """Build the model (same init on every rank) and its DeepSpeed engine."""
         torch.manual_seed(self.inputs.seed)
+        on_gpu = self.env.device.type == "cuda"
+        # The table may be wider than the tokenizer (vocab_multiple_of); token ids, masking's random
+        # replacements and the range check above stay within the tokenizer's vocabulary.
+        self.model_vocab_size = self.config.padded_vocab_size(self.inputs.vocab_size, on_gpu)
         model = self.objective.build_model(
-            self.config.model, self.inputs.vocab_size, self.inputs.seq_len, self.inputs.special_ids
+            self.config.model, self.model_vocab_size, self.inputs.seq_len, self.inputs.special_ids
         )
         self.flops_per_token = model_flops_per_token(model, self.inputs.seq_len, self.inputs.target_length)
         self.num_parameters = count_parameters(model)
-        on_gpu = self.env.device.type == "cuda"
         use_attention(model, self.config.attention_implementation(on_gpu, self.inputs.seq_len))
         if self.config.compiles(on_gpu):
             model.compile()  # in place: the engine wraps the same module, state-dict keys unchanged

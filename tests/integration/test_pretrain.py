@@ -189,6 +189,7 @@ IDENTITY_KEYS = {
         "event",
         "step",
         "num_parameters",
+        "model_vocab_size",
         "flops_per_token",
         "world_size",
         "tokens_per_step",
@@ -532,7 +533,12 @@ def single_process_group(monkeypatch):
     )
     dist.init_process_group("gloo", rank=0, world_size=1)
     yield
-    dist.destroy_process_group()
+    import deepspeed.comm as ds_dist
+
+    if ds_dist.comm.cdb is None:
+        dist.destroy_process_group()
+    else:  # DeepSpeed's, which also drops the groups it cached: the next test's group is a new one
+        ds_dist.destroy_process_group()
 
 
 def identity_files(checkpoint: Path) -> dict[str, bytes]:
@@ -592,6 +598,51 @@ def test_resume_with_dropout_ends_bit_identical(single_process_group, wiki_input
     summary = json.loads((tmp_path / "resumed" / "step-6" / "telemetry" / "summary.json").read_text())
     assert summary["restarts"] == [{"from_step": 3}] and summary["worker_nodes"] == [None]
     assert straight.summary()["restarts"] == []
+
+
+@pytest.mark.integration
+def test_a_padded_vocabulary_trains_and_exports_a_wider_table_the_tokenizer_uses(
+    single_process_group, wiki_inputs, tmp_path
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmforge.training.callbacks import build_callbacks
+    from lmforge.training.inputs import resolve_inputs
+    from lmforge.training.loop import PretrainLoop
+
+    tokenizer_dir = wiki_inputs / "tokenizer"
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    multiple = next(m for m in (64, 96, 100, 128) if vocab % m)  # one that really pads
+    config = run_config("clm", zero_stage=1).model_copy(
+        update={
+            "num_workers": 1,
+            "max_steps": 3,
+            "log_every": 1,
+            "eval_every": 3,
+            "eval_batches": 1,
+            "vocab_multiple_of": multiple,
+        }  # fmt: skip
+    )
+    inputs = resolve_inputs(config, wiki_inputs / "shards-clm", tokenizer_dir, seed=0)
+    assert inputs.vocab_size == vocab  # the loop's ids and checks keep the tokenizer's vocabulary
+    env = LocalEnv(tmp_path / "saved")
+    loop = PretrainLoop(inputs, env, build_callbacks(inputs, peak_seconds=0.05))
+    loop.run()
+
+    padded = -(-vocab // multiple) * multiple
+    assert vocab < padded < vocab + multiple
+    start = next(record for record in loop.metrics.of("start"))
+    assert start["model_vocab_size"] == padded
+    losses = [record["loss"] for record in loop.metrics.of("train")]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    exported = env.saved[-1] / "hf"
+    assert json.loads((exported / "config.json").read_text())["vocab_size"] == padded
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    ids = validation_ids(wiki_inputs / "shards-clm")[:2]
+    assert int(ids.max()) < vocab
+    with torch.no_grad():
+        output = model(input_ids=ids, labels=ids)
+    assert output.logits.shape[-1] == padded and math.isfinite(float(output.loss))
 
 
 # A lost worker: the tiny config of the resume test on 2 Ray workers, a checkpoint every few steps and

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from lmforge.core.configbase import identity_view, validate_config
-from lmforge.core.errors import ConfigError, DataError
+from lmforge.core.errors import ArtifactError, ConfigError, DataError
 from lmforge.tasks import FINETUNE_TASKS, FinetuneConfig
 from lmforge.tasks.classification import (
     DELIM,
     EXTRACT,
     START,
+    add_transform_tokens,
     build_sequence_classifier,
     classification_metrics,
     load_task_data,
@@ -431,3 +432,30 @@ def test_instantiate_rejects_unknown_init(gpt2_dir):
         instantiate(
             AutoModelForSequenceClassification, gpt2_dir, AutoConfig.from_pretrained(gpt2_dir), "warm", 0
         )
+
+
+@pytest.mark.parametrize("vocab_multiple_of", [1, 64])
+def test_transform_tokens_get_mean_rows_in_a_padded_tables_spare_rows_or_new_ones(
+    tmp_path, vocab_multiple_of
+):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = build_tiny_gpt2(tmp_path, with_pad=False, vocab_multiple_of=vocab_multiple_of)
+    tokenizer, model = load_tokenizer(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    before, rows = len(tokenizer), model.get_input_embeddings().weight.shape[0]
+    if vocab_multiple_of > 1:
+        assert rows - before >= 3, "the test needs a table with room for the three transform tokens"
+    table = model.get_input_embeddings().weight.detach().clone()
+
+    ids = add_transform_tokens(tokenizer, model)
+
+    assert sorted(ids.values()) == [before, before + 1, before + 2] and len(tokenizer) == before + 3
+    after = model.get_input_embeddings().weight.detach()
+    # A padded table lends its spare rows and keeps its size; an exact one grows by three rows.
+    assert after.shape[0] == max(rows, before + 3)
+    assert torch.equal(after[:before], table[:before])
+    expected_row = table[:before].mean(0)
+    assert all(torch.allclose(after[i], expected_row) for i in ids.values())
+    assert torch.equal(after[before + 3 :], table[before + 3 :])  # the other spare rows untouched
+    with pytest.raises(ArtifactError, match="already has transform token"):
+        add_transform_tokens(tokenizer, model)

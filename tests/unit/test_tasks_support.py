@@ -109,13 +109,16 @@ def build_wordpiece_tokenizer(model_dir: Path):
     return fast
 
 
-def build_tiny_gpt2(model_dir: Path, n_positions: int = 64, seed: int = 0, with_pad: bool = True) -> Path:
+def build_tiny_gpt2(
+    model_dir: Path, n_positions: int = 64, seed: int = 0, with_pad: bool = True, vocab_multiple_of: int = 1
+) -> Path:
+    """A 2-layer GPT-2 with its BPE tokenizer; `vocab_multiple_of` pads its table as pre-training can."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = build_bpe_tokenizer(model_dir, with_pad=with_pad)
     config = GPT2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=-(-len(tokenizer) // vocab_multiple_of) * vocab_multiple_of,
         n_positions=n_positions,
         n_embd=32,
         n_layer=2,
