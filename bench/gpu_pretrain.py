@@ -16,11 +16,19 @@ Runs, in this order, on the same model, data order, batch and bf16:
                      defaults (on GPU: compile, SDPA, fused AdamW, DeepSpeed ZeRO-1 bf16), as one
                      rank in this process on an NCCL group of one. Ray itself is not started: one
                      GPU is one worker, and Ray's wheel does not fit the GPU machine's transfer limit
+                     The defaults pad the vocabulary to a multiple of 64 on GPU
+                     (`vocab_multiple_of: auto`, 50,257 -> 50,304)
+  ours, no pad       the same with `vocab_multiple_of: 1` (the plain loops' exact vocabulary)
   ours, ZeRO 0       the same with `zero_stage: 0`
   ours, no clip      the same with `gradient_clipping: 0` (a diagnosis, not the same training)
+  ours, no overflow check   DeepSpeed's `bf16.check_grad_overflow: false` (a diagnosis: with it,
+                     DeepSpeed's step no longer reads "any inf/NaN?" back to the host; clipping
+                     still reads whether the norm is finite)
+  ours, no host reads       no overflow check and no clipping: DeepSpeed's step reads nothing back
+                     (a diagnosis of where ours' host time goes, not the same training)
   plain tuned pad64  plain tuned with the vocabulary padded to a multiple of 64 (50,257 -> 50,304,
-                     nanoGPT's trick; a lever our config does not have yet: its loss runs over the
-                     padded logits, so its losses are not comparable)
+                     nanoGPT's trick, as ours' default on GPU): its loss runs over the padded
+                     logits, so its losses differ slightly from the unpadded runs'
   profile-*          torch.profiler over 5 steps after `--skip` of ours and of plain tuned: host
                      seconds per phase, device-busy seconds and the top kernels (not timed runs)
 
@@ -63,7 +71,21 @@ PLAIN_LEVERS = {
 }
 # Changes to ours' config per run; "ours-noclip" is a diagnosis, not the same training: no gradient
 # clipping (DeepSpeed still computes the norm, as `zero_optimization.compute_grad_norm` defaults to true).
-OURS = {"ours": {}, "ours-zero0": {"zero_stage": 0}, "ours-noclip": {"gradient_clipping": 0.0}}
+OURS = {
+    "ours": {},
+    "ours-nopad": {"vocab_multiple_of": 1},
+    "ours-zero0": {"zero_stage": 0},
+    "ours-noclip": {"gradient_clipping": 0.0},
+    "ours-no-overflow-check": {},
+    "ours-no-host-reads": {"gradient_clipping": 0.0},
+}
+# Diagnoses beyond our config: keys merged into the DeepSpeed config the product builds. In bf16,
+# DeepSpeed 0.19's ZeRO step reads an overflow flag (`check_overflow`) and the norm's finiteness
+# (`is_invalid_grad_norm`, again inside clipping) back to the host every step; these runs remove them.
+DEEPSPEED_CHANGES: dict[str, dict[str, Any]] = {
+    "ours-no-overflow-check": {"bf16": {"check_grad_overflow": False}},
+    "ours-no-host-reads": {"bf16": {"check_grad_overflow": False}},
+}
 RUNS = [*PLAIN_LEVERS, *OURS, "profile-ours", "profile-plain-tuned"]
 PROFILED_STEPS = 5
 
@@ -113,12 +135,35 @@ def peak_memory(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def run_ours(inputs: LoopInputs, device: torch.device, skip: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def deepspeed_changes(changes: dict[str, dict[str, Any]]) -> Iterator[None]:
+    """While open, the DeepSpeed configs the product builds get `changes` merged in (one level deep)."""
+    from lmforge.training import deepspeed_setup
+
+    original = deepspeed_setup.deepspeed_config
+
+    def changed(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        ds_config = original(*args, **kwargs)
+        for key, values in changes.items():
+            ds_config[key] = {**ds_config.get(key, {}), **values}
+        return ds_config
+
+    deepspeed_setup.deepspeed_config = changed
+    try:
+        yield
+    finally:
+        deepspeed_setup.deepspeed_config = original
+
+
+def run_ours(
+    inputs: LoopInputs, device: torch.device, skip: int, ds_changes: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     from lmforge.training.loop import PretrainLoop
 
     process_group(device)
     loop = PretrainLoop(inputs, LocalRank(device))
-    loop.run()
+    with deepspeed_changes(ds_changes or {}):
+        loop.run()
     speed = {event["step"]: event for event in loop.telemetry.of("speed")}
     first, last = speed[skip], speed[inputs.config.max_steps]
     tokens_per_second = (last["num_tokens"] - first["num_tokens"]) / (
@@ -131,6 +176,9 @@ def run_ours(inputs: LoopInputs, device: torch.device, skip: int) -> dict[str, A
         "tokens_per_second": tokens_per_second,
         "flops_per_token": loop.flops_per_token,
         "num_parameters": loop.num_parameters,
+        "model_vocab_size": loop.model_vocab_size,
+        # What DeepSpeed's ZeRO optimizer ended up with (None for an optimizer without the check).
+        "check_grad_overflow": getattr(loop.engine.optimizer, "check_grad_overflow", None),
         "loop_measured_peak": start[0]["peak_flops_per_second"] if start else None,
         # What the run's own summary (run.json) reports, from its in-loop peak and nominal peak.
         "summary": {key: value for key, value in summary.items() if "mfu" in key or "peak" in key},
@@ -219,7 +267,7 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=10, help="untimed first steps; divides --steps")
     parser.add_argument("--micro-batch-size", type=int, default=32)
     parser.add_argument(
-        "--runs", nargs="+", default=["plain-eager", "plain-tuned", "ours", "ours-zero0"], choices=RUNS,
+        "--runs", nargs="+", default=["plain-eager", "plain-tuned", "ours", "ours-nopad"], choices=RUNS,
     )  # fmt: skip
     parser.add_argument("--out", type=Path, help="also append the JSON lines here")
     args = parser.parse_args()
@@ -248,7 +296,7 @@ def main() -> None:
             if run.startswith("profile-"):
                 result = run_profile(run, inputs, device, args.skip)
             elif run.startswith("ours"):
-                result = run_ours(inputs, device, args.skip)
+                result = run_ours(inputs, device, args.skip, DEEPSPEED_CHANGES.get(run))
             else:
                 result = run_plain(inputs, device, args.skip, PLAIN_LEVERS[run])
         except Exception as error:  # one failed run must not lose the others' numbers
@@ -283,18 +331,18 @@ def flops_per_token(inputs: LoopInputs) -> int:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     baseline = next((row for row in rows if row["run"] == "plain-eager" and "tokens_per_second" in row), None)
-    print(f"{'run':<12} {'tokens/s':>10} {'x eager':>8} {'MFU meas':>9} {'MFU nom':>8} {'loss1':>7} "
+    print(f"{'run':<22} {'tokens/s':>10} {'x eager':>8} {'MFU meas':>9} {'MFU nom':>8} {'loss1':>7} "
           f"{'lossN':>7} {'GiB':>6}", file=sys.stderr)  # fmt: skip
     for row in rows:
         if "profile" in row:
             continue
         if "error" in row:
-            print(f"{row['run']:<12} ERROR {row['error'][:200]}", file=sys.stderr)
+            print(f"{row['run']:<22} ERROR {row['error'][:200]}", file=sys.stderr)
             continue
         ratio = row["tokens_per_second"] / baseline["tokens_per_second"] if baseline else float("nan")
         nominal = row["mfu_vs_nominal"] if row["mfu_vs_nominal"] is not None else float("nan")
         memory = row["peak_memory_gib"] if row["peak_memory_gib"] is not None else float("nan")
-        print(f"{row['run']:<12} {row['tokens_per_second']:>10.0f} {ratio:>8.2f} "
+        print(f"{row['run']:<22} {row['tokens_per_second']:>10.0f} {ratio:>8.2f} "
               f"{row['mfu_vs_measured']:>9.3f} {nominal:>8.3f} {row['loss_step1']:>7.3f} "
               f"{row['loss_final']:>7.3f} {memory:>6.1f}", file=sys.stderr)  # fmt: skip
 

@@ -226,6 +226,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "sdpa attention (torch's CPU flash attention)": {"attention": "sdpa"},
     "ZeRO stage 0 (no optimizer-state partitioning)": {"zero_stage": 0},
     "1 worker x 2 threads (no all-reduce)": {"num_workers": 1, "cpus_per_worker": 2},
+    "1 worker x 2 threads + compile": {"num_workers": 1, "cpus_per_worker": 2, "compile": True},
     "1 worker x 2 threads + compile + ZeRO 0": {
         "num_workers": 1,
         "cpus_per_worker": 2,
@@ -253,7 +254,7 @@ def measure_size(
         eval_batches=1,
     )
     inputs = resolve_inputs(config, shards, tokenizer, seed=0)
-    levers = LEVERS if args.levers else {"defaults": {}}
+    levers = select_levers(args)
     ours: dict[str, list[dict[str, Any]]] = {name: [] for name in levers}
     baseline = []
     plain_levers = PLAIN_LEVERS if args.plain_levers else {}
@@ -333,6 +334,17 @@ def measure_size(
     return result
 
 
+def select_levers(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The defaults plus every lever (`--levers`) or the named ones (`--lever NAME`)."""
+    if args.levers:
+        return LEVERS
+    unknown = [name for name in args.lever if name not in LEVERS]
+    if unknown:
+        known = ", ".join(repr(name) for name in LEVERS)
+        raise SystemExit(f"--lever: unknown {', '.join(map(repr, unknown))}; known levers: {known}")
+    return {"defaults": {}, **{name: LEVERS[name] for name in args.lever}}
+
+
 def lever_config(config: PretrainConfig, change: dict[str, Any], global_batch: int) -> PretrainConfig:
     """`config` with one lever changed; fewer workers take a larger micro-batch (same global batch)."""
     workers = change.get("num_workers", config.num_workers)
@@ -376,6 +388,13 @@ def main() -> None:
     )
     parser.add_argument("--seq-len", type=int, default=256, help="model input length (span: encoder tokens)")
     parser.add_argument("--levers", action="store_true", help="one run of ours per lever setting too")
+    parser.add_argument(
+        "--lever",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="one lever by its LEVERS name (repeatable)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="a profiled run of each side (per-phase times)"
     )
