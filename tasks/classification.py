@@ -49,6 +49,7 @@ from lmforge.tasks.modeling import (
     load_tokenizer,
     max_positions,
     pretrain_meta,
+    spare_token_ids,
     write_json,
 )
 from lmforge.tasks.readers import (
@@ -511,7 +512,7 @@ def causal_head(
     model = build_sequence_classifier(model_dir, init, data.labels, pad_id, seed)
     head = probe_head(model, model_dir, cell.strategy)
     special = add_transform_tokens(tokenizer, model)
-    # After the resize: a probe keeps the new rows at their (mean) init with the rest of the table.
+    # After the transform rows are set: a probe keeps them at their (mean) init with the rest of the table.
     trainable = apply_strategy(model, head)
     body, score = model.base_model, getattr(model, "score", None)
     if score is None:
@@ -695,6 +696,7 @@ def seq2seq_head(
                     max_new_tokens=max(len(ids) for ids in targets),
                     do_sample=False,
                     num_beams=1,
+                    suppress_tokens=spare_token_ids(model, tokenizer),
                 )
                 texts = [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
                 predictions += [words.index(text) if text in words else -1 for text in texts]

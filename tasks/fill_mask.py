@@ -13,18 +13,25 @@ from typing import Any
 from lmforge.core.configbase import identity_view
 from lmforge.core.errors import ArtifactError
 from lmforge.tasks.config import MASK_PLACEHOLDER, FillMaskProbesConfig
-from lmforge.tasks.modeling import load_model, load_tokenizer, write_metrics
+from lmforge.tasks.modeling import load_model, load_tokenizer, spare_token_ids, write_metrics
 
 MARKDOWN_FILE = "fill_mask.md"
 
 
-def fill_mask_predictions(pipe: Any, sentences: list[str], top_k: int) -> list[list[dict[str, Any]]]:
-    """Per sentence (each with one mask token), the top_k {token_str, score} pairs, best first."""
+def fill_mask_predictions(
+    pipe: Any, sentences: list[str], top_k: int, spare_ids: list[int] | None = None
+) -> list[list[dict[str, Any]]]:
+    """Per sentence (each with one mask token), the top_k {token_str, score} pairs, best first.
+
+    `spare_ids` (a padded table's rows past the tokenizer, `spare_token_ids`) never count: the
+    pipeline is asked for that many more candidates and they are dropped.
+    """
+    spare = set(spare_ids or ())
     predictions = []
     for sentence in sentences:
-        candidates = pipe(sentence, top_k=top_k)
+        candidates = [item for item in pipe(sentence, top_k=top_k + len(spare)) if item["token"] not in spare]
         predictions.append(
-            [{"token_str": item["token_str"], "score": float(item["score"])} for item in candidates]
+            [{"token_str": item["token_str"], "score": float(item["score"])} for item in candidates[:top_k]]
         )
     return predictions
 
@@ -65,7 +72,7 @@ def run_fill_mask_probes(
     model = load_model(AutoModelForMaskedLM, model_dir)
     pipe = pipeline("fill-mask", model=model, tokenizer=tokenizer, device="cpu")
     sentences = [probe.replace(MASK_PLACEHOLDER, tokenizer.mask_token) for probe in config.probes]
-    predictions = fill_mask_predictions(pipe, sentences, config.top_k)
+    predictions = fill_mask_predictions(pipe, sentences, config.top_k, spare_token_ids(model, tokenizer))
     results = [
         {"probe": probe, "sentence": sentence, "predictions": top}
         for probe, sentence, top in zip(config.probes, sentences, predictions, strict=True)

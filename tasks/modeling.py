@@ -42,6 +42,17 @@ def load_model(auto_class: Any, model_dir: Path, **kwargs: Any) -> Any:
     return model.eval()
 
 
+def spare_token_ids(model: Any, tokenizer: Any) -> list[int] | None:
+    """Ids of the model's table past the tokenizer's vocabulary, or None when there are none.
+
+    Tables are padded to a multiple (`pretrain.vocab_multiple_of`; T5's 32,128 rows for 32,100
+    tokens), and no text decodes from those ids, so generation suppresses them and top-k leaves
+    them out.
+    """
+    spare = list(range(len(tokenizer), int(model.config.vocab_size)))
+    return spare or None
+
+
 def pretrain_meta(model_dir: Path) -> dict[str, Any]:
     """The export's lmforge_pretrain.json, or {} for a model directory made elsewhere."""
     path = Path(model_dir) / PRETRAIN_META_FILE

@@ -16,7 +16,7 @@ import torch
 
 from lmforge.core.errors import ArtifactError
 from lmforge.tasks.config import GenerationSamplesConfig
-from lmforge.tasks.modeling import load_model, load_tokenizer, write_metrics
+from lmforge.tasks.modeling import load_model, load_tokenizer, spare_token_ids, write_metrics
 
 PLACEHOLDER = "{mask}"
 SENTINEL = "<extra_id_0>"
@@ -53,6 +53,7 @@ def sample_outputs(config: GenerationSamplesConfig, model_dir: Path, seed: int) 
                 top_k=config.top_k,
                 max_new_tokens=config.max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                suppress_tokens=spare_token_ids(model, tokenizer),
             )
             samples.append({"prompt": text, "output": tokenizer.decode(out[0, ids.shape[1] :])})
     elif objective == "span":
@@ -62,7 +63,11 @@ def sample_outputs(config: GenerationSamplesConfig, model_dir: Path, seed: int) 
             encoded = tokenizer(text, return_tensors="pt")
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             out = model.generate(
-                **encoded, do_sample=True, top_k=config.top_k, max_new_tokens=config.max_new_tokens
+                **encoded,
+                do_sample=True,
+                top_k=config.top_k,
+                max_new_tokens=config.max_new_tokens,
+                suppress_tokens=spare_token_ids(model, tokenizer),
             )
             samples.append({"prompt": text, "output": tokenizer.decode(out[0], skip_special_tokens=False)})
     else:  # the masked-LM family
@@ -73,7 +78,7 @@ def sample_outputs(config: GenerationSamplesConfig, model_dir: Path, seed: int) 
             text = prompt.replace(PLACEHOLDER, tokenizer.mask_token)
             encoded = tokenizer(text, return_tensors="pt")
             position = int((encoded.input_ids[0] == tokenizer.mask_token_id).nonzero()[0, 0])
-            logits = model(**encoded).logits[0, position].float()
+            logits = model(**encoded).logits[0, position, : len(tokenizer)].float()  # no spare rows
             top = torch.topk(logits, config.top_k)
             choice = top.indices[torch.multinomial(torch.softmax(top.values, -1), 1, generator=generator)]
             filled = encoded.input_ids[0].clone()

@@ -396,7 +396,7 @@ def test_pretrain_span_exports_a_seq2seq_model_that_fills_spans(ray_runtime, wik
 def test_sentence_pair_objectives_report_pair_accuracy_with_whole_word_masks(
     ray_runtime, wiki_inputs, tmp_path, objective
 ):
-    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
 
     from lmforge.training.config import MaskingConfig
 
@@ -419,9 +419,10 @@ def test_sentence_pair_objectives_report_pair_accuracy_with_whole_word_masks(
         inputs = {key: batch[key] for key in ("input_ids", "token_type_ids", "attention_mask", "labels")}
         return float(masked_lm(**inputs).loss)
 
+    # Masking's random replacements come from the tokenizer's vocabulary, not a padded table's.
+    vocab = len(AutoTokenizer.from_pretrained(out / "hf"))
     loss_sum, count = replay_validation(
-        objective, config, wiki_inputs / "shards-pair", wiki_inputs / "tokenizer",
-        pretraining.config.vocab_size, score,
+        objective, config, wiki_inputs / "shards-pair", wiki_inputs / "tokenizer", vocab, score,
     )  # fmt: skip
     assert count == evals[-1]["num_eval_tokens"]
     assert summary["final_val_loss"] == pytest.approx(loss_sum / count, rel=2**-8)

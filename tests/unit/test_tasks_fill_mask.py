@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from lmforge.core.configbase import validate_config
 from lmforge.core.errors import ConfigError
 from lmforge.tasks.config import FILL_MASK_PROBES, EvaluationConfig, FillMaskProbesConfig
-from lmforge.tasks.fill_mask import MARKDOWN_FILE, markdown_table, run_fill_mask_probes
-from lmforge.tasks.modeling import load_model, load_tokenizer
+from lmforge.tasks.fill_mask import MARKDOWN_FILE, fill_mask_predictions, markdown_table, run_fill_mask_probes
+from lmforge.tasks.modeling import load_model, load_tokenizer, spare_token_ids
 from tests.unit.test_tasks_pseudo_perplexity import build_debug_bert
 
 pytestmark = pytest.mark.unit
@@ -95,3 +95,55 @@ def test_config_error_names_the_probe_key():
     ):
         validate_config(EvaluationConfig, raw)
     assert all(probe.count("{mask}") == 1 for probe in FillMaskProbesConfig().probes)
+
+
+def test_a_padded_tables_spare_ids_never_reach_the_top_k(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tests.unit.test_tasks_support import build_tiny_gpt2
+
+    exact_dir = build_tiny_gpt2(tmp_path / "exact")
+    padded_dir = build_tiny_gpt2(tmp_path / "padded", vocab_multiple_of=64)
+    tokenizer = load_tokenizer(padded_dir)
+    assert spare_token_ids(AutoModelForCausalLM.from_pretrained(exact_dir), tokenizer) is None
+    spare = spare_token_ids(AutoModelForCausalLM.from_pretrained(padded_dir), tokenizer)
+    assert spare and spare[0] == len(tokenizer) and (spare[-1] + 1) % 64 == 0
+
+    # A pipeline whose best candidates are spare ids: they are dropped and top_k still filled.
+    def pipe(sentence, top_k):
+        ranked = [spare[0], 5, spare[1], 7, 9, 11][:top_k]
+        return [
+            {"token": i, "token_str": f"t{i}", "score": 1.0 / (rank + 1)} for rank, i in enumerate(ranked)
+        ]
+
+    [top] = fill_mask_predictions(pipe, ["x"], top_k=3, spare_ids=spare)
+    assert [item["token_str"] for item in top] == ["t5", "t7", "t9"]
+    [top] = fill_mask_predictions(pipe, ["x"], top_k=3)
+    assert [item["token_str"] for item in top] == [f"t{spare[0]}", "t5", f"t{spare[1]}"]
+
+
+def test_sampled_generation_never_picks_a_padded_tables_spare_ids(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.tasks.config import GenerationSamplesConfig
+    from lmforge.tasks.samples import sample_outputs
+    from tests.unit.test_tasks_support import build_tiny_gpt2
+
+    model_dir = build_tiny_gpt2(tmp_path / "padded", vocab_multiple_of=64)
+    (model_dir / "lmforge_pretrain.json").write_text(json.dumps({"objective": "clm"}))
+    tokenizer, model = load_tokenizer(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    spare = spare_token_ids(model, tokenizer)
+    assert spare
+    # Rig the model so that the spare ids are its most likely tokens everywhere: a constant final
+    # state (ln_f weight 0, bias 1) and spare rows pointing along it (the head is tied to them).
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.wte.weight[spare] = 10.0
+    model.save_pretrained(model_dir)
+
+    config = GenerationSamplesConfig(prompts=["the lobster {mask}"], top_k=5, max_new_tokens=4)
+    [sample] = sample_outputs(config, model_dir, seed=0)
+    # Spare ids decode to nothing; suppressed, the four new tokens are real ones.
+    generated = tokenizer(sample["output"], add_special_tokens=False)["input_ids"]
+    assert sample["output"] and all(i < len(tokenizer) for i in generated)

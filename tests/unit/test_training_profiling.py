@@ -167,6 +167,20 @@ def test_profile_is_operational_but_levers_shape_the_weights() -> None:
     assert model_recipe(PretrainConfig(attention="sdpa"), "bf16") != plain
 
 
+def test_auto_vocab_padding_is_64_on_gpu_and_none_on_cpu() -> None:
+    config = PretrainConfig()
+    assert config.padded_vocab_size(50257, use_gpu=True) == 50304
+    assert config.padded_vocab_size(50304, use_gpu=True) == 50304
+    assert config.padded_vocab_size(50257, use_gpu=False) == 50257
+    assert PretrainConfig(vocab_multiple_of=128).padded_vocab_size(8000, use_gpu=False) == 8064
+    assert PretrainConfig(vocab_multiple_of=1).padded_vocab_size(50257, use_gpu=True) == 50257
+    with pytest.raises(ValidationError, match="vocab_multiple_of"):
+        PretrainConfig(vocab_multiple_of=0)
+    from lmforge.training.artifact import model_recipe
+
+    assert model_recipe(PretrainConfig(vocab_multiple_of=64), "bf16") != model_recipe(config, "bf16")
+
+
 def test_auto_attention_is_sdpa_on_gpu_and_for_long_sequences_else_eager() -> None:
     config = PretrainConfig()
     assert config.attention_implementation(use_gpu=True, seq_len=256) == "sdpa"
