@@ -37,7 +37,7 @@ from torch.profiler import record_function
 
 from lmforge.training import ModelConfig, PretrainConfig, get_objective, pretrain
 from lmforge.training.artifact import METRICS_FILE, SPEED_FILE
-from lmforge.training.config import ProfileConfig
+from lmforge.training.config import ProfileConfig, pad_to_multiple
 from lmforge.training.data import TrainStream, load_split
 from lmforge.training.deepspeed_setup import parameter_groups
 from lmforge.training.flops import counted_training_flops, measure_matmul_peak, model_flops_per_token
@@ -121,8 +121,7 @@ def run_baseline(
     torch.manual_seed(inputs.seed)
     # `pad_vocab`: the model's vocabulary rounded up to a multiple (nanoGPT's 50257 -> 50304 for
     # aligned matmuls); the loss then runs over the padded logits, so losses differ slightly.
-    multiple = int(lever.get("pad_vocab", 1))
-    vocab_size = -(-inputs.vocab_size // multiple) * multiple
+    vocab_size = pad_to_multiple(inputs.vocab_size, int(lever.get("pad_vocab", 1)))
     model = objective.build_model(config.model, vocab_size, inputs.seq_len, inputs.special_ids)
     if "attention" in lever:
         use_attention(model, lever["attention"])

@@ -18,6 +18,8 @@ import time
 import common
 import torch
 
+from lmforge.training.config import pad_to_multiple
+
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -61,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype, device = DTYPES[args.precision], torch.device(args.device)
     for vocab in args.vocab_sizes:
-        padded = -(-vocab // args.multiple) * args.multiple
+        padded = pad_to_multiple(vocab, args.multiple)
         exact_runs, padded_runs = [], []
         for _ in range(args.repeats):
             exact_runs.append(head_seconds(args.tokens, args.hidden, vocab, dtype, args.steps, device))

@@ -13,6 +13,12 @@ EAGER_ATTENTION_MAX_LENGTH = 1024
 # What `vocab_multiple_of: auto` pads to on GPU: tensor-core tiles want a multiple of 64 (nanoGPT).
 GPU_VOCAB_MULTIPLE = 64
 
+
+def pad_to_multiple(size: int, multiple: int) -> int:
+    """`size` rounded up to a multiple of `multiple` (a vocabulary padded for aligned matmuls)."""
+    return -(-size // multiple) * multiple
+
+
 ModelSize = Literal["debug", "tiny", "small", "base", "gpt2", "custom"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
@@ -146,8 +152,8 @@ class PretrainConfig(StrictModel):
     # the output-head matmul gets aligned shapes (nanoGPT pads GPT-2's 50,257 to 50,304; T5 and Pythia
     # ship padded tables). Padded ids are never inputs or targets: the loss pushes their logits down,
     # as T5's unused ids. "auto": 64 on GPU; 1 (no padding) on CPU, where padding sped the head up
-    # only for an odd size (50,257: 3% of the head; 8,100, 30,522: none, docs/benchmarks.md) and CPU-trained weights
-    # stay as they were. It shapes the weights; the exported config.json keeps the padded size.
+    # only for an odd size (50,257: 3% of the head; 8,100 and 30,522: none, docs/benchmarks.md) and
+    # CPU-trained weights stay as they were. It shapes the weights; the export keeps the padded size.
     vocab_multiple_of: Literal["auto"] | int = "auto"
     # AdamW implementation: "fused" (one kernel over every tensor), "foreach" (batched tensor ops) or
     # "for-loop" (torch's CPU default); "auto": fused. They round differently, so it shapes the weights.
@@ -286,10 +292,8 @@ class PretrainConfig(StrictModel):
     def padded_vocab_size(self, vocab_size: int, use_gpu: bool) -> int:
         """`vocab_size` rounded up to `vocab_multiple_of` ("auto" resolved for the workers' device)."""
         if self.vocab_multiple_of == "auto":
-            multiple = GPU_VOCAB_MULTIPLE if use_gpu else 1
-        else:
-            multiple = self.vocab_multiple_of
-        return -(-vocab_size // multiple) * multiple
+            return pad_to_multiple(vocab_size, GPU_VOCAB_MULTIPLE if use_gpu else 1)
+        return pad_to_multiple(vocab_size, self.vocab_multiple_of)
 
     def adamw_options(self) -> dict[str, bool]:
         """torch.optim.AdamW keyword arguments that pick its implementation."""
