@@ -21,6 +21,10 @@ from lmforge.training.schedule import lr_lambda
 # Files of a model directory that a tokenizer directory must not overwrite.
 MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin"}
 CHECKPOINT_TAG = "latest-step"
+# The loop's step in DeepSpeed's client state. Not "step": without ZeRO the optimizer shares that
+# file, and its AdamW states' "step" keys are the interned literal in a straight run but separate
+# strings after a resume, so pickle's memo would write the file differently for the same content.
+STEP_KEY = "loop_step"
 
 
 def deepspeed_config(config: PretrainConfig, world_size: int, precision: str) -> dict[str, Any]:
@@ -91,12 +95,35 @@ def initialize(model: nn.Module, config: PretrainConfig, world_size: int, precis
         config=deepspeed_config(config, world_size, precision),
         dist_init_required=False,
     )
+    undo_state_initialization_step(optimizer)
     return engine, optimizer, scheduler
+
+
+def undo_state_initialization_step(optimizer) -> None:
+    """Make DeepSpeed's ZeRO-0 bf16/fp16 optimizer start where torch's AdamW starts: at step 0.
+
+    Without ZeRO, DeepSpeed wraps a 16-bit model's client optimizer in `FP16_UnfusedOptimizer`, whose
+    constructor materialises the optimizer state by calling `step()` once on zero gradients
+    (DeepSpeed 0.19.8, `initialize_optimizer_states`). AdamW counts that step: every real update
+    then uses the next step's bias correction (the first one 0.74x its size at beta2 0.95), and the
+    decoupled weight decay has already shrunk the fp32 master weights once. The ZeRO 1-3 optimizers
+    initialise lazily and are left alone. Dropping the state lets AdamW create it on the first real
+    step; the master weights are copied back from the 16-bit weights they were made from.
+    """
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    if not isinstance(optimizer, FP16_UnfusedOptimizer):
+        return
+    optimizer.optimizer.state.clear()
+    with torch.no_grad():
+        for low_precision, masters in zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True):
+            for weights, master in zip(low_precision, masters, strict=True):
+                master.copy_(weights)
 
 
 def save_checkpoint(engine, directory: Path, step: int) -> None:
     """Collective: every rank writes its ZeRO shards (rank 0 also the module states) under `directory`."""
-    engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, client_state={"step": step})
+    engine.save_checkpoint(str(directory), tag=CHECKPOINT_TAG, client_state={STEP_KEY: step})
 
 
 def load_checkpoint(engine, directory: Path) -> int:
@@ -104,7 +131,9 @@ def load_checkpoint(engine, directory: Path) -> int:
     load_path, client_state = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG)
     if load_path is None:
         raise ArtifactError(f"{directory}: no DeepSpeed checkpoint with tag {CHECKPOINT_TAG!r}")
-    return int(client_state["step"])
+    return int(
+        client_state[STEP_KEY] if STEP_KEY in client_state else client_state["step"]
+    )  # older checkpoints
 
 
 def gather_fp32_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:
