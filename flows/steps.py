@@ -146,10 +146,13 @@ def pretrain_step(ctx: RunContext, shards: StageOutcome, tokenizer: StageOutcome
             **({} if objective.uses_span else {"span": training.SpanCorruptionConfig()}),
         }
     )
-    # "auto" names a choice, not a precision: the recipe holds what the workers' hardware resolves
-    # it to, so a store shared by machines of both CPU kinds never hands a bf16 model to an fp32 one.
+    # "auto" names a choice, not a setting: the recipe holds what the workers' hardware resolves it
+    # to, so a store shared by machines of both CPU kinds never hands a bf16 model to an fp32 one,
+    # nor a CPU-trained (unpadded, uncompiled) model to a GPU run. The model's input length is
+    # shard.seq_len for every objective.
     precision = training.worker_precision(cfg)
-    recipe: dict[str, Any] = {"pretrain": shaping, "resolved_precision": precision.precision}
+    choices = cfg.device_choices(training.workers_use_gpu(cfg), ctx.config.shard.seq_len)
+    recipe: dict[str, Any] = {"pretrain": shaping, "resolved": {"precision": precision.precision, **choices}}
     budget = None
     if cfg.compute_budget_flops is not None:
         # Matched compute: the steps a FLOP budget buys, from one measured step on these shards.

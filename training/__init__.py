@@ -3,7 +3,7 @@
 from lmforge.training.budget import StepBudget, plan_budget
 from lmforge.training.config import MaskingConfig, ModelConfig, PretrainConfig, SpanCorruptionConfig
 from lmforge.training.inputs import StoreInputs
-from lmforge.training.launcher import pretrain, worker_precision
+from lmforge.training.launcher import pretrain, worker_precision, workers_use_gpu
 from lmforge.training.masking import mask_tokens
 from lmforge.training.objectives import OBJECTIVES, build_model, get_objective
 from lmforge.training.work_area import TrainingError
@@ -23,4 +23,5 @@ __all__ = [
     "plan_budget",
     "pretrain",
     "worker_precision",
+    "workers_use_gpu",
 ]

@@ -289,11 +289,28 @@ class PretrainConfig(StrictModel):
             return self.attention
         return "sdpa" if use_gpu or seq_len > EAGER_ATTENTION_MAX_LENGTH else "eager"
 
+    def vocab_multiple(self, use_gpu: bool) -> int:
+        """`vocab_multiple_of` ("auto" resolved for the workers' device)."""
+        if self.vocab_multiple_of == "auto":
+            return GPU_VOCAB_MULTIPLE if use_gpu else 1
+        return self.vocab_multiple_of
+
     def padded_vocab_size(self, vocab_size: int, use_gpu: bool) -> int:
         """`vocab_size` rounded up to `vocab_multiple_of` ("auto" resolved for the workers' device)."""
-        if self.vocab_multiple_of == "auto":
-            return pad_to_multiple(vocab_size, GPU_VOCAB_MULTIPLE if use_gpu else 1)
-        return pad_to_multiple(vocab_size, self.vocab_multiple_of)
+        return pad_to_multiple(vocab_size, self.vocab_multiple(use_gpu))
+
+    def device_choices(self, use_gpu: bool, seq_len: int) -> dict[str, bool | int | str]:
+        """The settings whose "auto" depends on the workers' device, as the workers resolve them.
+
+        The pre-training recipe holds these, not "auto": a GPU run pads the vocabulary, compiles and
+        uses another attention kernel than a CPU run of the same config, so the two are different
+        models and a store shared by both must not hand one's output to the other.
+        """
+        return {
+            "compile": self.compiles(use_gpu),
+            "attention": self.attention_implementation(use_gpu, seq_len),
+            "vocab_multiple_of": self.vocab_multiple(use_gpu),
+        }
 
     def adamw_options(self) -> dict[str, bool]:
         """torch.optim.AdamW keyword arguments that pick its implementation."""

@@ -142,6 +142,22 @@ def fit_off_main_thread(trainer: Any) -> Any:
     return outcome["result"]
 
 
+def workers_use_gpu(config: PretrainConfig) -> bool:
+    """Whether the workers train on GPU (`use_gpu` "auto" resolved for the cluster).
+
+    A local runtime not started yet would count the GPUs CUDA shows this process, so that is read
+    here without starting Ray (a fully reused run needs no Ray).
+    """
+    from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray, local_runtime_pending
+
+    if config.use_gpu != "auto":
+        return bool(config.use_gpu)
+    if local_runtime_pending():
+        return torch.cuda.is_available()
+    ensure_ray()
+    return cuda_available_on_cluster()
+
+
 def worker_precision(config: PretrainConfig) -> ResolvedPrecision:
     """The precision `config` trains in on the cluster's workers ("auto" resolved for their device).
 

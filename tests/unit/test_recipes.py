@@ -172,3 +172,50 @@ def test_code_identity_is_remembered_until_a_file_it_read_moves(tmp_path, monkey
     with pytest.raises(AssertionError, match="recomputed"):
         code_identity(code)
     identity_module._code_identity.cache_clear()
+
+
+def pretrain_recipe(monkeypatch, on_gpu: bool, overrides: tuple[str, ...] = ()) -> dict:
+    """The pre-training stage's recipe for configs/tiny.yaml as `flows.steps.pretrain_step` builds it."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from lmforge import training
+    from lmforge.app.config import PipelineConfig
+    from lmforge.core.configbase import load_config
+    from lmforge.flows import steps
+    from lmforge.training.precision import ResolvedPrecision
+
+    config = load_config(
+        PipelineConfig, Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml", overrides
+    )
+    monkeypatch.setattr(training, "worker_precision", lambda _cfg: ResolvedPrecision("bf16", "test"))
+    monkeypatch.setattr(training, "workers_use_gpu", lambda _cfg: on_gpu)
+    seen: dict = {}
+    runner = SimpleNamespace(run=lambda *_args, config, **_kwargs: seen.setdefault("recipe", config))
+    ctx = SimpleNamespace(config=config, runner=runner)
+    outcome = SimpleNamespace(artifact_id="parent")
+    steps.pretrain_step(ctx, outcome, outcome)  # type: ignore[arg-type]
+    return seen["recipe"]
+
+
+def test_pretrain_recipe_holds_device_choices_resolved_not_auto(monkeypatch):
+    cpu, gpu = pretrain_recipe(monkeypatch, on_gpu=False), pretrain_recipe(monkeypatch, on_gpu=True)
+    assert cpu["pretrain"].compile == "auto" == gpu["pretrain"].compile  # the config as written
+    assert cpu["resolved"] == {
+        "precision": "bf16",
+        "compile": False,
+        "attention": "eager",
+        "vocab_multiple_of": 1,
+    }
+    assert gpu["resolved"] == {
+        "precision": "bf16",
+        "compile": True,
+        "attention": "sdpa",
+        "vocab_multiple_of": 64,
+    }
+    assert identity_view(cpu) != identity_view(gpu)
+    # Set explicitly, the choices no longer depend on the device: one recipe on both.
+    fixed = ("pretrain.compile=false", "pretrain.attention=sdpa", "pretrain.vocab_multiple_of=1")
+    assert identity_view(pretrain_recipe(monkeypatch, False, fixed)) == identity_view(
+        pretrain_recipe(monkeypatch, True, fixed)
+    )

@@ -214,3 +214,16 @@ def test_budget_and_pair_objective_checks():
     with pytest.raises(ValueError, match="masking.dynamic false with objective 'mlm_sop'"):
         PretrainConfig(objective="mlm_sop", masking=MaskingConfig(dynamic=False))
     assert not PretrainConfig(objective="mlm", masking=MaskingConfig(dynamic=False)).masking.dynamic
+
+
+def test_device_choices_resolve_auto_for_the_device_and_length():
+    config = PretrainConfig()
+    assert config.device_choices(False, 256) == {
+        "compile": False,
+        "attention": "eager",
+        "vocab_multiple_of": 1,
+    }
+    assert config.device_choices(False, 2048)["attention"] == "sdpa"  # past eager's range on CPU
+    assert config.device_choices(True, 256) == {"compile": True, "attention": "sdpa", "vocab_multiple_of": 64}
+    chosen = PretrainConfig(compile=True, attention="eager", vocab_multiple_of=8)
+    assert chosen.device_choices(True, 256) == chosen.device_choices(False, 256)
