@@ -88,14 +88,32 @@ def _git_version() -> dict[str, Any]:
     }
 
 
+# The folder name pip and setuptools keep their bundled copies of other distributions in.
+VENDORED_DIR = "_vendor"
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution's version, as an import would find it, by lower-case name.
+
+    The first copy on sys.path wins, as for imports. Copies vendored inside another package are left
+    out: importing setuptools appends `setuptools/_vendor` to sys.path, whose bundled
+    `platformdirs`, `jaraco.*`, ... would otherwise appear (or shadow the installed version) in one
+    process and not in another, so a release made after anything imported setuptools would not match
+    the same environment checked by a fresh `lmforge reproduce`.
+    """
+    packages: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if not name or VENDORED_DIR in Path(str(dist.locate_file(""))).parts:
+            continue
+        packages.setdefault(name.lower(), dist.version)
+    return dict(sorted(packages.items()))
+
+
 @functools.cache
 def environment() -> dict[str, Any]:
     """Interpreter, platform, accelerator and every installed package version."""
-    packages = {
-        dist.metadata["Name"].lower(): dist.version
-        for dist in importlib.metadata.distributions()
-        if dist.metadata["Name"]
-    }
+    packages = installed_packages()
     info: dict[str, Any] = {
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
@@ -103,7 +121,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         **cpu_info(),
-        "packages": dict(sorted(packages.items())),
+        "packages": packages,
     }
     try:
         import torch

@@ -410,3 +410,27 @@ def test_hardware_drift_names_cpu_features_that_change_numerics():
     other = [flag for flag in ("avx2", "amx_bf16") if flag not in here] or ["amx_tile"]
     (item,) = hardware_drift({"hardware": {"cpu_flags": other}})
     assert item.startswith(f"hardware: the release was trained on a CPU with {', '.join(other)} of ")
+
+
+def test_package_listing_does_not_depend_on_setuptools_being_imported(monkeypatch):
+    """Importing setuptools appends setuptools/_vendor to sys.path; its bundled copies of platformdirs,
+    jaraco.* and others must not enter (or shadow versions in) the environment a release records."""
+    import importlib.metadata
+    import sys
+
+    import setuptools
+
+    from lmforge.infra.lineage import installed_packages
+
+    vendor = Path(setuptools.__file__).parent / "_vendor"
+    if not any(vendor.glob("*.dist-info")):
+        pytest.skip(f"this setuptools vendors no distributions under {vendor}")
+    clean = [entry for entry in sys.path if "_vendor" not in Path(entry).parts]
+    monkeypatch.setattr(sys, "path", clean)
+    fresh_process = installed_packages()
+    monkeypatch.setattr(sys, "path", [*clean, str(vendor)])
+    assert any(
+        "_vendor" in Path(str(dist.locate_file(""))).parts for dist in importlib.metadata.distributions()
+    )
+    assert installed_packages() == fresh_process
+    assert fresh_process["setuptools"] == importlib.metadata.version("setuptools")
