@@ -131,9 +131,7 @@ def load_checkpoint(engine, directory: Path) -> int:
     load_path, client_state = engine.load_checkpoint(str(directory), tag=CHECKPOINT_TAG)
     if load_path is None:
         raise ArtifactError(f"{directory}: no DeepSpeed checkpoint with tag {CHECKPOINT_TAG!r}")
-    return int(
-        client_state[STEP_KEY] if STEP_KEY in client_state else client_state["step"]
-    )  # older checkpoints
+    return int(client_state.get(STEP_KEY, client_state.get("step")))  # "step": checkpoints before loop_step
 
 
 def gather_fp32_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor]:

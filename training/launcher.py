@@ -66,11 +66,11 @@ def pretrain(
     """
     from ray.train import TrainingFailedError
 
-    from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray
+    from lmforge.infra.ray_runtime import ensure_ray
 
     output_dir = Path(output_dir).resolve()
     ensure_ray()
-    use_gpu = cuda_available_on_cluster() if config.use_gpu == "auto" else bool(config.use_gpu)
+    use_gpu = workers_use_gpu(config)
     resources = worker_resources(config, use_gpu)
     area = WorkArea.of(work_dir, output_dir, RAY_RUN_NAME, storage_filesystem)
     inputs = resolve_inputs(
@@ -165,16 +165,11 @@ def worker_precision(config: PretrainConfig) -> ResolvedPrecision:
     this machine with this environment (CPU flags, oneDNN cap), which is all the choice reads, so a
     fully reused run resolves the same precision (the pre-training recipe holds it) without starting Ray.
     """
-    from lmforge.infra.ray_runtime import cuda_available_on_cluster, ensure_ray, local_runtime_pending
+    from lmforge.infra.ray_runtime import local_runtime_pending
 
-    if local_runtime_pending():
-        # A local Ray runtime counts the GPUs CUDA shows this process.
-        use_gpu = torch.cuda.is_available() if config.use_gpu == "auto" else bool(config.use_gpu)
-        if not use_gpu:
-            return choose_precision(config, worker_prober(config, use_gpu, in_process=True))
-    ensure_ray()
-    use_gpu = cuda_available_on_cluster() if config.use_gpu == "auto" else bool(config.use_gpu)
-    return choose_precision(config, worker_prober(config, use_gpu))
+    use_gpu = workers_use_gpu(config)
+    in_process = not use_gpu and local_runtime_pending()
+    return choose_precision(config, worker_prober(config, use_gpu, in_process=in_process))
 
 
 def worker_prober(config: PretrainConfig, use_gpu: bool, in_process: bool = False) -> DeviceProber:
