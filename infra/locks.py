@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,8 +86,17 @@ class StoreLock:
         if self.try_acquire():
             return
         if on_wait is not None:
-            on_wait(read_holder(self.path))
+            on_wait(self._holder_note_when_written())
         self._take(blocking=True)
+
+    def _holder_note_when_written(self, seconds: float = 1.0) -> Holder | None:
+        """The holder's note. A holder writes it just after taking the lock, so a process that arrives
+        in between reads an empty file: it reads again for up to `seconds` before calling the holder
+        unknown (a holder that released in the meantime leaves its note, and that is named)."""
+        deadline = time.monotonic() + seconds
+        while (holder := read_holder(self.path)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return holder
 
     def _take(self, blocking: bool) -> None:
         try:

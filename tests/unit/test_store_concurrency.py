@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from lmforge.app.cli import main
 from lmforge.core.errors import ConfigError
 from lmforge.flows.run_record import RunRecord, list_runs
-from lmforge.infra.locks import is_held
+from lmforge.infra.locks import StoreLock, holder_note, is_held
 from lmforge.infra.stage_runner import StageRunner
 from lmforge.infra.store import ArtifactStore
 from lmforge.infra.store_gc import collect_garbage, parse_duration
@@ -27,12 +29,24 @@ CODE = ("lmforge.infra.store",)
 DAY = 86400.0
 
 
+WAITING = "waiting for another run computing this stage"
+
+
 def slow_compute(out: Path, work: str) -> dict:
-    """A fake stage: notes that it ran, resumes from a checkpoint in its work dir if one is there."""
-    with open(out.parents[3] / "computes.log", "a") as log:
+    """A fake stage: notes that it ran, resumes from a checkpoint in its work dir if one is there.
+
+    Where the test expects a second run (an `expect-waiter` file), it holds the stage until that
+    run's log says it is waiting (or 60 s pass), so the test does not depend on the other process
+    reaching the lock within a fixed sleep."""
+    test_dir = out.parents[3]
+    with open(test_dir / "computes.log", "a") as log:
         log.write(f"{os.getpid()}\n")
     resumed = (Path(work) / "checkpoint").exists()
-    time.sleep(2.0)
+    deadline = time.monotonic() + 60
+    while (test_dir / "expect-waiter").exists() and time.monotonic() < deadline:
+        if any(WAITING in path.read_text() for path in test_dir.glob("run-*.log")):
+            break
+        time.sleep(0.05)
     (out / "result.txt").write_text("42")
     return {"resumed": resumed}
 
@@ -66,6 +80,7 @@ def start(target, *args):
 def test_two_processes_same_recipe_one_computes_other_reuses(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     barrier = SPAWN.Barrier(2)
+    (tmp_path / "expect-waiter").touch()
     processes = [start(run_stage, str(store.root), f"run-{n}", barrier) for n in (1, 2)]
     for process in processes:
         process.join(120)
@@ -78,9 +93,33 @@ def test_two_processes_same_recipe_one_computes_other_reuses(tmp_path):
     assert not list((store.root / "tmp").iterdir()) and not list((store.root / "work").iterdir())
     computer, waiter = ("run-1", "run-2") if outcomes[0]["status"] == "completed" else ("run-2", "run-1")
     log = (tmp_path / f"{waiter}.log").read_text()
-    assert log.count("waiting for another run computing this stage") == 1
+    assert log.count(WAITING) == 1
     assert f"run {computer}, pid" in log, "the wait names the holder's run id and pid"
     assert f"reusing {outcomes[0]['artifact_id']}" in log
+
+
+def test_a_waiter_arriving_before_the_holder_wrote_its_note_still_names_the_holder(tmp_path):
+    # The holder takes the flock first and writes its note just after; a waiter in between used to
+    # read the empty file and log "holder unknown".
+    path = tmp_path / "locks" / "recipe-x.lock"
+    path.parent.mkdir()
+    told: list = []
+    with open(path, "a+") as holder_file:
+        fcntl.flock(holder_file.fileno(), fcntl.LOCK_EX)
+
+        def write_note_then_release() -> None:
+            time.sleep(0.3)
+            holder_file.write(json.dumps(holder_note("holder-run")))
+            holder_file.flush()
+            while not told:
+                time.sleep(0.01)
+            fcntl.flock(holder_file.fileno(), fcntl.LOCK_UN)
+
+        holder = threading.Thread(target=write_note_then_release)
+        holder.start()
+        StoreLock(path, "waiter-run").acquire(on_wait=told.append)
+        holder.join()
+    assert told[0] is not None and told[0]["run_id"] == "holder-run"
 
 
 def test_crashed_holder_releases_lock_and_the_next_attempt_resumes(tmp_path):
