@@ -111,7 +111,8 @@ def test_a_waiter_arriving_before_the_holder_wrote_its_note_still_names_the_hold
             time.sleep(0.3)
             holder_file.write(json.dumps(holder_note("holder-run")))
             holder_file.flush()
-            while not told:
+            deadline = time.monotonic() + 30  # a waiter that never waits fails the test, not hangs it
+            while not told and time.monotonic() < deadline:
                 time.sleep(0.01)
             fcntl.flock(holder_file.fileno(), fcntl.LOCK_UN)
 
